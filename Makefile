@@ -1,0 +1,40 @@
+# hicur-monai: `make demo` and `make test` work on a fresh clone with only Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.hicur-installed
+DEMO_DATA ?= demo_data
+DEMO_OUT ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: install demo demo-data test test-fast lint clean
+
+# (Re)install when the package metadata changes. torch and torchvision come first, unpinned
+# to a build: pip takes whatever the machine's index serves (CPU or CUDA).
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet torch torchvision
+	$(PIP) install --quiet -e '.[all]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo-data: install
+	$(VENV)/bin/hicur demo-data $(DEMO_DATA)
+
+demo: install
+	$(VENV)/bin/hicur demo --data $(DEMO_DATA) --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check hicur_monai tests benchmarks
+
+clean:
+	rm -rf $(DEMO_DATA) $(DEMO_OUT) .pytest_cache build dist *.egg-info

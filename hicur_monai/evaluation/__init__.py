@@ -1,0 +1,3 @@
+"""evaluation."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""label."""
+
+from __future__ import annotations

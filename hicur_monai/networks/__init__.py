@@ -1,0 +1,3 @@
+"""networks."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""survival."""
+
+from __future__ import annotations

@@ -1,0 +1,61 @@
+"""MONAI transforms of the toolkit: array transforms and their dictionary twins."""
+
+from __future__ import annotations
+
+from hicur_monai.transforms.array import (
+    DEFAULT_CT_WINDOW,
+    DEFAULT_MRI_PERCENTILES,
+    IMAGE_FORMATS,
+    EnsureRGB,
+    ExtractSlices,
+    LoadMedicalImage,
+    RandColorJitter,
+    ScaleIntensityByModality,
+    slice_range_from_mask,
+    sniff_format,
+)
+from hicur_monai.transforms.dictionary import (
+    EnsureRGBd,
+    EnsureRGBD,
+    EnsureRGBDict,
+    ExtractSlicesd,
+    ExtractSlicesD,
+    ExtractSlicesDict,
+    LoadMedicalImaged,
+    LoadMedicalImageD,
+    LoadMedicalImageDict,
+    RandColorJitterd,
+    RandColorJitterD,
+    RandColorJitterDict,
+    ScaleIntensityByModalityd,
+    ScaleIntensityByModalityD,
+    ScaleIntensityByModalityDict,
+)
+
+__all__ = [
+    "DEFAULT_CT_WINDOW",
+    "DEFAULT_MRI_PERCENTILES",
+    "IMAGE_FORMATS",
+    "EnsureRGB",
+    "EnsureRGBd",
+    "EnsureRGBD",
+    "EnsureRGBDict",
+    "ExtractSlices",
+    "ExtractSlicesd",
+    "ExtractSlicesD",
+    "ExtractSlicesDict",
+    "LoadMedicalImage",
+    "LoadMedicalImaged",
+    "LoadMedicalImageD",
+    "LoadMedicalImageDict",
+    "RandColorJitter",
+    "RandColorJitterd",
+    "RandColorJitterD",
+    "RandColorJitterDict",
+    "ScaleIntensityByModality",
+    "ScaleIntensityByModalityd",
+    "ScaleIntensityByModalityD",
+    "ScaleIntensityByModalityDict",
+    "slice_range_from_mask",
+    "sniff_format",
+]

@@ -1,0 +1,3 @@
+"""utils."""
+
+from __future__ import annotations
