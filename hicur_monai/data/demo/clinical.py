@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hicur_monai.data.clinical import ajcc7_overall_stage
 from hicur_monai.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
@@ -133,24 +134,6 @@ _SCALE_MONTHS = {"metastasis": 170.0, "recurrence": 260.0, "death": 190.0}
 _CENTRE = {"age_per10": 0.0, "t_stage": 2.5, "n_stage": 1.5, "log10_ebv": 3.0, "necrosis": 0.4, "male": 0.7}
 _STUDY_CLOSE = date(2020, 6, 30)
 _LOSS_RATE_PER_MONTH = 1.0 / 400.0
-
-
-def ajcc7_overall_stage(t: int, n: int) -> str:
-    """AJCC 7th-edition NPC overall stage from T (1..4) and N (0..3), M0 assumed.
-
-    I = T1N0; II = T1N1, T2N0-1; III = T1-2N2, T3N0-2; IVA = T4N0-2; IVB = any T N3.
-    """
-    if t not in (1, 2, 3, 4) or n not in (0, 1, 2, 3):
-        raise ValueError(f"T must be 1..4 and N 0..3, got T={t!r} N={n!r}")
-    if n == 3:
-        return "IVB"
-    if t == 4:
-        return "IVA"
-    if t == 3 or n == 2:
-        return "III"
-    if t == 1 and n == 0:
-        return "I"
-    return "II"
 
 
 def encode_covariates(age: Any, t_stage: Any, n_stage: Any, ebv: Any, necrosis: Any, male: Any) -> np.ndarray:
