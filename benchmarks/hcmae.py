@@ -1,0 +1,195 @@
+"""Training-step throughput and peak memory of HCMAE, its two branches, and the released-style baseline.
+
+Each configuration runs in its own child process (so peak memory is its own), same batch,
+same image size, same number of steps:
+
+* ``hcmae``          ours: ViT-MAE on kept patches + sparse FCMAE + released contrastive term
+* ``vit_mae``        the ViT-MAE branch alone
+* ``fcmae``          the ConvNeXtV2-FCMAE branch alone (sparse)
+* ``released``       released-style HCMAE: dense ConvNeXt over the masked image, no encoder
+                     positions, unfused AdamW, no channels_last
+* ``released_fcmae`` the released-style (dense) FCMAE branch alone
+
+It prints seconds/step, images/s and peak memory (CPU: the child's peak RSS from
+``resource.getrusage``; CUDA: ``torch.cuda.max_memory_allocated``), the hybrid overhead
+HCMAE / (MAE + FCMAE) in step time, and ours vs released. With ``--device cuda`` it uses
+bf16 autocast and also prints model FLOPs per step (``torch.utils.flop_counter``) and
+MFU against ``--peak-tflops``.
+
+Usage (from the repo root)::
+
+    python benchmarks/hcmae.py --preset base --batch 2 --steps 2 --threads 2
+    python benchmarks/hcmae.py --preset tiny --batch 8 --steps 10
+    python benchmarks/hcmae.py --device cuda --batch 32 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+CONFIGS = ("hcmae", "vit_mae", "fcmae", "released", "released_fcmae")
+
+
+def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
+    import torch
+
+    from hicur_monai.networks.hcmae import HCMAE
+
+    released = name.startswith("released")
+    net = HCMAE(preset=preset, fcmae_sparse=not released, encoder_pos_embed=not released)
+    if name in ("vit_mae",):
+        for attr in ("convnext", "fc_proj", "fc_decoder", "fc_pred"):
+            delattr(net, attr)
+        del net.fc_mask_token
+    if name in ("fcmae", "released_fcmae"):
+        for attr in ("vit", "decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred"):
+            delattr(net, attr)
+        del net.mask_token
+    if released and hasattr(net, "convnext"):
+        net.convnext.to(memory_format=torch.contiguous_format)
+    net.to(device).train()
+    fused = not released and (device == "cuda" or hasattr(torch.optim, "AdamW"))
+    params = [p for p in net.parameters() if p.requires_grad]
+    try:
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    return net, opt
+
+
+def _loss(name: str, net: Any, imgs: Any, gen: Any) -> Any:
+    from hicur_monai.networks.hcmae import _masked_mse, patchify
+
+    cfg = net.config
+    if name in ("hcmae", "released"):
+        return net(imgs, task="pretrain", generator=gen)["loss"]
+    if name == "vit_mae":
+        latent, mask, ids = net.vit_encode_masked(imgs, gen)
+        return _masked_mse(net.vit_decode(latent, ids), patchify(imgs, cfg.patch_size), mask, cfg.norm_pix_loss)
+    mask = net.convnext_mask(imgs.shape[0], gen, imgs.device)
+    pred = net.fcmae_decode(net.convnext_encode_masked(imgs, mask), mask)
+    return _masked_mse(pred, patchify(imgs, cfg.mask_cell), mask, cfg.norm_pix_loss)
+
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one configuration in this process; returns a JSON-able dict."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    dev = args.device
+    net, opt = _build(args.config, args.preset, dev)
+    size = net.config.img_size
+    imgs = torch.rand(args.batch, 3, size, size, device=dev)
+    gen = torch.Generator().manual_seed(0)
+    use_amp = dev == "cuda"
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            loss = _loss(args.config, net, imgs, gen)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    for _ in range(args.warmup):
+        step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    out: dict[str, Any] = {
+        "config": args.config,
+        "s_per_step": sorted(times)[len(times) // 2],
+        "steps": args.steps,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+    }
+    if dev == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            step()
+        out["flops_per_step"] = fc.get_total_flops()
+    else:
+        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+        out["import_rss_gb"] = base_rss  # the process before the model existed (torch, timm, monai)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="base", help="HCMAE size preset (base = ViT-B/16-384 + ConvNeXtV2-B)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps (median reported)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {CONFIGS}")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--config", default=None, help=argparse.SUPPRESS)  # child mode
+    args = ap.parse_args(argv)
+
+    if args.config:
+        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        return 0
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            ap.error(f"unknown config {name!r}; choose from {CONFIGS}")
+        cmd = [sys.executable, __file__, "--config", name] + [
+            f"--{k}={getattr(args, k.replace('-', '_'))}" for k in ("preset", "batch", "steps", "warmup", "threads", "device")
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(f"{name}: FAILED (rc={proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(line[7:])
+        r["images_per_s"] = args.batch / r["s_per_step"]
+        if "flops_per_step" in r:
+            r["mfu"] = r["flops_per_step"] / r["s_per_step"] / (args.peak_tflops * 1e12)
+        results[name] = r
+        extra = f"  {r['flops_per_step'] / 1e12:.2f} TFLOP/step  MFU {r['mfu']:.1%}" if "mfu" in r else ""
+        imports = f" (imports {r['import_rss_gb']:.2f})" if "import_rss_gb" in r else ""
+        print(
+            f"{name:15s} {r['s_per_step']:8.3f} s/step  {r['images_per_s']:8.2f} img/s  "
+            f"peak {r['peak_mem_gb']:6.2f} GB{imports}  params {r['params_m']:.1f} M{extra}",
+            flush=True,
+        )
+    print(f"# preset={args.preset} batch={args.batch} device={args.device} threads={args.threads} steps={args.steps}")
+    if {"hcmae", "vit_mae", "fcmae"} <= set(results):
+        t = results["hcmae"]["s_per_step"] / (results["vit_mae"]["s_per_step"] + results["fcmae"]["s_per_step"])
+        print(f"hybrid overhead  HCMAE / (MAE + FCMAE) step time: {t:.3f}  (target <= 1.1)")
+    if {"hcmae", "released"} <= set(results):
+        o, r = results["hcmae"], results["released"]
+        print(
+            f"ours vs released-style: {r['s_per_step'] / o['s_per_step']:.2f}x faster (target >= 1.5), "
+            f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x (target <= 0.6)"
+        )
+    if {"fcmae", "released_fcmae"} <= set(results):
+        print(f"FCMAE branch sparse vs dense: {results['released_fcmae']['s_per_step'] / results['fcmae']['s_per_step']:.2f}x faster")
+    if args.json:
+        from hicur_monai.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"args": vars(args), "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
