@@ -390,7 +390,7 @@ _IMPRESSION = {
                            "? Nasopharyngeal neoplasm, to be confirmed by biopsy.",
                            "Nasopharyngeal carcinoma cannot be ruled out; histology needed."],
     "neoplasm": ["Nasopharyngeal neoplasm, carcinoma likely.", "Nasopharyngeal mass consistent with carcinoma.",
-                 "New growth of the nasopharynx (NPC?); histological confirmation recommended.",
+                 "New growth of the nasopharynx; histological confirmation recommended.",
                  "Nasopharyngeal carcinoma (endoscopic appearance)."],
 }
 

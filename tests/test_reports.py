@@ -1,0 +1,132 @@
+"""Report parsing (hicur_monai.data.reports) on hand-written reports, the demo cohort and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hicur_monai.data.demo.endoscopy import generate_endoscopy
+from hicur_monai.data.nasopharynx import MAIN_REGIONS
+from hicur_monai.data.reports import ReportParser, load_patterns, parse_report, parse_report_file, score_findings
+
+HANDWRITTEN = Path(__file__).parent / "data" / "reports_handwritten.yaml"
+CASES = yaml.safe_load(HANDWRITTEN.read_text(encoding="utf-8"))
+
+
+def _pairs(items) -> set[str]:
+    return set(items or [])
+
+
+def test_handwritten_set_is_large_and_varied():
+    assert len(CASES) >= 40
+    texts = [c["text"].lower() for c in CASES]
+    assert sum(" no " in f" {t}" or "without" in t or "neither" in t for t in texts) >= 10
+    assert sum("bilateral" in t or "both" in t for t in texts) >= 5
+    assert sum(bool(c.get("uncertain")) for c in CASES) >= 8
+    assert len({c["id"] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=c["id"], marks=[pytest.mark.xfail(strict=True, reason=c["known_limitation"])]
+                  if c.get("known_limitation") else []) for c in CASES],
+)
+def test_handwritten_report(case):
+    p = parse_report(case["text"])
+    present = {f"{r}:{f}" for r, f in p.present() if r in MAIN_REGIONS}
+    uncertain = {f"{r}:{f}" for r, f in p.present(include_uncertain=True) if r in MAIN_REGIONS} - present
+    assert present == _pairs(case.get("present")), p.mentions
+    assert uncertain == _pairs(case.get("uncertain")), p.mentions
+    assert _pairs(case.get("negated")) <= {f"{r}:{f}" for r, f in p.negated}
+    assert set(case.get("smooth") or []) <= set(p.smooth)
+    assert p.impression["category"] == case["impression"]
+
+
+def test_negation_bilateral_and_subsites():
+    p = parse_report("Bilateral fossae of Rosenmuller congested. No ulcer or bleeding.\nImpression: nasopharyngitis.")
+    assert p.findings["left_wall"]["congestion"] == p.findings["right_wall"]["congestion"] == "present"
+    assert p.findings["fossa_of_rosenmuller"]["congestion"] == "present"
+    assert ("roof", "bleeding") in p.negated and ("posterior_wall", "ulceration") in p.negated
+    assert "fossa_of_rosenmuller" in p.regions_named
+    assert p.impression == {"text": "nasopharyngitis.", "category": "inflammation", "source": "report"}
+
+
+def test_procedure_note_is_not_a_finding():
+    p = parse_report("The endoscope was introduced through the left nostril. Nasopharynx clear.")
+    assert p.present(include_uncertain=True) == []
+    assert p.impression["source"] == "findings" and p.impression["category"] == "normal"
+
+
+def test_unlocalised_statement_is_kept_apart():
+    p = parse_report("Some congestion noted.")
+    assert p.unlocalised["congestion"] == "present"
+    assert all(p.findings[r]["congestion"] == "absent" for r in MAIN_REGIONS)
+
+
+def test_yaml_extension_adds_hospital_phrasing(tmp_path):
+    text = "Angry-looking mucosa over the vault.\nImpression: inflammation."
+    assert parse_report(text).findings["roof"]["congestion"] == "absent"
+    extra = tmp_path / "hospital.yaml"
+    extra.write_text("findings:\n  congestion:\n    - '\\bangry[- ]looking\\b'\n", encoding="utf-8")
+    parser = ReportParser([extra])
+    assert parser.parse(text).findings["roof"]["congestion"] == "present"
+    assert str(extra) in parser.patterns.sources
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("findings: [1, 2]", "must be a mapping"),
+        ("findings:\n  tumourish: ['x']", "not a known finding"),
+        ("findings:\n  neoplasm: ['(unclosed']", "invalid regular expression"),
+        ("regions:\n  - pattern: 'x'\n    regions: [left_side]", "unknown region"),
+        ("negation: {pre: ['']}", "non-empty regular expression"),
+        ("just: [unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_pattern_file_names_file_and_key(tmp_path, content, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as err:
+        load_patterns([bad])
+    assert "bad.yaml" in str(err.value)
+
+
+def test_missing_language_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="xx"):
+        load_patterns(language="xx")
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_patterns([tmp_path / "nope.yaml"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        parse_report_file(empty)
+    with pytest.raises(TypeError):
+        parse_report(None)  # type: ignore[arg-type]
+
+
+def test_demo_cohort_precision_recall(tmp_path):
+    """The demo reports' sidecars are the ground truth; the parser shares no wording with the generator."""
+    entries = generate_endoscopy(tmp_path, 60, seed=3, image_size=32)
+    parsed = [parse_report_file(tmp_path / e["report"]) for e in entries]
+    truths = [json.loads((tmp_path / e["findings"]).read_text()) for e in entries]
+    scores = score_findings(parsed, truths)
+    for finding in ("congestion", "swelling", "neoplasm", "secretion"):
+        assert scores[finding]["support"] > 0
+        assert scores[finding]["precision"] >= 0.95 and scores[finding]["recall"] >= 0.95, (finding, scores[finding])
+    assert scores["negated"]["recall"] >= 0.95 and scores["negated"]["precision"] >= 0.95
+    assert scores["impression"]["accuracy"] >= 0.95
+
+
+def test_score_findings_counts_errors():
+    truth = {"findings": {r: {f: "absent" for f in ("congestion", "swelling", "neoplasm", "ulceration",
+                                                      "secretion", "bleeding")} for r in MAIN_REGIONS}}
+    truth["findings"]["roof"]["neoplasm"] = "present"
+    parsed = parse_report("Mass on the posterior wall.")
+    s = score_findings([parsed], [truth])
+    assert s["neoplasm"]["tp"] == 0 and s["neoplasm"]["fp"] == 1 and s["neoplasm"]["fn"] == 1
+    with pytest.raises(ValueError, match="1 parsed"):
+        score_findings([parsed], [])
