@@ -16,11 +16,13 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from monai.utils import ComponentStore
 
 __all__ = [
+    "Registry",
     "NETWORKS",
     "LLM_BACKENDS",
     "TEACHERS",
@@ -32,13 +34,24 @@ __all__ = [
     "names",
 ]
 
-NETWORKS = ComponentStore("networks", "Network architectures (HCMAE, VLM, fusion segmentation, prognosis).")
-LLM_BACKENDS = ComponentStore("llm_backends", "Causal LLM / chat-model backends (local folder, GGUF, HTTP, tiny random).")
-TEACHERS = ComponentStore("teachers", "Instruction-data teachers that write Q&A from a report or caption.")
-JUDGES = ComponentStore("judges", "Answer judges that score a model answer against a reference.")
-TEXT_ENCODERS = ComponentStore("text_encoders", "Text encoders that turn text into a sequence of hidden states.")
+class Registry(ComponentStore):
+    """A :class:`monai.utils.ComponentStore` that is also its own decorator.
 
-STORES: dict[str, ComponentStore] = {
+    ``@STORE("name", "description")`` registers the decorated class or function, the same as
+    ``STORE.add_def("name", "description")``.
+    """
+
+    def __call__(self, name: str, desc: str = "") -> Callable[[Any], Any]:
+        return self.add_def(name, desc)
+
+
+NETWORKS = Registry("networks", "Network architectures (HCMAE, VLM, fusion segmentation, prognosis).")
+LLM_BACKENDS = Registry("llm_backends", "Causal LLM / chat-model backends (local folder, GGUF, HTTP, tiny random).")
+TEACHERS = Registry("teachers", "Instruction-data teachers that write Q&A from a report or caption.")
+JUDGES = Registry("judges", "Answer judges that score a model answer against a reference.")
+TEXT_ENCODERS = Registry("text_encoders", "Text encoders that turn text into a sequence of hidden states.")
+
+STORES: dict[str, Registry] = {
     "networks": NETWORKS,
     "llm_backends": LLM_BACKENDS,
     "teachers": TEACHERS,
@@ -57,7 +70,7 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _store(store: str) -> ComponentStore:
+def _store(store: str) -> Registry:
     try:
         return STORES[store]
     except KeyError:

@@ -15,20 +15,20 @@ from hicur_monai.transforms.array import (
     sniff_format,
 )
 from hicur_monai.transforms.dictionary import (
-    EnsureRGBd,
     EnsureRGBD,
+    EnsureRGBd,
     EnsureRGBDict,
-    ExtractSlicesd,
     ExtractSlicesD,
+    ExtractSlicesd,
     ExtractSlicesDict,
-    LoadMedicalImaged,
     LoadMedicalImageD,
+    LoadMedicalImaged,
     LoadMedicalImageDict,
-    RandColorJitterd,
     RandColorJitterD,
+    RandColorJitterd,
     RandColorJitterDict,
-    ScaleIntensityByModalityd,
     ScaleIntensityByModalityD,
+    ScaleIntensityByModalityd,
     ScaleIntensityByModalityDict,
 )
 

@@ -149,8 +149,27 @@ class LoadMedicalImage(Transform):
             raise ValueError(f"{filename}: cannot read as {fmt}: {type(err).__name__}: {err}") from err
         if not torch.isfinite(img).all():
             raise ValueError(f"{filename}: image contains NaN or infinite values")
+        if fmt == "dicom" and img.ndim == 4 and not Path(filename).is_dir() and self.ensure_channel_first:
+            img = _frames_last(img)  # one file with 3 spatial axes is a multi-frame DICOM
         img.meta["format"] = fmt
         return img
+
+
+def _frames_last(img: MetaTensor) -> MetaTensor:
+    """Put the frames of a multi-frame DICOM on the last spatial axis: ``(C, X=columns, Y=rows, Z=frames)``.
+
+    MONAI's PydicomReader swaps the first two axes of ``(frames, rows, columns)``, giving
+    ``(rows, frames, columns)`` for multi-frame files; volumes everywhere else in the toolkit
+    are ``(X, Y, Z)``. Multi-frame files often lack per-frame positions, so the affine is the
+    in-plane voxel order with unit spacing (the geometry is not known).
+    """
+    data = img.as_tensor().permute(0, 3, 1, 2).contiguous()
+    meta = dict(img.meta)
+    affine = torch.eye(4, dtype=torch.float64)
+    meta["spatial_shape"] = tuple(int(s) for s in data.shape[1:])
+    meta.pop("affine", None)
+    meta["original_affine"] = affine.clone()
+    return MetaTensor(data, affine=affine, meta=meta)
 
 
 def _source(img: Any) -> str:
@@ -260,17 +279,25 @@ class ExtractSlices(Transform):
         start: first slice (inclusive); ``None`` for 0.
         stop: last slice (exclusive); ``None`` for all.
         step: take every ``step``-th slice.
+        pass_2d: return a 2D image ``(C, X, Y)`` as its only slice (``slice_index`` 0) instead of
+            raising, so one pipeline serves mixed 2D / 3D data lists.
     """
 
-    def __init__(self, axis: int = -1, start: int | None = None, stop: int | None = None, step: int = 1) -> None:
+    def __init__(
+        self, axis: int = -1, start: int | None = None, stop: int | None = None, step: int = 1, pass_2d: bool = True
+    ) -> None:
         if step < 1:
             raise ValueError(f"step must be >= 1, got {step}")
-        self.axis, self.start, self.stop, self.step = axis, start, stop, step
+        self.axis, self.start, self.stop, self.step, self.pass_2d = axis, start, stop, step, pass_2d
 
     def __call__(
         self, img: torch.Tensor | np.ndarray, start: int | None = None, stop: int | None = None
     ) -> list[MetaTensor]:
         img_t = convert_to_tensor(img, track_meta=True)
+        if img_t.ndim == 3 and self.pass_2d:
+            if isinstance(img_t, MetaTensor):
+                img_t.meta["slice_index"] = 0
+            return [img_t]
         if img_t.ndim != 4:
             raise ValueError(
                 f"{_source(img)}: ExtractSlices needs a channel-first 3D volume (C, X, Y, Z), got shape {tuple(img_t.shape)}"

@@ -111,6 +111,7 @@ class ExtractSlicesd(MapTransform):
         margin: slices kept on each side of the mask range.
         allow_empty_mask: with an empty mask, keep all slices instead of raising.
         step: take every ``step``-th slice.
+        pass_2d: a 2D image is passed through as its only slice.
     """
 
     def __init__(
@@ -121,18 +122,22 @@ class ExtractSlicesd(MapTransform):
         margin: int = 0,
         allow_empty_mask: bool = False,
         step: int = 1,
+        pass_2d: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.slicer = ExtractSlices(axis=axis, step=step)
+        self.slicer = ExtractSlices(axis=axis, step=step, pass_2d=pass_2d)
         self.axis, self.mask_key, self.margin, self.allow_empty_mask = axis, mask_key, margin, allow_empty_mask
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)
         start = stop = None
-        if self.mask_key is not None:
+        mask = d.get(self.mask_key) if self.mask_key is not None else None
+        if self.mask_key is not None and mask is None and not self.allow_missing_keys:
+            raise KeyError(f"ExtractSlicesd: mask key {self.mask_key!r} is not in the data")
+        if mask is not None and getattr(mask, "ndim", 0) == 4:
             try:
-                start, stop = slice_range_from_mask(d[self.mask_key], axis=self.axis, margin=self.margin)
+                start, stop = slice_range_from_mask(mask, axis=self.axis, margin=self.margin)
             except ValueError:
                 if not self.allow_empty_mask:
                     raise
@@ -147,7 +152,8 @@ class ExtractSlicesd(MapTransform):
             item = dict(d)
             for key, slices in sliced.items():
                 item[key] = slices[i]
-            item["slice_index"] = int(next(iter(sliced.values()))[i].meta["slice_index"])
+            first = next(iter(sliced.values()))[i]
+            item["slice_index"] = int(getattr(first, "meta", {}).get("slice_index", 0))
             out.append(item)
         return out
 

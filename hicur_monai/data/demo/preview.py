@@ -1,0 +1,74 @@
+"""Run the shared transform pipelines on every modality of a cohort and draw contact sheets.
+
+This is what ``hicur demo`` shows at the foundation stage: the exact pipelines the bundles
+include (``transforms/*.json``), applied to the demo cohort, one PNG per modality.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hicur_monai.data.demo.cohort import load_datalist
+from hicur_monai.transforms.fragments import build_pipeline
+from hicur_monai.utils.visualize import contact_sheet
+
+__all__ = ["PREVIEW_PIPELINES", "preview_pipelines"]
+
+#: modality -> the fragments composed for its preview (2D, 3-channel, 384 px, in [0, 1])
+PREVIEW_PIPELINES: dict[str, tuple[str, ...]] = {
+    "mri": ("mri.json::load", "mri.json::slices_roi", "common.json::rgb_384"),
+    "ct": ("ct.json::load", "ct.json::slices_roi", "common.json::rgb_384"),
+    "endoscopy": ("endoscopy.json::load", "common.json::rgb_384"),
+    "endoscopy_augmented": ("endoscopy.json::load", "common.json::rgb_384", "augment.json::pretrain"),
+    "real": ("common.json::load_any", "common.json::slices_any", "common.json::rgb_384"),
+}
+
+
+def _items_for(kind: str, cohort: Path, n: int) -> list[dict]:
+    key = "endoscopy" if kind.startswith("endoscopy") else kind
+    items = load_datalist(cohort, key)
+    if kind == "real":
+        return items[:n]
+    if kind == "mri":  # the three sequences of the first studies, side by side
+        studies = sorted({i["study"] for i in items})[: max(1, n // 3)]
+        return [i for i in items if i["study"] in studies]
+    return items[:n]
+
+
+def preview_pipelines(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 6, seed: int = 0) -> dict[str, Path]:
+    """Write ``<out_dir>/preprocessed_<modality>.png`` for every modality and return the paths.
+
+    Volumes show the middle slice of the tumour range with the mask contour; 2D images show
+    as they leave the pipeline (before model-input normalisation).
+    """
+    cohort, out = Path(cohort_dir), Path(out_dir)
+    written: dict[str, Path] = {}
+    for kind, refs in PREVIEW_PIPELINES.items():
+        items = _items_for(kind, cohort, n)
+        if not items:
+            continue
+        pipeline = build_pipeline(*refs)
+        if hasattr(pipeline, "set_random_state"):
+            pipeline.set_random_state(seed)
+        images, masks, titles = [], [], []
+        for item in items:
+            result = pipeline(dict(item))
+            slices = result if isinstance(result, list) else [result]
+            chosen = slices[len(slices) // 2]
+            img = chosen["image"]
+            images.append(img)
+            masks.append(chosen.get("label"))
+            shape = "x".join(str(s) for s in img.shape[1:])
+            label = item.get("sequence") or item.get("modality")
+            where = f" z={chosen['slice_index']}" if len(slices) > 1 else ""
+            titles.append(f"{Path(item['image']).parent.name}/{Path(item['image']).name[:18]}\n{label}{where} {shape} "
+                          f"[{float(np.min(img.numpy())):.2f},{float(np.max(img.numpy())):.2f}]")
+        written[kind] = contact_sheet(
+            images, out / f"preprocessed_{kind}.png", titles=titles, masks=masks,
+            ncols=3 if kind == "mri" else min(6, len(images)),
+            suptitle=f"{kind}: " + " -> ".join(refs),
+        )
+    return written
