@@ -1,0 +1,340 @@
+"""``curate``: discover -> (process pool) identify, de-identify, QC, slice, write -> parts ->
+de-duplicate -> split -> manifest; ``merge``: join the manifests of ``--shard`` runs.
+
+Streaming: discovery is a generator, at most ``4 x workers`` files are in flight, and rows
+are committed to Parquet part files every ``flush_every`` files or ``flush_seconds``
+seconds, so memory does not grow with the number of files while processing (the final
+de-duplication holds one small row per image). Resumable: a part file is written
+atomically after the images it lists, so after a kill only uncommitted files are redone
+(their images are rewritten at the same names, atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from hicur_monai.data.curation.dedup import DEFAULT_NEAR_THRESHOLD, deduplicate
+from hicur_monai.data.curation.deid import Pseudonymizer
+from hicur_monai.data.curation.discover import Found, discover, in_shard, parse_shard, source_prefixes
+from hicur_monai.data.curation.manifest import (
+    assign_splits,
+    format_summary,
+    new_row,
+    read_parts,
+    summarize,
+    write_manifest,
+    write_part,
+)
+from hicur_monai.data.curation.process import CurateConfig, init_worker, run_in_worker
+from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED
+from hicur_monai.data.curation.rules import load_rules
+from hicur_monai.utils.io import atomic_write_json
+
+__all__ = ["curate", "merge", "shard_tag"]
+
+log = logging.getLogger(__name__)
+_VERSION = 1
+
+
+def shard_tag(shard: tuple[int, int]) -> str:
+    """``shard-0003-of-0016`` for shard ``(3, 16)``."""
+    return f"shard-{shard[0]:04d}-of-{shard[1]:04d}"
+
+
+def _parts_dir(out: Path, shard: tuple[int, int]) -> Path:
+    return out / "parts" / shard_tag(shard)
+
+
+def _check_run_file(out: Path, shard: tuple[int, int], info: dict[str, Any], resume: bool) -> None:
+    import json
+
+    path = out / f"run-{shard_tag(shard)}.json"
+    parts = sorted(_parts_dir(out, shard).glob("part-*.parquet"))
+    if path.exists() and parts:
+        old = json.loads(path.read_text())
+        if not resume:
+            raise FileExistsError(f"{out}: holds a previous run of {shard_tag(shard)}; pass --resume to continue it "
+                                  "or choose a new --out")
+        if old.get("salt_fingerprint") != info["salt_fingerprint"]:
+            raise ValueError(f"{path}: the previous run used another salt; resume needs the same salt "
+                             "(pseudonyms would not match)")
+        if old.get("sources") != info["sources"]:
+            raise ValueError(f"{path}: the previous run curated sources {old.get('sources')}, not {info['sources']}")
+    atomic_write_json(path, info)
+
+
+class _PartWriter:
+    def __init__(self, folder: Path, flush_every: int, flush_seconds: float) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        seqs = [int(m.group(1)) for p in folder.glob("part-*.parquet") if (m := re.match(r"part-(\d+)", p.name))]
+        self.seq = max(seqs) + 1 if seqs else 0
+        self.rows: list[dict[str, Any]] = []
+        self.files = 0
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
+        self.last = time.monotonic()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        self.files += 1
+        if self.files >= self.flush_every or time.monotonic() - self.last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            write_part(self.folder / f"part-{self.seq:06d}.parquet", self.rows)
+            self.seq += 1
+        self.rows, self.files, self.last = [], 0, time.monotonic()
+
+
+def _done_ids(folder: Path) -> set[str]:
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return set()
+    df = read_parts(parts, columns=["row_type", "source_id"])
+    return set(df.loc[df["row_type"] == "input", "source_id"])
+
+
+def _progress(total: int | None, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="file", desc="curate", disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+
+
+def curate(
+    sources: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    salt: str,
+    rules: str | os.PathLike | None = None,
+    workers: int = 1,
+    shard: str | None = None,
+    resume: bool = False,
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    min_size: int = 32,
+    redact_source_paths: bool = False,
+    progress: bool = True,
+    flush_every: int = 200,
+    flush_seconds: float = 10.0,
+    png_compress_level: int = 1,
+) -> dict[str, Any]:
+    """Curate image folders into de-identified, de-duplicated 2D PNGs and a manifest.
+
+    Args:
+        sources: folders (or files) to curate.
+        out_dir: output folder (``images/``, ``parts/``, ``manifest.*`` or ``manifest-shard-*``).
+        salt: pseudonymisation key (see :func:`~hicur_monai.data.curation.deid.read_salt`).
+        rules: rules file path or packaged name (``demo``); ``None`` for the defaults.
+        workers: worker processes (``<= 1``: in this process).
+        shard: ``"i/n"`` to process the ``i``-th of ``n`` deterministic subsets.
+        resume: continue a killed run in ``out_dir``.
+        near_threshold: pHash Hamming distance for near duplicates.
+        split: train / val / test patient fractions.
+        min_size: smallest accepted in-plane side.
+        redact_source_paths: never write source paths, only their keyed ids.
+        progress: show the progress bar.
+        flush_every, flush_seconds: commit rows to a part file this often.
+        png_compress_level: zlib level of the PNGs.
+
+    Returns:
+        The summary (what ``manifest-summary.json`` holds), with ``"manifest"`` (path) added.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a run and ``resume`` is false.
+        ValueError: bad arguments, or a resume with another salt / other sources.
+    """
+    shard_t = parse_shard(shard)
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    parsed = load_rules(rules)
+    pseudo = Pseudonymizer(salt)
+    info = {
+        "version": _VERSION, "salt_fingerprint": pseudo.fingerprint(),
+        "sources": [prefix for _p, prefix in source_prefixes(sources)], "shard": f"{shard_t[0]}/{shard_t[1]}",
+        "rules": Path(parsed.source).name, "near_threshold": near_threshold, "split": list(split), "min_size": min_size,
+    }
+    _check_run_file(out, shard_t, info, resume)
+    cfg = CurateConfig(out_dir=str(out), rules=parsed, salt=salt, shard=info["shard"], min_size=min_size,
+                       redact_source_paths=redact_source_paths, png_compress_level=png_compress_level)
+    folder = _parts_dir(out, shard_t)
+    done = _done_ids(folder) if resume else set()
+    writer = _PartWriter(folder, flush_every, flush_seconds)
+    counts: Counter[str] = Counter()
+    todo = (f for f in discover(sources) if in_shard(f.rel, shard_t))
+    bar = _progress(None, progress)
+    t0 = time.monotonic()
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        writer.add(rows)
+        counts[rows[0]["status"]] += 1
+        counts["images"] += sum(1 for r in rows[1:] if r["status"] == ACCEPTED)
+        bar.update(1)
+        bar.set_postfix(accepted=counts[ACCEPTED], rejected=counts[REJECTED], images=counts["images"],
+                        skipped=counts["resumed"], refresh=False)
+
+    def pending() -> Iterator[Found]:
+        for f in todo:
+            if pseudo.source_id(f.rel) in done:
+                counts["resumed"] += 1
+                continue
+            yield f
+
+    try:
+        if workers <= 1:
+            init_worker(cfg)
+            for f in pending():
+                record(run_in_worker(f))
+        else:
+            _run_pool(cfg, workers, pending(), record)
+        writer.flush()
+    finally:
+        bar.close()
+    elapsed = time.monotonic() - t0
+    log.info("processed %d files (%d resumed from earlier parts) in %.1f s", sum(counts[s] for s in (ACCEPTED, REJECTED)),
+             counts["resumed"], elapsed)
+    name = "manifest" if shard_t[1] == 1 else f"manifest-{shard_tag(shard_t)}"
+    summary = _finalize(sorted(folder.glob("part-*.parquet")), out, name, near_threshold, split)
+    summary["seconds"] = round(elapsed, 2)
+    if shard_t[1] > 1:
+        summary["next"] = f"after all {shard_t[1]} shards finish: hicur curate merge --out {out}"
+    return summary
+
+
+def _preload() -> None:
+    """Import the heavy modules once in the parent, so forked workers start warm."""
+    import imagehash  # noqa: F401
+    import monai.transforms  # noqa: F401
+    import nibabel  # noqa: F401
+    import PIL.PngImagePlugin  # noqa: F401
+    from dicomanonymizer import simpledicomanonymizer  # noqa: F401
+
+    import hicur_monai.transforms  # noqa: F401
+    from hicur_monai.data.curation.deid import _base_actions
+
+    _base_actions()
+
+
+def _run_pool(cfg: CurateConfig, workers: int, items: Iterator[Found], record: Any) -> None:
+    _preload()
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    limit = 4 * workers
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(cfg,))
+
+    pool = new_pool()
+    inflight: dict[Future, Found] = {}
+    retry: list[Found] = []
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and not retry and len(inflight) < limit:
+                f = next(items, None)
+                if f is None:
+                    exhausted = True
+                    break
+                inflight[pool.submit(run_in_worker, f)] = f
+            if not inflight and retry:  # after a crash: the suspects one at a time, alone in a fresh pool
+                f = retry.pop(0)
+                try:
+                    record(pool.submit(run_in_worker, f).result())
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = new_pool()
+                    record([_crashed_row(cfg, f)])
+                continue
+            if not inflight:
+                break
+            finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                f = inflight.pop(fut)
+                try:
+                    record(fut.result())
+                except BrokenProcessPool:
+                    broken = True
+                    retry.append(f)
+            if broken:
+                retry.extend(inflight.values())
+                inflight.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _crashed_row(cfg: CurateConfig, f: Found) -> dict[str, Any]:
+    pseudo = Pseudonymizer(cfg.salt)
+    sid = pseudo.source_id(f.rel)
+    return new_row(row_type="input", source_path=f"redacted:{sid}" if cfg.redact_source_paths else f.rel, source_id=sid,
+                   shard=cfg.shard, status=REJECTED, reason="worker_crashed",
+                   detail="the worker process died on this file twice")
+
+
+def _finalize(parts: Sequence[Path], out: Path, name: str, near_threshold: int, split: Sequence[float]) -> dict[str, Any]:
+    df = read_parts(parts)
+    # a file can appear twice only if a part was committed twice; keep the first copy of every row
+    df = df.drop_duplicates(subset=["row_type", "source_id", "slice_index"], keep="first")
+    df = deduplicate(df, near_threshold)
+    df = assign_splits(df, split)
+    paths = write_manifest(df, out, name)
+    summary = summarize(df)
+    summary["manifest"] = str(paths["parquet"])
+    summary["table"] = format_summary(summary)
+    return summary
+
+
+def merge(
+    out_dir: str | os.PathLike,
+    manifests: Sequence[str | os.PathLike] | None = None,
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+) -> dict[str, Any]:
+    """Join shard manifests into ``out_dir/manifest.*``, de-duplicating across shards.
+
+    Args:
+        out_dir: the shared output folder of the shard runs.
+        manifests: shard manifests; default: every ``manifest-shard-*.parquet`` in ``out_dir``.
+
+    Raises:
+        FileNotFoundError: no shard manifest found.
+        ValueError: shards of different counts, a missing shard, or runs with different salts.
+    """
+    import json
+
+    out = Path(out_dir).absolute()
+    files = [Path(m) for m in manifests] if manifests else sorted(out.glob("manifest-shard-*-of-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{out}: no manifest-shard-*.parquet to merge (run `hicur curate ... --shard i/n` first)")
+    seen: dict[int, set[int]] = {}
+    for f in files:
+        m = re.search(r"shard-(\d+)-of-(\d+)", f.name)
+        if not m:
+            raise ValueError(f"{f}: not a shard manifest name (manifest-shard-IIII-of-NNNN.parquet)")
+        seen.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    if len(seen) != 1:
+        raise ValueError(f"shard manifests of different shard counts: {sorted(seen)}")
+    (n, got), = seen.items()
+    missing = sorted(set(range(n)) - got)
+    if missing:
+        raise ValueError(f"{out}: shards {missing} of {n} have no manifest yet; run them before merging")
+    prints = set()
+    for f in files:
+        run = f.parent / f.name.replace("manifest-", "run-").replace(".parquet", ".json")
+        if run.exists():
+            prints.add(json.loads(run.read_text()).get("salt_fingerprint"))
+    if len(prints) > 1:
+        raise ValueError(f"{out}: the shards were curated with different salts; their pseudonyms do not match")
+    summary = _finalize(files, out, "manifest", near_threshold, split)
+    summary["merged_shards"] = n
+    return summary

@@ -1,0 +1,197 @@
+"""hicur curate: the demo cohort end to end, de-identification, duplicates, rules, shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from curation_helpers import SALT, endoscopy_frame, real_dicoms, small_corpus, write_rules
+
+from hicur_monai.data.curation import (
+    REASONS,
+    NearDuplicateIndex,
+    curate,
+    identifying_values,
+    load_manifest,
+    load_rules,
+    merge,
+)
+from hicur_monai.data.curation.deid import Pseudonymizer, kept_values
+
+
+def _manifest(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "manifest.parquet")
+
+
+def test_demo_cohort(demo_cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "curated"
+    summary = curate([demo_cohort], out, salt=SALT, rules="demo", workers=1, progress=False)
+    df = _manifest(out)
+    inputs = df[df.row_type == "input"]
+    # every file of the cohort has exactly one input row
+    n_files = sum(1 for p in demo_cohort.rglob("*") if p.is_file())
+    assert len(inputs) == n_files and inputs.source_id.is_unique
+    acc = df[(df.row_type == "image") & (df.status == "accepted")]
+    assert set(acc.modality) == {"mri", "ct", "endoscopy"}
+    assert set(acc[acc.modality == "mri"].sequence) == {"T1", "T2", "T1C"}
+    masks = inputs[inputs.source_path.str.endswith("mask.nii.gz")]
+    assert len(masks) > 0 and set(masks.reason) == {"excluded_by_rule"}
+    # no patient in two splits
+    assert acc.groupby("patient").split.nunique().max() == 1
+    assert set(acc.split) <= {"train", "val", "test"}
+    # the mask limits the slice range: fewer slices than the volume has
+    import nibabel as nib
+
+    first = inputs[inputs.source_path.str.endswith("T2.nii.gz") & (inputs.status == "accepted")].iloc[0]
+    depth = nib.load(demo_cohort.parent / first.source_path).shape[2]
+    assert 0 < first.n_images < depth
+    # MONAI data dicts, files exist, 16-bit grey MRI and 8-bit RGB endoscopy
+    data = load_manifest(out, split="train")
+    assert data and all(Path(d["image"]).is_file() and d["split"] == "train" for d in data)
+    from PIL import Image
+
+    mri = next(d for d in data if d["modality"] == "mri")
+    with Image.open(mri["image"]) as im:
+        assert im.mode.startswith("I") and mri["value_max"] == 65535
+    endo = load_manifest(out, modality="endoscopy", status="accepted")
+    with Image.open(endo[0]["image"]) as im:
+        assert im.mode == "RGB"
+    # the summary is written and agrees with the rows
+    js = json.loads((out / "manifest-summary.json").read_text())
+    assert js["accepted_images_total"] == len(acc) == summary["accepted_images_total"]
+    assert (out / "manifest.csv").read_text().count("\n") == len(df) + 1
+
+
+def test_deidentification_real_dicoms(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = real_dicoms(src / "ward")
+    secrets: set[str] = set()
+    kept: set[str] = set()
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        secrets |= identifying_values(ds)
+        kept |= kept_values(ds)  # e.g. a manufacturer that one file keeps and another has in a private tag
+    # an institution "TOSHIBA" inside a kept manufacturer "TOSHIBA_MEC" is not a leak
+    secrets = {s for s in secrets if not any(s in k for k in kept)}
+    ds0 = pydicom.dcmread(files[0], stop_before_pixels=True)
+    # a folder named after the patient: the path itself must not reach the outputs
+    leaky = src / str(ds0.PatientID)
+    leaky.mkdir()
+    (leaky / "copy.dcm").write_bytes(files[0].read_bytes())
+    assert any("Lestrade" in s or "CompressedSamples" in s for s in secrets)
+    rules = write_rules(tmp_path / "rules.yaml", "version: 1\ndicom_modality: {OT: endoscopy}\n")
+    out = tmp_path / "out"
+    curate([src], out, salt=SALT, rules=rules, workers=1, progress=False)
+    df = _manifest(out)
+    assert (df[df.row_type == "input"].status != "rejected").all(), df[["source_path", "reason", "detail"]]
+    blobs = {}
+    for p in out.rglob("*"):
+        if p.is_file() and p.suffix != ".parquet":
+            blobs[p] = p.read_bytes()
+    blobs[out / "manifest.parquet(as csv)"] = df.to_csv().encode()
+    for p in (out / "parts").rglob("*.parquet"):
+        blobs[p] = pd.read_parquet(p).to_csv().encode()
+    leaks = [(str(p.relative_to(out)), s) for p, b in blobs.items() for s in secrets | {SALT} if s.encode() in b]
+    assert not leaks, leaks[:10]
+    # the de-identified header rides in the PNG; overlays and private tags are gone
+    from PIL import Image
+
+    for d in load_manifest(out, status=None):
+        with Image.open(d["image"]) as im:
+            hdr = pydicom.Dataset.from_json(im.text["dicom"])
+        assert hdr.PatientIdentityRemoved == "YES" and str(hdr.PatientID) == d["patient"]
+        assert not any(0x6000 <= t.group <= 0x60FF or t.is_private for t in hdr.keys())
+    # the copy in the identifying folder is recorded by keyed id only; it and its original are one kept + one duplicate
+    inp = df[df.row_type == "input"]
+    red = inp[inp.source_path.str.startswith("redacted:")]
+    assert len(red) == 1
+    pair = inp[inp.file_sha256 == red.iloc[0].file_sha256]
+    assert sorted(pair.status) == ["accepted", "duplicate"] and set(pair.reason) == {"", "exact_duplicate_file"}
+
+
+def test_duplicates_and_wrong_extension(tmp_path: Path) -> None:
+    src = small_corpus(tmp_path, n_frames=4, n_volumes=0)
+    from PIL import Image
+
+    Image.fromarray(endoscopy_frame(7)).save(src / "pat07.png", format="JPEG", quality=95)  # a JPEG named .png
+    out = tmp_path / "out"
+    curate([src], out, salt=SALT, rules=write_rules(tmp_path / "r.yaml"), workers=1, progress=False)
+    df = _manifest(out).set_index("source_path")
+    inp = df[df.row_type == "input"]
+    assert inp.loc["src/pat90_copy.png", "reason"] == "exact_duplicate_file"
+    img = df[df.row_type == "image"]
+    assert img.loc["src/pat91_reencoded.jpg", "reason"] == "near_duplicate"
+    kept = img.loc["src/pat00/frame0.png"]
+    assert kept.status == "accepted" and img.loc["src/pat91_reencoded.jpg", "duplicate_of"] == kept.output_path
+    assert inp.loc["src/pat07.png", "format"] == "jpeg" and inp.loc["src/pat07.png", "status"] == "accepted"
+    distinct = img.loc[[f"src/pat0{i}/frame{i}.png" for i in range(1, 4)]]
+    assert (distinct.status == "accepted").all()
+
+
+def test_near_duplicate_index() -> None:
+    idx = NearDuplicateIndex(threshold=4)
+    h = 0x0123456789ABCDEF
+    idx.add(h, "g1", "a")
+    assert idx.query(h ^ 0b1111, "g2") == "a"  # 4 bits apart
+    assert idx.query(h ^ 0b11111, "g2") is None  # 5 bits apart
+    assert idx.query(h, "g1") is None  # same group (slices of one volume) are never near duplicates
+    spread = h ^ (1 << 3) ^ (1 << 20) ^ (1 << 40) ^ (1 << 60)  # 4 bits in 4 different blocks
+    assert idx.query(spread, "g3") == "a"
+
+
+def test_shards_merge_equal_single_run(tmp_path: Path) -> None:
+    src = small_corpus(tmp_path, n_frames=5, n_volumes=2)
+    rules = write_rules(tmp_path / "r.yaml")
+    single = tmp_path / "single"
+    curate([src], single, salt=SALT, rules=rules, workers=1, progress=False)
+    sharded = tmp_path / "sharded"
+    for i in range(3):
+        curate([src], sharded, salt=SALT, rules=rules, workers=1, shard=f"{i}/3", progress=False)
+    with pytest.raises(ValueError, match="different salts"):
+        curate([src], tmp_path / "other", salt="another-salt", rules=rules, workers=1, shard="0/3", progress=False)
+        (tmp_path / "other" / "manifest-shard-0001-of-0003.parquet").write_bytes(
+            (sharded / "manifest-shard-0001-of-0003.parquet").read_bytes())
+        (tmp_path / "other" / "run-shard-0001-of-0003.json").write_bytes(
+            (sharded / "run-shard-0001-of-0003.json").read_bytes())
+        (tmp_path / "other" / "manifest-shard-0002-of-0003.parquet").write_bytes(
+            (sharded / "manifest-shard-0002-of-0003.parquet").read_bytes())
+        merge(tmp_path / "other")
+    merge(sharded)
+    a = _manifest(single).drop(columns=["shard"])
+    b = _manifest(sharded).drop(columns=["shard"])
+    pd.testing.assert_frame_equal(a, b)
+    assert (b.status == "duplicate").sum() >= 2  # the copy and the re-encode, found across shards
+
+
+def test_rules_validation(tmp_path: Path) -> None:
+    bad = write_rules(tmp_path / "bad.yaml", "version: 1\nrules:\n  - glob: '*.nii'\n    modality: pet\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: rules\[0\].*pet"):
+        load_rules(bad)
+    typo = write_rules(tmp_path / "typo.yaml", "version: 1\nrules:\n  - glob: '*.nii'\n    modalty: mri\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_rules(typo)
+    r = load_rules("demo")
+    m = r.match("demo/mri/IMG0001/T1C.nii.gz")
+    assert m is not None and (m.modality, m.sequence, m.patient) == ("mri", "T1C", "IMG0001")
+    assert r.match("demo/mri/IMG0001/mask.nii.gz").exclude
+
+
+def test_pseudonyms_keyed_and_stable() -> None:
+    a, b = Pseudonymizer("salt-one"), Pseudonymizer("salt-two")
+    assert a.patient("12345") == Pseudonymizer("salt-one").patient("12345") != b.patient("12345")
+    assert "12345" not in a.patient("12345") and len(a.uid("1.2.3")) <= 64
+    assert set(REASONS) >= {"empty_file", "truncated", "no_pixel_data", "non_finite", "too_small",
+                            "wrong_dimensionality", "directory_loop", "permission_denied", "constant_image"}
+
+
+def test_missing_salt_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hicur_monai.data.curation import read_salt
+
+    monkeypatch.delenv("HICUR_CURATION_SALT", raising=False)
+    with pytest.raises(ValueError, match="salt"):
+        read_salt(None)
+    assert np.isfinite(1.0)
