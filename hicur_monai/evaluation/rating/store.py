@@ -1,0 +1,397 @@
+"""SQLite store of a blinded physician rating study.
+
+One database file holds the study (items, answers), the raters (scrypt password hashes),
+each rater's private label -> system mapping, the latest scores and an append-only audit
+of every submission. The database runs in WAL mode so that many raters read and write at
+once; every submission is one ``BEGIN IMMEDIATE`` transaction (all four criteria or none).
+
+A *unit* is one system's answer to one item as one rater sees it: ``(item_id, label)``.
+Labels ("A", "B", ...) are drawn per item and per rater with :mod:`secrets`; the mapping to
+systems is stored here and is never part of what :meth:`RatingStore.view` returns.
+A unit is *scored* when all criteria have a stored score; a stored 0 is a real score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import secrets
+import sqlite3
+import string
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hicur_monai.evaluation.judge import CRITERIA
+from hicur_monai.evaluation.records import Answer, Item
+from hicur_monai.utils.io import atomic_write_text
+
+__all__ = ["RatingError", "Unit", "RatingStore", "hash_password", "verify_password"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY, position INTEGER NOT NULL, kind TEXT NOT NULL, question TEXT NOT NULL,
+    context TEXT NOT NULL, reference TEXT NOT NULL, image TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (
+    item_id TEXT NOT NULL REFERENCES items(item_id), system TEXT NOT NULL, answer TEXT NOT NULL,
+    PRIMARY KEY (item_id, system));
+CREATE TABLE IF NOT EXISTS raters (
+    rater TEXT PRIMARY KEY, password TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    rater TEXT NOT NULL REFERENCES raters(rater), item_id TEXT NOT NULL, label TEXT NOT NULL,
+    system TEXT NOT NULL, PRIMARY KEY (rater, item_id, label), UNIQUE (rater, item_id, system));
+CREATE TABLE IF NOT EXISTS scores (
+    rater TEXT NOT NULL, item_id TEXT NOT NULL, system TEXT NOT NULL, criterion TEXT NOT NULL,
+    score REAL NOT NULL CHECK (score >= 0 AND score <= 10), updated_at TEXT NOT NULL,
+    PRIMARY KEY (rater, item_id, system, criterion));
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, rater TEXT NOT NULL, item_id TEXT NOT NULL,
+    system TEXT NOT NULL, criterion TEXT NOT NULL, score REAL NOT NULL, previous REAL, at TEXT NOT NULL);
+"""
+
+_RATER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class RatingError(ValueError):
+    """A rating request that cannot be honoured (unknown unit, bad score, unknown rater)."""
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$n$r$p$salt$hash`` (hex) of ``password`` with a fresh random salt."""
+    if not password:
+        raise ValueError("the password is empty")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, maxmem=64 * 2**20, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of ``password`` against a :func:`hash_password` string."""
+    try:
+        algo, n, r, p, salt, digest = stored.split("$")
+        if algo != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(digest) // 2, maxmem=64 * 2**20)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+_DUMMY_HASH = hash_password("not-a-password")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _labels(n: int) -> list[str]:
+    letters = string.ascii_uppercase
+    out = list(letters[:n])
+    i = 0
+    while len(out) < n:  # AA, AB, ... for more than 26 systems
+        out.append(letters[i // 26] + letters[i % 26])
+        i += 1
+    return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One answer as one rater sees it."""
+
+    item_id: str
+    label: str
+    scored: bool
+
+
+class RatingStore:
+    """The rating study database.
+
+    Args:
+        path: the SQLite file (created with the schema when absent).
+        criteria: the criteria raters score (default: the four of the protocol).
+        create: create the database when absent; ``False`` makes a missing file an error.
+    """
+
+    def __init__(self, path: str | os.PathLike, criteria: Sequence[str] = CRITERIA, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no study database (make one with 'hicur rate init')")
+        self.criteria = tuple(criteria)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode!r})")
+            con.executescript(_SCHEMA)
+
+    # -- connections -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute("PRAGMA busy_timeout=60000")
+            con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA synchronous=FULL")
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # -- study setup -------------------------------------------------------------------
+    def add_study(self, items: Sequence[Item], answers: Sequence[Answer], images_dir: str | os.PathLike | None = None) -> None:
+        """Add (or update the texts of) items and answers; one transaction.
+
+        Raises:
+            RatingError: if an answer refers to an unknown item, or an answer that already
+                has scores would change its text.
+        """
+        ids = {it.item_id for it in items}
+        with self._write() as con:
+            ids |= {r[0] for r in con.execute("SELECT item_id FROM items")}
+            start = con.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM items").fetchone()[0]
+            for pos, it in enumerate(items, start):
+                con.execute(
+                    "INSERT INTO items VALUES (?,?,?,?,?,?,?) ON CONFLICT(item_id) DO UPDATE SET kind=excluded.kind, "
+                    "question=excluded.question, context=excluded.context, reference=excluded.reference, "
+                    "image=excluded.image", (it.item_id, pos, it.kind, it.question, it.context, it.reference, it.image))
+            for ans in answers:
+                if ans.item_id not in ids:
+                    raise RatingError(f"answer of system {ans.system!r} refers to unknown item {ans.item_id!r}")
+                old = con.execute("SELECT answer FROM answers WHERE item_id=? AND system=?",
+                                  (ans.item_id, ans.system)).fetchone()
+                if old is not None and old[0] != ans.answer and con.execute(
+                        "SELECT 1 FROM scores WHERE item_id=? AND system=? LIMIT 1", (ans.item_id, ans.system)).fetchone():
+                    raise RatingError(f"answer of system {ans.system!r} to item {ans.item_id!r} already has scores; "
+                                      "its text cannot change (start a new study database)")
+                con.execute("INSERT INTO answers VALUES (?,?,?) ON CONFLICT(item_id, system) DO UPDATE SET "
+                            "answer=excluded.answer", (ans.item_id, ans.system, ans.answer))
+            if images_dir is not None:
+                con.execute("INSERT INTO meta VALUES ('images_dir', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                            (str(Path(images_dir).resolve()),))
+            con.execute("INSERT INTO meta VALUES ('criteria', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (json.dumps(self.criteria),))
+
+    @property
+    def images_dir(self) -> Path | None:
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key='images_dir'").fetchone()
+        return Path(row[0]) if row else None
+
+    def counts(self) -> dict[str, int]:
+        """Numbers of items, answers, raters, stored scores and audit rows."""
+        with self._connect() as con:
+            return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
+                    for t in ("items", "answers", "raters", "scores", "audit")}
+
+    # -- raters ------------------------------------------------------------------------
+    def add_rater(self, rater: str, password: str, replace: bool = False) -> None:
+        """Create a rater account (or reset its password with ``replace=True``).
+
+        Raises:
+            RatingError: for an invalid name, or an existing rater without ``replace``.
+        """
+        if not _RATER_NAME.match(rater or ""):
+            raise RatingError(f"rater name {rater!r} must be 1-64 letters, digits or . _ @ -")
+        if len(password) < 8:
+            raise RatingError("the password must have at least 8 characters")
+        hashed = hash_password(password)
+        with self._write() as con:
+            exists = con.execute("SELECT 1 FROM raters WHERE rater=?", (rater,)).fetchone()
+            if exists and not replace:
+                raise RatingError(f"rater {rater!r} exists (use replace=True / --reset to change the password)")
+            con.execute("INSERT INTO raters VALUES (?,?,?) ON CONFLICT(rater) DO UPDATE SET password=excluded.password",
+                        (rater, hashed, _now()))
+
+    def raters(self) -> list[str]:
+        with self._connect() as con:
+            return [r[0] for r in con.execute("SELECT rater FROM raters ORDER BY rater")]
+
+    def verify(self, rater: str, password: str) -> bool:
+        """True when ``password`` is the rater's (same work whether or not the rater exists)."""
+        with self._connect() as con:
+            row = con.execute("SELECT password FROM raters WHERE rater=?", (rater,)).fetchone()
+        ok = verify_password(password or "", row[0] if row else _DUMMY_HASH)
+        return bool(row) and ok
+
+    # -- blinding ----------------------------------------------------------------------
+    def _ensure_labels(self, con: sqlite3.Connection, rater: str) -> None:
+        """Draw labels for every (item, system) this rater has none for yet (inside a write)."""
+        missing = con.execute(
+            "SELECT a.item_id, a.system FROM answers a LEFT JOIN labels l ON l.rater=? AND l.item_id=a.item_id "
+            "AND l.system=a.system WHERE l.system IS NULL ORDER BY a.item_id", (rater,)).fetchall()
+        by_item: dict[str, list[str]] = {}
+        for item_id, system in missing:
+            by_item.setdefault(item_id, []).append(system)
+        rng = secrets.SystemRandom()
+        for item_id, systems in by_item.items():
+            used = {r[0] for r in con.execute("SELECT label FROM labels WHERE rater=? AND item_id=?", (rater, item_id))}
+            free = [lab for lab in _labels(len(used) + len(systems)) if lab not in used]
+            rng.shuffle(systems)
+            con.executemany("INSERT INTO labels VALUES (?,?,?,?)",
+                            [(rater, item_id, lab, sys) for lab, sys in zip(free, systems)])
+
+    def _require_rater(self, con: sqlite3.Connection, rater: str) -> None:
+        if not con.execute("SELECT 1 FROM raters WHERE rater=?", (rater,)).fetchone():
+            raise RatingError(f"unknown rater {rater!r}")
+
+    def _system(self, con: sqlite3.Connection, rater: str, item_id: str, label: str) -> str:
+        row = con.execute("SELECT system FROM labels WHERE rater=? AND item_id=? AND label=?",
+                          (rater, item_id, label)).fetchone()
+        if row is None:
+            raise RatingError(f"no answer labelled {label!r} for item {item_id!r}")
+        return row[0]
+
+    def reveal(self, rater: str, item_id: str, label: str) -> str:
+        """The system behind a rater's label: for study administration and simulation only.
+
+        The rating site never calls this.
+        """
+        with self._connect() as con:
+            return self._system(con, rater, item_id, label)
+
+    # -- what a rater sees -------------------------------------------------------------
+    def units(self, rater: str) -> list[Unit]:
+        """The rater's units in order (item position, then label), each with its scored state."""
+        with self._write() as con:
+            self._require_rater(con, rater)
+            self._ensure_labels(con, rater)
+            rows = con.execute(
+                "SELECT l.item_id, l.label, (SELECT COUNT(*) FROM scores s WHERE s.rater=l.rater AND "
+                "s.item_id=l.item_id AND s.system=l.system) FROM labels l JOIN items i ON i.item_id=l.item_id "
+                "WHERE l.rater=? ORDER BY i.position, length(l.label), l.label", (rater,)).fetchall()
+        return [Unit(item_id, label, n >= len(self.criteria)) for item_id, label, n in rows]
+
+    def progress(self, rater: str) -> tuple[int, int]:
+        """``(scored, total)`` units of the rater."""
+        units = self.units(rater)
+        return sum(u.scored for u in units), len(units)
+
+    def view(self, rater: str, item_id: str, label: str) -> dict[str, Any]:
+        """What the rater sees of one unit: texts, image path, the rater's own latest scores.
+
+        The returned dict never contains the system's identity.
+        """
+        with self._connect() as con:
+            self._require_rater(con, rater)
+            system = self._system(con, rater, item_id, label)
+            item = con.execute("SELECT kind, question, context, reference, image FROM items WHERE item_id=?",
+                               (item_id,)).fetchone()
+            answer = con.execute("SELECT answer FROM answers WHERE item_id=? AND system=?",
+                                 (item_id, system)).fetchone()[0]
+            rows = con.execute("SELECT criterion, score, updated_at FROM scores WHERE rater=? AND item_id=? AND "
+                               "system=?", (rater, item_id, system)).fetchall()
+        scores = {c: None for c in self.criteria}
+        updated = None
+        for criterion, score, at in rows:
+            scores[criterion] = score
+            updated = max(updated or at, at)
+        return {"item_id": item_id, "label": label, "kind": item[0], "question": item[1], "context": item[2],
+                "reference": item[3], "image": item[4], "answer": answer, "scores": scores, "scored_at": updated}
+
+    def neighbour(self, rater: str, current: tuple[str, str] | None, step: int = 1,
+                  unscored_only: bool = True) -> Unit | None:
+        """The next (``step=1``) or previous (``step=-1``) unit after ``current``, wrapping around.
+
+        With ``unscored_only`` it is the nearest unit not yet scored by this rater, or ``None``
+        when every other unit is scored. ``current=None`` starts before the first unit.
+        """
+        units = self.units(rater)
+        if not units:
+            return None
+        keys = [(u.item_id, u.label) for u in units]
+        start = keys.index(current) if current in keys else (-1 if step > 0 else 0)
+        n = len(units)
+        for k in range(1, n + 1):
+            u = units[(start + step * k) % n]
+            if (u.item_id, u.label) == current:
+                continue
+            if not unscored_only or not u.scored:
+                return u
+        return None
+
+    # -- scoring -----------------------------------------------------------------------
+    def submit(self, rater: str, item_id: str, label: str, scores: Mapping[str, float]) -> str:
+        """Store the rater's scores of one unit in one transaction; returns the timestamp.
+
+        Every criterion must be given, each a number in [0, 10]; the previous values stay in
+        the audit table.
+
+        Raises:
+            RatingError: unknown rater/unit, a missing or unknown criterion, or a bad score.
+        """
+        given = set(scores)
+        if given != set(self.criteria):
+            raise RatingError(f"scores must give exactly {list(self.criteria)}; "
+                              f"missing {sorted(set(self.criteria) - given)}, unknown {sorted(given - set(self.criteria))}")
+        clean = {}
+        for criterion in self.criteria:
+            value = scores[criterion]
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RatingError(f"score of {criterion!r} must be a number from 0 to 10, got {value!r}")
+            value = float(value)
+            if not 0 <= value <= 10:
+                raise RatingError(f"score of {criterion!r} must be from 0 to 10, got {value:g}")
+            clean[criterion] = value
+        at = _now()
+        with self._write() as con:
+            self._require_rater(con, rater)
+            system = self._system(con, rater, item_id, label)
+            for criterion, value in clean.items():
+                prev = con.execute("SELECT score FROM scores WHERE rater=? AND item_id=? AND system=? AND criterion=?",
+                                   (rater, item_id, system, criterion)).fetchone()
+                con.execute("INSERT INTO scores VALUES (?,?,?,?,?,?) ON CONFLICT(rater, item_id, system, criterion) "
+                            "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at",
+                            (rater, item_id, system, criterion, value, at))
+                con.execute("INSERT INTO audit (rater, item_id, system, criterion, score, previous, at) "
+                            "VALUES (?,?,?,?,?,?,?)", (rater, item_id, system, criterion, value,
+                                                       prev[0] if prev else None, at))
+        return at
+
+    # -- export ------------------------------------------------------------------------
+    def export_rows(self, audit: bool = False) -> list[dict[str, Any]]:
+        """Latest scores (or, with ``audit=True``, every submission) as dicts, unblinded."""
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            if audit:
+                sql = ("SELECT a.id, a.rater, a.item_id, a.system, l.label, i.kind, a.criterion, a.score, a.previous, a.at "
+                       "FROM audit a JOIN items i USING(item_id) LEFT JOIN labels l ON l.rater=a.rater AND "
+                       "l.item_id=a.item_id AND l.system=a.system ORDER BY a.id")
+            else:
+                sql = ("SELECT s.rater, s.item_id, s.system, l.label, i.kind, s.criterion, s.score, s.updated_at "
+                       "FROM scores s JOIN items i USING(item_id) LEFT JOIN labels l ON l.rater=s.rater AND "
+                       "l.item_id=s.item_id AND l.system=s.system ORDER BY s.rater, i.position, s.system, s.criterion")
+            return [dict(r) for r in con.execute(sql)]
+
+    def export_csv(self, path: str | os.PathLike, audit: bool = False) -> Path:
+        """Write :meth:`export_rows` as CSV (atomically) for :func:`hicur_monai.evaluation.aggregate.aggregate`."""
+        rows = self.export_rows(audit=audit)
+        fields = (["id", "rater", "item_id", "system", "label", "kind", "criterion", "score", "previous", "at"] if audit
+                  else ["rater", "item_id", "system", "label", "kind", "criterion", "score", "updated_at"])
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        return atomic_write_text(path, buf.getvalue())
+
