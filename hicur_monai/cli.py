@@ -19,6 +19,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 #: modules that contribute subcommands, in the order they appear in ``hicur --help``
 COMMAND_MODULES: list[str] = [
     "hicur_monai.data.demo.cli",  # demo-data, demo
+    "hicur_monai.bundle",  # bundle export
     "hicur_monai.data.curation.cli",  # curate, curate merge
     "hicur_monai.evaluation.cli",  # judge run/aggregate/demo, rate init/add-rater/serve/export
 ]
