@@ -93,3 +93,23 @@ def test_mixed_modality_pipeline_on_real_samples(demo_cohort: Path):
         first = out[0] if isinstance(out, list) else out
         assert first["image"].shape == (3, 384, 384), item["image"]
         assert 0.0 <= float(first["image"].min()) and float(first["image"].max()) <= 1.0
+
+
+def test_bundle_export_inlines_fragment_macros(tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch):
+    from hicur_monai.bundle import export_bundle
+
+    src = tmp_path / "toy_bundle"
+    (src / "configs").mkdir(parents=True)
+    (src / "configs" / "metadata.json").write_text("{}")
+    (src / "configs" / "inference.json").write_text(json.dumps({
+        "preprocessing": {"_target_": "Compose", "transforms": ["%transforms/ct.json::load", "%transforms/common.json::rgb_256"]}
+    }))
+    out = export_bundle(src, tmp_path / "exported")
+    cfg = json.loads((out / "configs" / "inference.json").read_text())
+    assert "%transforms" not in json.dumps(cfg)
+    assert cfg["preprocessing"]["transforms"][0] == json.loads((repo_root / "transforms/ct.json").read_text())["load"]
+    monkeypatch.chdir(tmp_path)  # the exported copy stands alone: it parses away from the repository
+    parser = ConfigParser(cfg)
+    assert len(parser.get_parsed_content("preprocessing").transforms) == 2
+    with pytest.raises(FileExistsError):
+        export_bundle(src, out)

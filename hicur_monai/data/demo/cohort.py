@@ -53,15 +53,15 @@ class CohortPreset:
     """
 
     n_patients: int = 499
-    mri_shape: tuple[int, int, int] = (80, 80, 20)
+    mri_shape: tuple[int, int, int] = (64, 64, 16)
     fov_mm: tuple[float, float, float] = (200.0, 200.0, 120.0)
     n_ct: int = 20
-    n_endoscopy: int = 120
+    n_endoscopy: int = 60
 
 
 PRESETS: dict[str, CohortPreset] = {
     "default": CohortPreset(),
-    "small": CohortPreset(n_patients=60, mri_shape=(64, 64, 16), n_ct=8, n_endoscopy=40),
+    "small": CohortPreset(n_patients=60, n_ct=8, n_endoscopy=24),
     "tiny": CohortPreset(n_patients=12, mri_shape=(48, 48, 12), n_ct=3, n_endoscopy=8),
 }
 
