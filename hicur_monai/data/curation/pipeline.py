@@ -168,6 +168,9 @@ def curate(
                        redact_source_paths=redact_source_paths, png_compress_level=png_compress_level)
     folder = _parts_dir(out, shard_t)
     done = _done_ids(folder) if resume else set()
+    if resume:  # temp files of writes a kill interrupted (the files are redone)
+        for tmp in out.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
     writer = _PartWriter(folder, flush_every, flush_seconds)
     counts: Counter[str] = Counter()
     todo = (f for f in discover(sources) if in_shard(f.rel, shard_t))

@@ -1,0 +1,161 @@
+"""hicur curate under bad input, a kill -9 and a resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from curation_helpers import SALT, endoscopy_frame, write_rules, write_volume
+from PIL import Image
+
+from hicur_monai.data.curation import curate
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD_RULES = """\
+version: 1
+rules:
+  - glob: "*.nii.gz"
+    modality: mri
+    sequence: T2
+"""
+
+
+def _bad_corpus(root: Path) -> tuple[Path, dict[str, str]]:
+    """Every kind of bad input the issue names, with the reason each must get."""
+    from pydicom.data import get_testdata_file
+
+    src = root / "bad"
+    src.mkdir(parents=True)
+    expect: dict[str, str] = {}
+    (src / "zero.png").write_bytes(b"")
+    expect["zero.png"] = "empty_file"
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (src / "truncated.dcm").write_bytes(ct[: int(len(ct) * 0.6)])
+    expect["truncated.dcm"] = "truncated"
+    shutil.copy(get_testdata_file("rtplan.dcm"), src / "plan.dcm")
+    expect["plan.dcm"] = "no_pixel_data"
+    Image.fromarray(endoscopy_frame(3)).save(src / "photo.png", format="JPEG")  # a JPEG named .png: fine
+    expect["photo.png"] = ""
+    vol = np.random.default_rng(0).random((40, 40, 8)).astype(np.float32)
+    vol[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), src / "nan.nii.gz")
+    expect["nan.nii.gz"] = "non_finite"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(src / "tiny.png")
+    expect["tiny.png"] = "too_small"
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((40, 40, 8, 3)).astype(np.float32), np.eye(4)),
+             src / "fourd.nii.gz")
+    expect["fourd.nii.gz"] = "wrong_dimensionality"
+    (src / "sub").mkdir()
+    os.symlink("..", src / "sub" / "loop")
+    expect["sub/loop"] = "directory_loop"
+    os.symlink("nowhere.png", src / "dangling.png")
+    expect["dangling.png"] = "broken_symlink"
+    Image.fromarray(endoscopy_frame(4)).save(src / "secret.png")
+    os.chmod(src / "secret.png", 0)
+    expect["secret.png"] = "permission_denied"
+    (src / "notes.txt").write_text("not an image")
+    expect["notes.txt"] = "not_an_image"
+    Image.fromarray(np.full((64, 64, 3), 17, np.uint8)).save(src / "flat.png")
+    expect["flat.png"] = "constant_image"
+    Image.fromarray((np.random.default_rng(2).random((64, 64)) * 255).astype(np.uint8)).save(src / "grey.png")
+    expect["grey.png"] = "unknown_modality"
+    return src, {f"bad/{k}": v for k, v in expect.items()}
+
+
+def _unprivileged(cmd: list[str]) -> list[str]:
+    """As root, drop the capabilities that let root read a mode-000 file."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+
+
+def test_bad_input_corpus(tmp_path: Path) -> None:
+    src, expect = _bad_corpus(tmp_path)
+    rules = write_rules(tmp_path / "rules.yaml", BAD_RULES)
+    out = tmp_path / "out"
+    env = {**os.environ, "HICUR_CURATION_SALT": SALT}
+    cmd = _unprivileged([sys.executable, "-m", "hicur_monai.cli", "curate", str(src), "--out", str(out),
+                         "--modality-map", str(rules), "--workers", "2", "--no-progress"])
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_parquet(out / "manifest.parquet")
+    inputs = df[df.row_type == "input"].set_index("source_path")
+    got = {k: (inputs.loc[k, "status"], inputs.loc[k, "reason"]) for k in expect if k in inputs.index}
+    assert set(got) == set(expect), f"missing rows: {set(expect) - set(got)}"
+    for k, reason in expect.items():
+        status, r = got[k]
+        assert (status, r) == (("accepted", "") if not reason else ("rejected", reason)), (k, status, r)
+    assert inputs.loc["bad/photo.png", "format"] == "jpeg"
+    # the absolute source location appears nowhere (rows, messages, logs)
+    assert str(src) not in (out / "manifest.csv").read_text() + res.stdout + res.stderr
+
+
+def _corpus_for_kill(root: Path) -> Path:
+    src = root / "src"
+    for i in range(36):
+        d = src / f"p{i:03d}"
+        d.mkdir(parents=True)
+        Image.fromarray(endoscopy_frame(100 + i, size=240)).save(d / "frame.png")
+    for j in range(3):
+        write_volume(src / "mri" / f"c{j}" / "T2.nii.gz", seed=j, shape=(64, 64, 16))
+    return src
+
+
+RULES = """\
+version: 1
+rules:
+  - glob: "*/mask.nii.gz"
+    exclude: mask
+  - regex: "mri/(?P<patient>[^/]+)/T2\\\\.nii\\\\.gz$"
+    modality: mri
+    sequence: T2
+  - regex: "src/(?P<patient>p\\\\d+)/"
+    modality: endoscopy
+"""
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    src = _corpus_for_kill(tmp_path)
+    rules = write_rules(tmp_path / "rules.yaml", RULES)
+    killed = tmp_path / "killed"
+    code = (f"from hicur_monai.data.curation import curate; "
+            f"curate([{str(src)!r}], {str(killed)!r}, salt={SALT!r}, rules={str(rules)!r}, workers=2, "
+            f"progress=False, flush_every=3, flush_seconds=60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = killed / "parts" / "shard-0000-of-0001"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make the corpus bigger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.parquet").exists()
+    n_parts = len(list(parts.glob("part-*.parquet")))
+    with pytest.raises(FileExistsError, match="--resume"):
+        curate([src], killed, salt=SALT, rules=rules, workers=1, progress=False)
+    summary = curate([src], killed, salt=SALT, rules=rules, workers=1, resume=True, progress=False)
+    assert len(list(parts.glob("part-*.parquet"))) > n_parts
+    ref = tmp_path / "ref"
+    curate([src], ref, salt=SALT, rules=rules, workers=1, progress=False)
+    a = pd.read_parquet(ref / "manifest.parquet")
+    b = pd.read_parquet(killed / "manifest.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    assert b[b.row_type == "input"].source_id.is_unique and summary["inputs"]["total"] == 36 + 6
+    assert not list(killed.rglob(".*.tmp"))
+    written = {p.relative_to(killed).as_posix() for p in (killed / "images").rglob("*.png")}
+    assert written == set(b.loc[b.row_type == "image", "output_path"])
