@@ -98,3 +98,16 @@ def test_deterministic_by_seed(tmp_path: Path, demo_cohort: Path):
     a = np.asarray(nib.load(demo_cohort / "mri/IMG0001/T1.nii.gz").dataobj)
     c = np.asarray(nib.load(other / "mri/IMG0001/T1.nii.gz").dataobj)
     assert not np.array_equal(a, c)
+
+
+def test_preview_writes_a_contact_sheet_per_modality(demo_cohort: Path, tmp_path: Path):
+    from PIL import Image
+
+    from hicur_monai.data.demo.preview import PREVIEW_PIPELINES, preview_pipelines
+
+    written = preview_pipelines(demo_cohort, tmp_path, n=2)
+    assert set(written) == set(PREVIEW_PIPELINES)
+    for path in written.values():
+        with Image.open(path) as im:
+            assert im.width > 200 and im.height > 150
+            assert len(set(im.convert("L").getdata())) > 20  # a picture, not a blank canvas
