@@ -1,0 +1,353 @@
+"""Time-to-event models with one lifelines-like interface: Cox PH and DeepSurv.
+
+Both fitters take a DataFrame with covariate columns plus a duration and an event column
+(``fit(df, duration_col, event_col)``), and predict a risk score (higher = earlier event)
+and survival curves ``S(t | x)`` at chosen times, so every metric and report treats them
+alike.
+
+* :class:`CoxModel` wraps lifelines' :class:`~lifelines.CoxPHFitter` (Efron ties, optional
+  ridge/elastic-net penalty, stratification) and adds the hazard-ratio table and the
+  baseline survival.
+* :class:`DeepSurv` trains :class:`~hicur_monai.networks.prognosis.DeepSurvNet` with the
+  Efron negative partial log-likelihood (:mod:`hicur_monai.survival.losses`), full batch,
+  Adam, inputs standardised on the training data, L2 on the output layer, early stopping on
+  an internal validation split, an ensemble over several seeds, and a Breslow baseline
+  hazard so it predicts survival curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time as _time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hicur_monai.data.clinical import check_collinearity
+from hicur_monai.networks.prognosis import DeepSurvNet
+from hicur_monai.survival.losses import EfronPartialLikelihood, cox_efron_loss
+from hicur_monai.utils.io import atomic_save_torch
+
+__all__ = ["CoxModel", "DeepSurv", "breslow_baseline", "save_model", "load_model", "MODEL_FACTORIES"]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_frame(df: pd.DataFrame, covariates: Sequence[str], where: str) -> None:
+    missing = [c for c in covariates if c not in df.columns]
+    if missing:
+        raise KeyError(f"{where}: covariate columns missing: {missing}")
+    bad = df[list(covariates)].isna().any()
+    if bad.any():
+        rows = df.index[df[list(covariates)].isna().any(axis=1)][:10].tolist()
+        raise ValueError(f"{where}: missing values in covariates {bad[bad].index.tolist()} (rows {rows}...); "
+                         "drop or impute them first (the workflow drops incomplete rows and reports how many)")
+
+
+def _check_outcome(time: np.ndarray, event: np.ndarray, where: str) -> None:
+    if not np.all(np.isfinite(time)) or np.any(time < 0):
+        raise ValueError(f"{where}: durations must be finite and >= 0")
+    if not np.isin(event, (0, 1)).all():
+        raise ValueError(f"{where}: events must be 0/1")
+    if event.sum() == 0:
+        raise ValueError(f"{where}: no events; a survival model cannot be fitted")
+
+
+def breslow_baseline(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Breslow estimate of the baseline cumulative hazard for relative risks ``exp(risk)``.
+
+    Returns ``(event_times, cumulative_hazard)`` (step function, right-continuous).
+    """
+    order = np.argsort(time, kind="stable")
+    t, e, r = time[order], event[order].astype(float), np.exp(risk[order] - risk.max())
+    uniq = np.unique(t[e > 0])
+    at_risk = np.array([r[t >= u].sum() for u in uniq])
+    deaths = np.array([e[t == u].sum() for u in uniq])
+    return uniq, np.cumsum(deaths / at_risk) * np.exp(-risk.max())
+
+
+def _step(x_grid: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Value of a right-continuous step function (0 before the first step) at ``at``."""
+    idx = np.searchsorted(x_grid, at, side="right") - 1
+    return np.where(idx >= 0, y[np.clip(idx, 0, None)], 0.0)
+
+
+class CoxModel:
+    """Cox proportional-hazards model through lifelines (Efron ties).
+
+    Args:
+        penalizer: penalty strength (lifelines' ``penalizer``; 0 = unpenalised).
+        l1_ratio: elastic-net mix (0 = ridge).
+        strata: columns to stratify on (a baseline hazard per stratum).
+        alpha: 1 - confidence level of the hazard-ratio intervals.
+    """
+
+    name = "cox"
+
+    def __init__(self, penalizer: float = 0.01, l1_ratio: float = 0.0, strata: Sequence[str] | None = None,
+                 alpha: float = 0.05):
+        self.penalizer = float(penalizer)
+        self.l1_ratio = float(l1_ratio)
+        self.strata = list(strata) if strata else None
+        self.alpha = float(alpha)
+        self.covariates: list[str] = []
+        self.fitter_ = None
+        self.fit_seconds_ = float("nan")
+
+    def params(self) -> dict[str, Any]:
+        return {"penalizer": self.penalizer, "l1_ratio": self.l1_ratio, "strata": self.strata, "ties": "efron"}
+
+    def fit(self, df: pd.DataFrame, duration_col: str = "time", event_col: str = "event") -> CoxModel:
+        from lifelines import CoxPHFitter
+
+        self.covariates = [c for c in df.columns if c not in (duration_col, event_col, *(self.strata or []))]
+        check_collinearity(self.covariates)
+        _check_frame(df, self.covariates, "CoxModel.fit")
+        _check_outcome(df[duration_col].to_numpy(float), df[event_col].to_numpy(), "CoxModel.fit")
+        t0 = _time.perf_counter()
+        self.fitter_ = CoxPHFitter(penalizer=self.penalizer, l1_ratio=self.l1_ratio, strata=self.strata,
+                                   alpha=self.alpha)
+        self.fitter_.fit(df, duration_col=duration_col, event_col=event_col)
+        self.fit_seconds_ = _time.perf_counter() - t0
+        return self
+
+    def _need_fit(self):
+        if self.fitter_ is None:
+            raise RuntimeError("CoxModel is not fitted; call fit() first")
+        return self.fitter_
+
+    def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
+        """Log partial hazard (higher = earlier event)."""
+        f = self._need_fit()
+        _check_frame(df, self.covariates, "CoxModel.predict_risk")
+        return np.asarray(f.predict_log_partial_hazard(df), dtype=float).reshape(-1)
+
+    def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+        """``S(t | x)``, shape ``(n, len(times))``."""
+        f = self._need_fit()
+        _check_frame(df, self.covariates, "CoxModel.predict_survival")
+        return np.asarray(f.predict_survival_function(df, times=list(times)), dtype=float).T
+
+    def baseline_survival(self, times: Sequence[float]) -> np.ndarray:
+        """Baseline survival at ``times`` (covariates at their training means, lifelines' convention)."""
+        f = self._need_fit()
+        if self.strata:
+            raise ValueError("a stratified model has one baseline per stratum; see fitter_.baseline_survival_")
+        h = f.baseline_cumulative_hazard_
+        return np.exp(-_step(h.index.to_numpy(float), h.iloc[:, 0].to_numpy(float), np.asarray(times, float)))
+
+    def hazard_ratios(self) -> pd.DataFrame:
+        """Coefficient, HR with CI, z, p per covariate."""
+        s = self._need_fit().summary
+        lo, hi = f"exp(coef) lower {100 * (1 - self.alpha):.0f}%", f"exp(coef) upper {100 * (1 - self.alpha):.0f}%"
+        clo, chi = f"coef lower {100 * (1 - self.alpha):.0f}%", f"coef upper {100 * (1 - self.alpha):.0f}%"
+        return pd.DataFrame({"coef": s["coef"], "se": s["se(coef)"], "coef_lo": s[clo], "coef_hi": s[chi],
+                             "hr": s["exp(coef)"], "hr_lo": s[lo], "hr_hi": s[hi], "z": s["z"], "p": s["p"]})
+
+
+class DeepSurv:
+    """DeepSurv: an MLP Cox model trained with the Efron partial likelihood.
+
+    Args:
+        hidden: hidden layer widths.
+        dropout: dropout probability.
+        lr: Adam learning rate.
+        epochs: maximum epochs (full-batch steps when ``batch_size`` is None).
+        l2_output: L2 penalty on the output layer's weights.
+        weight_decay: Adam weight decay on all layers (0 by default).
+        n_seeds: networks in the ensemble (risk = mean log-risk over seeds).
+        val_fraction: share of the training data held out (stratified by event) for early
+            stopping; 0 trains for ``epochs`` without early stopping.
+        patience: epochs without validation improvement before stopping.
+        batch_size: mini-batch size; None = full batch (default; the partial likelihood
+            couples all patients, full batch is the exact objective).
+        seed: base random seed.
+        progress: show a tqdm bar over epochs.
+        device: torch device.
+    """
+
+    name = "deepsurv"
+
+    def __init__(self, hidden: Sequence[int] = (32, 32), dropout: float = 0.2, lr: float = 1e-3,
+                 epochs: int = 500, l2_output: float = 1e-2, weight_decay: float = 0.0, n_seeds: int = 3,
+                 val_fraction: float = 0.2, patience: int = 50, batch_size: int | None = None, seed: int = 0,
+                 progress: bool = False, device: str = "cpu"):
+        self.hidden = tuple(int(h) for h in hidden)
+        self.dropout = float(dropout)
+        self.lr = float(lr)
+        self.epochs = int(epochs)
+        self.l2_output = float(l2_output)
+        self.weight_decay = float(weight_decay)
+        self.n_seeds = int(n_seeds)
+        self.val_fraction = float(val_fraction)
+        self.patience = int(patience)
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.progress = bool(progress)
+        self.device = device
+        self.covariates: list[str] = []
+        self.nets_: list[DeepSurvNet] = []
+        self.mean_: np.ndarray | None = None
+        self.scale_: np.ndarray | None = None
+        self.baseline_: tuple[np.ndarray, np.ndarray] | None = None
+        self.history_: list[dict[str, Any]] = []
+        self.fit_seconds_ = float("nan")
+
+    def params(self) -> dict[str, Any]:
+        keys = ("hidden", "dropout", "lr", "epochs", "l2_output", "weight_decay", "n_seeds", "val_fraction",
+                "patience", "batch_size", "seed")
+        return {k: getattr(self, k) for k in keys} | {"activation": "SELU", "optimizer": "Adam",
+                                                      "loss": "Efron partial likelihood"}
+
+    def _x(self, df: pd.DataFrame) -> torch.Tensor:
+        x = (df[self.covariates].to_numpy(float) - self.mean_) / self.scale_
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    def fit(self, df: pd.DataFrame, duration_col: str = "time", event_col: str = "event") -> DeepSurv:
+        self.covariates = [c for c in df.columns if c not in (duration_col, event_col)]
+        check_collinearity(self.covariates)
+        _check_frame(df, self.covariates, "DeepSurv.fit")
+        time_np, event_np = df[duration_col].to_numpy(float), df[event_col].to_numpy(int)
+        _check_outcome(time_np, event_np, "DeepSurv.fit")
+        t0 = _time.perf_counter()
+        xs = df[self.covariates].to_numpy(float)
+        self.mean_ = xs.mean(axis=0)
+        self.scale_ = np.where(xs.std(axis=0) > 0, xs.std(axis=0), 1.0)
+        x = self._x(df)
+        t = torch.as_tensor(time_np, dtype=torch.float32, device=self.device)
+        e = torch.as_tensor(event_np, dtype=torch.bool, device=self.device)
+        self.nets_, self.history_ = [], []
+        for k in range(self.n_seeds):
+            net, hist = self._fit_one(x, t, e, self.seed + k)
+            self.nets_.append(net)
+            self.history_.append(hist)
+        self.baseline_ = breslow_baseline(self.predict_risk(df), time_np, event_np)
+        self.fit_seconds_ = _time.perf_counter() - t0
+        return self
+
+    def _split(self, e: torch.Tensor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        n = len(e)
+        if self.val_fraction <= 0:
+            return np.arange(n), np.array([], dtype=int)
+        ev = e.cpu().numpy()
+        val = []
+        for flag in (True, False):
+            idx = np.flatnonzero(ev == flag)
+            rng.shuffle(idx)
+            val.extend(idx[: int(round(self.val_fraction * len(idx)))])
+        val_arr = np.sort(np.array(val, dtype=int))
+        return np.setdiff1d(np.arange(n), val_arr), val_arr
+
+    def _fit_one(self, x: torch.Tensor, t: torch.Tensor, e: torch.Tensor, seed: int) -> tuple[DeepSurvNet, dict]:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        tr, va = self._split(e, rng)
+        net = DeepSurvNet(x.shape[1], self.hidden, self.dropout).to(self.device)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        tr_t = torch.as_tensor(tr, device=self.device)
+        va_t = torch.as_tensor(va, device=self.device)
+        best, best_state, best_epoch, bad = float("inf"), None, 0, 0
+        hist: dict[str, Any] = {"seed": seed, "train_loss": [], "val_loss": []}
+        iterator = range(self.epochs)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc=f"DeepSurv seed {seed}", leave=False)
+        bs = self.batch_size or len(tr)
+        full_batch = bs >= len(tr)
+        # full batch: the tie structure of the training and validation sets is fixed, build it once
+        train_lik = EfronPartialLikelihood(t[tr_t], e[tr_t]).to(self.device) if full_batch else None
+        val_lik = EfronPartialLikelihood(t[va_t], e[va_t]).to(self.device) if len(va_t) else None
+        x_tr = x[tr_t]
+        for epoch in iterator:
+            net.train()
+            if full_batch:
+                opt.zero_grad(set_to_none=True)
+                loss = train_lik.loss(net(x_tr)) + self.l2_output * net.out.weight.pow(2).sum()
+                loss.backward()
+                opt.step()
+            else:
+                perm = tr_t[torch.randperm(len(tr_t), device=self.device)]
+                for start in range(0, len(perm), bs):
+                    idx = perm[start: start + bs]
+                    opt.zero_grad(set_to_none=True)
+                    loss = cox_efron_loss(net(x[idx]), t[idx], e[idx]) + \
+                        self.l2_output * net.out.weight.pow(2).sum()
+                    loss.backward()
+                    opt.step()
+            hist["train_loss"].append(loss.item())
+            if val_lik is not None:
+                net.eval()
+                with torch.no_grad():
+                    vl = val_lik.loss(net(x[va_t])).item()
+                hist["val_loss"].append(vl)
+                if vl < best - 1e-6:
+                    best, best_state, best_epoch, bad = vl, copy.deepcopy(net.state_dict()), epoch, 0
+                else:
+                    bad += 1
+                    if bad >= self.patience:
+                        break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        hist["best_epoch"] = best_epoch if len(va_t) else self.epochs - 1
+        hist["epochs_run"] = len(hist["train_loss"])
+        net.eval()
+        return net, hist
+
+    def _need_fit(self) -> None:
+        if not self.nets_:
+            raise RuntimeError("DeepSurv is not fitted; call fit() first")
+
+    def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
+        """Mean log relative hazard over the ensemble."""
+        self._need_fit()
+        _check_frame(df, self.covariates, "DeepSurv.predict_risk")
+        x = self._x(df)
+        with torch.no_grad():
+            return torch.stack([net(x) for net in self.nets_]).mean(0).double().cpu().numpy()
+
+    def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+        """``S(t | x) = exp(-H0(t) exp(risk))`` with the Breslow baseline, shape ``(n, len(times))``."""
+        self._need_fit()
+        h0 = _step(*self.baseline_, np.asarray(times, float))
+        return np.exp(-np.outer(np.exp(self.predict_risk(df)), h0))
+
+    def baseline_survival(self, times: Sequence[float]) -> np.ndarray:
+        """Baseline survival ``exp(-H0(t))`` (risk 0, i.e. the standardised mean patient for a linear net)."""
+        self._need_fit()
+        return np.exp(-_step(*self.baseline_, np.asarray(times, float)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["nets_"] = [copy.deepcopy(n).cpu() for n in self.nets_]
+        state["device"] = "cpu"
+        return state
+
+
+#: name -> class, for configs and the workflow
+MODEL_FACTORIES: dict[str, type] = {"cox": CoxModel, "deepsurv": DeepSurv}
+
+
+def save_model(model: Any, path: str | os.PathLike, **extra: Any) -> Path:
+    """Save a fitted model (and ``extra`` metadata) atomically with :func:`torch.save`."""
+    return atomic_save_torch({"format": "hicur-survival-model/1", "model": model, **extra}, path)
+
+
+def load_model(path: str | os.PathLike) -> dict[str, Any]:
+    """Load what :func:`save_model` wrote. Only load files you produced: this unpickles objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no model file {p}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict) or obj.get("format") != "hicur-survival-model/1":
+        raise ValueError(f"{p} is not a hicur survival model file")
+    return obj
