@@ -1,0 +1,149 @@
+"""OpenAI-compatible HTTP client against a local test server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hicur_monai.llm import ChatModelError, GenerationConfig, load_chat_model
+from hicur_monai.llm.openai_http import RateLimiter, request_key
+
+MSG = [{"role": "user", "content": "Describe the roof."}]
+
+
+class _Server:
+    """A chat-completions server whose replies are scripted per test."""
+
+    def __init__(self):
+        self.script: list = []  # items: (status, body-str) or "ok"
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                item = server.script.pop(0) if server.script else "ok"
+                if item == "ok":
+                    status, text = 200, json.dumps({"choices": [{"message": {"role": "assistant",
+                                                                              "content": f"echo {len(server.requests)}"}}]})
+                else:
+                    status, text = item
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+    s = _Server()
+    yield s
+    s.close()
+
+
+def _model(server, **kw):
+    sleeps: list[float] = []
+    kw.setdefault("max_retries", 2)
+    m = load_chat_model("openai", base_url=server.url, model="tiny", api_key_env="HICUR_TEST_KEY",
+                        backoff=0.5, sleep=sleeps.append, **kw)
+    return m, sleeps
+
+
+def test_reply_payload_and_api_key(server, monkeypatch):
+    monkeypatch.setenv("HICUR_TEST_KEY", "sekret")
+    m, _ = _model(server)
+    assert m(MSG, GenerationConfig(max_new_tokens=7, temperature=0.0, seed=3)) == "echo 1"
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sekret"
+    assert req["body"]["model"] == "tiny" and req["body"]["messages"] == MSG
+    assert req["body"]["max_tokens"] == 7 and req["body"]["seed"] == 3
+
+
+def test_500_then_success_is_retried_with_backoff(server):
+    server.script = [(500, "boom"), (503, "busy"), "ok"]
+    m, sleeps = _model(server)
+    assert m(MSG) == "echo 3"
+    assert sleeps == [0.5, 1.0]  # exponential backoff
+    assert m.stats["retries"] == 2 and m.stats["failures"] == 0
+
+
+def test_malformed_json_is_retried_then_fails(server):
+    server.script = [(200, "{not json"), (200, json.dumps({"choices": []})), (200, "<html>")]
+    m, sleeps = _model(server)
+    with pytest.raises(ChatModelError, match="3 attempts.*malformed reply"):
+        m(MSG)
+    assert len(server.requests) == 3 and len(sleeps) == 2 and m.stats["failures"] == 1
+
+
+def test_client_error_is_not_retried(server):
+    server.script = [(400, json.dumps({"error": "bad request"}))]
+    m, sleeps = _model(server)
+    with pytest.raises(ChatModelError, match="HTTP 400"):
+        m(MSG)
+    assert len(server.requests) == 1 and sleeps == []
+
+
+def test_rate_limited_429_is_retried(server):
+    server.script = [(429, "slow down"), "ok"]
+    m, _ = _model(server)
+    assert m(MSG) == "echo 2"
+
+
+def test_cache_on_disk_keyed_by_request(server, tmp_path):
+    m, _ = _model(server, cache_dir=tmp_path / "cache")
+    first = m(MSG)
+    again = m(MSG)
+    other = m(MSG, GenerationConfig(max_new_tokens=9))
+    assert first == again == "echo 1" and other == "echo 2"
+    assert len(server.requests) == 2 and m.stats["cache_hits"] == 1
+    # a new client (a resumed run) reads the same cache
+    m2, _ = _model(server, cache_dir=tmp_path / "cache")
+    assert m2(MSG) == "echo 1" and len(server.requests) == 2
+    key = request_key(m.url, m.payload(MSG))
+    assert (tmp_path / "cache" / key[:2] / f"{key}.json").is_file()
+
+
+def test_unreachable_server_fails_after_retries():
+    m = load_chat_model("openai", base_url="http://127.0.0.1:9/v1", model="x", max_retries=1, timeout=2,
+                        sleep=lambda s: None)
+    with pytest.raises(ChatModelError, match="connection failed"):
+        m(MSG)
+
+
+def test_rate_limiter_spaces_calls():
+    t = [0.0]
+    slept: list[float] = []
+
+    def sleep(s):
+        slept.append(s)
+        t[0] += s
+
+    lim = RateLimiter(per_minute=120, clock=lambda: t[0], sleep=sleep)
+    for _ in range(3):
+        lim.wait()
+    assert slept == [0.5, 0.5]
+    with pytest.raises(ValueError):
+        RateLimiter(per_minute=0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="http"):
+        load_chat_model("openai", base_url="ftp://x", model="m")
