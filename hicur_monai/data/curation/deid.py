@@ -35,6 +35,7 @@ __all__ = [
     "deidentify_dataset",
     "identifying_values",
     "kept_values",
+    "path_sensitive_values",
     "header_json",
     "ANNEX_E_TABLE",
     "read_header",
@@ -118,9 +119,7 @@ def _uid_tags() -> list[tuple]:
     return list(tags["U_TAGS"]) + list(tags["X_Z_U_STAR_TAGS"])
 
 
-def profile_actions(pseudo: Pseudonymizer, patient: str) -> dict[tuple, Callable[[Dataset, tuple], None]]:
-    """The basic-profile action table with keyed UIDs and the patient pseudonym."""
-
+def _keyed_uid_action(pseudo: Pseudonymizer) -> Callable[[Dataset, tuple], None]:
     def keyed_uid(dataset: Dataset, tag: tuple) -> None:
         el = dataset.get(tag)
         if el is None:
@@ -135,6 +134,13 @@ def profile_actions(pseudo: Pseudonymizer, patient: str) -> dict[tuple, Callable
                 for sub in list(item):
                     if sub.VR == "UI" and sub.value:
                         keyed_uid(item, sub.tag)
+
+    return keyed_uid
+
+
+def profile_actions(pseudo: Pseudonymizer, patient: str) -> dict[tuple, Callable[[Dataset, tuple], None]]:
+    """The basic-profile action table with keyed UIDs and the patient pseudonym (for ``anonymize_dataset``)."""
+    keyed_uid = _keyed_uid_action(pseudo)
 
     def set_patient(dataset: Dataset, tag: tuple) -> None:
         if tag in dataset:
@@ -158,6 +164,25 @@ def kept_values(ds: Dataset) -> set[str]:
                 and (el.tag.group, el.tag.element) not in actions:
             vals = el.value if isinstance(el.value, MultiValue) else [el.value]
             out.update(str(v).strip() for v in vals if v is not None and v != "")
+    return out
+
+
+#: attributes whose values, found in a source path, make curation redact that path
+PATH_SENSITIVE = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate",
+                  "StudyID", "InstitutionName", "ReferringPhysicianName")
+
+
+def path_sensitive_values(ds: Dataset) -> set[str]:
+    """Values of :data:`PATH_SENSITIVE` (and person-name components), for the source-path check."""
+    out: set[str] = set()
+    for kw in PATH_SENSITIVE:
+        v = ds.get(kw)
+        vals = v if isinstance(v, MultiValue) else [v]
+        for x in vals:
+            sx = str(x or "").strip()
+            if len(sx) >= 3:
+                out.add(sx)
+                out.update(p for p in sx.replace("^", " ").split() if len(p) >= 3)
     return out
 
 
@@ -194,17 +219,62 @@ def identifying_values(ds: Dataset) -> set[str]:
     return out - kept
 
 
+@lru_cache(maxsize=1)
+def _split_actions() -> tuple[dict[tuple, Callable], list[tuple[tuple, Callable]], frozenset]:
+    """The table as (single-tag actions, repeating-group (mask) actions, UID tags)."""
+    base = _base_actions()
+    singles = {t: a for t, a in base.items() if len(t) == 2}
+    masks = [(t, a) for t, a in base.items() if len(t) == 4]
+    return singles, masks, frozenset(t for t in _uid_tags() if len(t) == 2)
+
+
+def _remove_private(ds: Dataset) -> None:
+    """Delete private tags at every level, converting only sequences (``Dataset.remove_private_tags``
+    decodes every element of the file, which costs more than the rest of the profile)."""
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            del ds[tag]
+            continue
+        if ds.get_item(tag).VR == "SQ":
+            for item in ds[tag].value:
+                _remove_private(item)
+
+
 def deidentify_dataset(ds: Dataset, pseudo: Pseudonymizer, patient: str) -> Dataset:
     """Apply the basic profile to ``ds`` in place (and return it).
 
-    Private tags are removed; Patient Name / ID become ``patient``; UIDs become keyed UIDs;
-    ``PatientIdentityRemoved`` is set to ``YES`` and ``DeidentificationMethod`` says how.
+    The actions are ``dicom-anonymizer``'s (remove / empty / dummy-replace per the Annex E
+    table); they are applied to the elements the dataset has (one pass over the dataset
+    rather than one look-up per table row). Private tags are removed; Patient Name / ID
+    become ``patient``; UIDs become keyed UIDs; ``PatientIdentityRemoved`` is set to ``YES``
+    and ``DeidentificationMethod`` says how.
     """
-    from dicomanonymizer.simpledicomanonymizer import anonymize_dataset
+    singles, masks, uid_tags = _split_actions()
+    keyed = _keyed_uid_action(pseudo)
 
-    actions = profile_actions(pseudo, patient)
-    anonymize_dataset(ds, base_rules_gen=lambda: dict(actions), delete_private_tags=True)
-    # the table covers the file meta UIDs too; make sure the media storage UID follows the SOP UID
+    def set_patient(dataset: Dataset, tag: tuple) -> None:
+        dataset[tag].value = patient
+
+    for dset, is_meta in ((ds, False), (getattr(ds, "file_meta", None), True)):
+        if dset is None:
+            continue
+        for tag_obj in list(dset.keys()):
+            tag = (tag_obj.group, tag_obj.element)
+            if is_meta and tag_obj.group != 0x0002:
+                continue
+            if tag in ((0x0010, 0x0010), (0x0010, 0x0020)):
+                set_patient(dset, tag)
+                continue
+            if tag in uid_tags:
+                keyed(dset, tag)
+                continue
+            act = singles.get(tag)
+            if act is None and 0x5000 <= tag_obj.group <= 0x60FF:
+                act = next((a for (g, e, gm, em), a in masks
+                            if tag_obj.group & gm == g & gm and tag_obj.element & em == e & em), None)
+            if act is not None:
+                act(dset, tag)
+    _remove_private(ds)
     if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PatientIdentityRemoved = "YES"

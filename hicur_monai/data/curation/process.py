@@ -26,7 +26,7 @@ from hicur_monai.data.curation.deid import (
     Pseudonymizer,
     deidentify_dataset,
     header_json,
-    identifying_values,
+    path_sensitive_values,
     read_header,
 )
 from hicur_monai.data.curation.discover import Found
@@ -223,7 +223,7 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
             ident = identify_dicom(ds, cfg.rules, match)
             if not ident.patient_key:  # no PatientID / PatientName: the rule's or the folder's patient
                 ident.patient_key = default_patient_key(found.rel)
-            secrets = identifying_values(ds)
+            secrets = path_sensitive_values(ds)
             low = found.rel.lower()
             if any(s.lower() in low for s in secrets):
                 src = f"redacted:{sid}"  # the path itself carries an identifier of this file
