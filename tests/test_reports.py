@@ -110,7 +110,7 @@ def test_missing_language_and_files(tmp_path):
 
 def test_demo_cohort_precision_recall(tmp_path):
     """The demo reports' sidecars are the ground truth; the parser shares no wording with the generator."""
-    entries = generate_endoscopy(tmp_path, 60, seed=3, image_size=32)
+    entries = generate_endoscopy(tmp_path, 60, seed=3, write_images=False)
     parsed = [parse_report_file(tmp_path / e["report"]) for e in entries]
     truths = [json.loads((tmp_path / e["findings"]).read_text()) for e in entries]
     scores = score_findings(parsed, truths)

@@ -310,25 +310,26 @@ def impression_category(grid: dict[str, dict[str, str]]) -> str:
 # This generator's own phrasing. Not shared with the parser's YAML patterns.
 _REGION_WORDS = {
     "left_wall": ["left wall", "left lateral wall", "left side wall", "left nasopharyngeal wall",
-                  "left pharyngeal recess"],
+                  "left pharyngeal recess", "left fossa of Rosenmüller", "left torus region"],
     "right_wall": ["right wall", "right lateral wall", "right side wall", "right nasopharyngeal wall",
-                   "right pharyngeal recess"],
-    "roof": ["roof", "top wall", "vault", "superior wall", "roof of the nasopharynx"],
-    "posterior_wall": ["posterior wall", "back wall", "posterior nasopharyngeal wall"],
+                   "right pharyngeal recess", "right fossa of Rosenmüller", "right torus region"],
+    "roof": ["roof", "top wall", "vault", "superior wall", "roof of the nasopharynx", "nasopharyngeal vault"],
+    "posterior_wall": ["posterior wall", "back wall", "posterior nasopharyngeal wall", "back of the nasopharynx"],
 }
 _BILATERAL_WORDS = ["both lateral walls", "the bilateral walls", "the left and right walls",
                     "both side walls", "the lateral walls bilaterally", "the two lateral walls"]
-_ADJ = {"congestion": ["congested", "hyperaemic", "red and congested", "hyperemic"],
-        "swelling": ["swollen", "oedematous", "edematous", "puffy and swollen"]}
+_ADJ = {"congestion": ["congested", "hyperaemic", "red and congested", "hyperemic", "reddened", "engorged"],
+        "swelling": ["swollen", "oedematous", "edematous", "puffy and swollen", "boggy"]}
 _NOUN = {
     "congestion": ["congestion", "mucosal hyperaemia", "hyperemia", "marked congestion"],
     "swelling": ["swelling", "oedema", "mucosal edema", "swelling of the mucosa"],
     "neoplasm": ["a neoplasm", "a mass", "a new growth", "an exophytic mass", "a cauliflower-like new growth",
-                 "a lobulated mass", "a neoplastic lesion"],
-    "ulceration": ["ulceration", "an ulcer", "superficial ulceration", "an ulcerated area"],
+                 "a lobulated mass", "a neoplastic lesion", "a tumour", "an irregular nodular mass"],
+    "ulceration": ["ulceration", "an ulcer", "superficial ulceration", "an ulcerated area", "an erosion"],
     "secretion": ["purulent discharge", "mucopurulent secretions", "secretions", "thick yellow secretion",
-                  "pus"],
-    "bleeding": ["bleeding", "haemorrhage", "contact bleeding", "fresh blood", "oozing of blood"],
+                  "pus", "mucoid discharge"],
+    "bleeding": ["bleeding", "haemorrhage", "contact bleeding", "fresh blood", "oozing of blood",
+                 "a blood clot", "active haemorrhage"],
 }
 _NEG_NOUN = {
     "congestion": ["congestion", "hyperaemia"],
@@ -348,11 +349,14 @@ _UNCERTAIN_NEOPLASM = [
     "A questionable {n} is seen on the {R}.",
     "{R_cap}: ? {n}, to be confirmed.",
     "Slightly raised area on the {R}, suspicious for {N}.",
+    "The {R} shows an area that may represent {N}.",
+    "Query {n}, {R}.",
 ]
 _UNCERTAIN_OTHER = [
     "Possible {n} on the {R}.",
     "{N_cap} of the {R} cannot be ruled out.",
     "Questionable {n} at the {R}.",
+    "Equivocal {n} on the {R}.",
 ]
 _SMOOTH = [
     "The {R} is smooth.", "{R_cap} mucosa smooth.", "The mucosa of the {R} is smooth and intact.",
@@ -366,6 +370,7 @@ _GLOBAL_NORMAL = [
 _GLOBAL_NEG = [
     "No {a} seen.", "No obvious {a} or {b}.", "There is no evidence of {a}.",
     "Negative for {a}.", "Neither {a} nor {b} is seen.", "No {a} was found.",
+    "{a_cap} is not seen.", "No sign of {a} or {b}.",
 ]
 _REGION_NEG = [
     "The {R} is smooth without {a}.", "The {R} shows no {a}.", "{R_cap}: no {a}.",
@@ -495,7 +500,7 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
         chosen = prefer[:2] if rng.random() < 0.5 else prefer[:1]
         tmpl = _pick(rng, [t for t in _GLOBAL_NEG if ("{b}" in t) == (len(chosen) == 2)])
         words = [_pick(rng, _NEG_NOUN[f]) for f in chosen]
-        body.append(tmpl.format(a=words[0], b=words[-1]))
+        body.append(tmpl.format(a=words[0], b=words[-1], a_cap=_cap(words[0])))
         negated.extend((r, f) for f in chosen for r in MAIN_REGIONS)
     for r in MAIN_REGIONS:
         if (present[r] or uncertain[r]) and rng.random() < 0.3:
@@ -524,19 +529,22 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
 
 
 # ----------------------------------------------------------------------------- cohort
-def generate_endoscopy(out_dir: Path, n_frames: int, seed: int, image_size: int = 384) -> list[dict]:
+def generate_endoscopy(out_dir: Path, n_frames: int, seed: int, image_size: int = 384,
+                       write_images: bool = True) -> list[dict]:
     """Write ``n_frames`` synthetic frames, reports and ground-truth sidecars under ``out_dir``.
 
     Files: ``endoscopy/<id>.png`` (RGB), ``reports/<id>.txt`` (free text),
     ``reports/<id>.json`` (ground truth: ``findings`` grid region -> finding -> status,
     ``negated`` pairs, ``smooth`` regions, ``impression``). Frame ``i`` depends only on
-    ``(seed, i)``.
+    ``(seed, i)``; its findings, picture and wording use separate random streams.
 
     Args:
         out_dir: cohort root; paths in the returned entries are relative to it.
         n_frames: number of frames (one patient each).
         seed: random seed.
         image_size: side of the square frames in pixels.
+        write_images: ``False`` writes only reports and sidecars (identical to those written
+            with images), e.g. to benchmark the report parser quickly.
 
     Returns:
         Datalist entries ``{"image", "report", "findings", "modality": "endoscopy", "patient"}``.
@@ -550,13 +558,13 @@ def generate_endoscopy(out_dir: Path, n_frames: int, seed: int, image_size: int 
     (out_dir / "reports").mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(n_frames):
-        rng = np.random.default_rng([int(seed), i])
         fid, pid = f"endo_{i:04d}", f"endo_p{i:04d}"
-        grid = sample_findings(rng)
-        frame = render_frame(grid, rng, image_size)
-        text, truth = write_report(grid, rng)
-        with atomic_open(out_dir / "endoscopy" / f"{fid}.png", "wb", encoding=None) as fh:
-            Image.fromarray(frame).save(fh, format="PNG", compress_level=1)
+        grid = sample_findings(np.random.default_rng([int(seed), i, 0]))
+        text, truth = write_report(grid, np.random.default_rng([int(seed), i, 2]))
+        if write_images:
+            frame = render_frame(grid, np.random.default_rng([int(seed), i, 1]), image_size)
+            with atomic_open(out_dir / "endoscopy" / f"{fid}.png", "wb", encoding=None) as fh:
+                Image.fromarray(frame).save(fh, format="PNG", compress_level=1)
         atomic_write_text(out_dir / "reports" / f"{fid}.txt", text)
         atomic_write_json(out_dir / "reports" / f"{fid}.json", {"id": fid, "patient": pid, **truth})
         entries.append({"image": f"endoscopy/{fid}.png", "report": f"reports/{fid}.txt",
