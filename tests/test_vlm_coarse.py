@@ -1,0 +1,65 @@
+"""Coarse features for Stage III (fixed shape, blend, masks) and the ``vlm_coarse`` text encoder."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("timm")
+
+from vlm_helpers import tiny_vlm  # noqa: E402
+
+from hicur_monai.registry import create  # noqa: E402
+from hicur_monai.vlm.coarse import coarse_features  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_vlm().eval()
+
+
+def test_shapes_padding_and_truncation(model):
+    imgs = torch.randn(2, 3, 32, 32)
+    states, mask = coarse_features(model, imgs, length=128)
+    assert states.shape == (2, 128, 32) and mask.shape == (2, 128) and mask.dtype == torch.bool
+    n = int(mask[0].sum())
+    assert 5 < n < 128  # 5 image tokens + the instruction, then padding
+    assert torch.all(states[:, n:] == 0) and torch.all(mask[:, :n]) and not mask[:, n:].any()
+    assert torch.isfinite(states).all()
+    # different images give different states; the same image the same states
+    assert not torch.allclose(states[0, :n], states[1, :n])
+    again, _ = coarse_features(model, imgs[:1], length=128)
+    torch.testing.assert_close(again[0], states[0])
+    # truncation keeps the last positions, which equal the tail of the untruncated sequence
+    short, smask = coarse_features(model, imgs, length=8)
+    assert short.shape == (2, 8, 32) and smask.all()
+    torch.testing.assert_close(short[0], states[0, n - 8: n])
+
+
+def test_blend_is_the_original_weighting(model):
+    imgs = torch.randn(1, 3, 32, 32)
+    last, mask = coarse_features(model, imgs, length=64, blend="last")
+    mixed, _ = coarse_features(model, imgs, length=64, blend="0.3/0.7")
+    assert not torch.allclose(last[mask], mixed[mask])
+    with pytest.raises(ValueError, match="blend"):
+        coarse_features(model, imgs, blend="mean")
+
+
+def test_registered_encoder_images_and_texts(model, tmp_path):
+    enc = create("text_encoders", "vlm_coarse", model=model, length=400, device="cpu")
+    assert enc.dim == 32
+    states, mask = enc.encode(["Male, 52, T3N1M0 nasopharyngeal carcinoma, EBV DNA 5000 copies/ml.",
+                               torch.randn(3, 32, 32)])
+    assert states.shape == (2, 400, 32) and mask.shape == (2, 400)
+    text = "Male, 52, T3N1M0 nasopharyngeal carcinoma, EBV DNA 5000 copies/ml."
+    direct, dmask = coarse_features(model, None, [text], length=400)
+    torch.testing.assert_close(states[0], direct[0])  # a text is encoded without image tokens
+    assert torch.equal(mask[0], dmask[0]) and 0 < int(mask[1].sum()) < 400
+    # a saved model loads by path and gives the same states
+    model.save_pretrained(tmp_path / "vlm")
+    enc2 = create("text_encoders", "vlm_coarse", model=str(tmp_path / "vlm"), length=400, device="cpu")
+    s2, m2 = enc2.encode(["Male, 52, T3N1M0 nasopharyngeal carcinoma, EBV DNA 5000 copies/ml."])
+    torch.testing.assert_close(s2[0], states[0])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        enc.encode([str(tmp_path / "missing.png")])

@@ -1,0 +1,23 @@
+"""Shared tiny models for the vision-language tests (no files, no network)."""
+
+from __future__ import annotations
+
+TINY_VIT = {"kind": "timm_vit", "seed": 0,
+            "kwargs": {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                       "num_classes": 0}}
+TINY_LLM = {"backend": "tiny_random", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 400, "seed": 0}
+
+
+def tiny_vlm(**kw):
+    from hicur_monai.networks.vlm import VisionLanguageModel
+
+    return VisionLanguageModel.build(TINY_VIT, TINY_LLM, max_length=kw.pop("max_length", 256), **kw)
+
+
+def conversation(n_rounds: int = 2) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": "you are a careful endoscopist"}]
+    for i in range(n_rounds):
+        q = ("<image>\n" if i == 0 else "") + f"question {i}: is there a mass on the left wall?"
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": f"answer {i}: a mass with ulceration"}]
+    return msgs
