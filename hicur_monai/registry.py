@@ -63,10 +63,10 @@ STORES: dict[str, Registry] = {
 # importing the registry stays cheap and optional extras are only needed when used.
 _PROVIDERS: dict[str, tuple[str, ...]] = {
     "networks": ("hicur_monai.networks",),
-    "llm_backends": ("hicur_monai.llm",),
+    "llm_backends": ("hicur_monai.llm", "hicur_monai.llm.causal_lm"),
     "teachers": ("hicur_monai.llm",),
     "judges": ("hicur_monai.evaluation",),
-    "text_encoders": ("hicur_monai.llm",),
+    "text_encoders": ("hicur_monai.llm", "hicur_monai.networks", "hicur_monai.vlm"),
 }
 
 

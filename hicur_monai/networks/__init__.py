@@ -3,3 +3,4 @@
 from __future__ import annotations
 
 from hicur_monai.networks import hcmae  # noqa: F401
+from hicur_monai.networks import vlm  # noqa: F401
