@@ -467,7 +467,12 @@ def _read_raw(source: str | os.PathLike | pd.DataFrame, sheet: str | int = 0) ->
     return raw, str(path)
 
 
-def _resolve_columns(raw: pd.DataFrame, column_map: Mapping[str, str] | None, source: str) -> dict[str, str]:
+_OUTCOME_KEYS = frozenset({"treatment_start", "last_follow_up", "failure", "ffs_months", "death", "os_months",
+                           "metastasis", "dmfs_months"})
+
+
+def _resolve_columns(raw: pd.DataFrame, column_map: Mapping[str, str] | None, source: str,
+                     require_outcomes: bool = True) -> dict[str, str]:
     """Map the file's headers to schema keys (exact name, a key, case/punctuation-insensitive, or column_map)."""
     mapping: dict[str, str] = {}
     column_map = dict(column_map or {})
@@ -486,7 +491,8 @@ def _resolve_columns(raw: pd.DataFrame, column_map: Mapping[str, str] | None, so
         if spec.key in mapping.values():
             raise ClinicalTableError(f"{source}: two columns map to {spec.name!r} (one is {col!r})")
         mapping[col] = spec.key
-    missing = [c.name for c in SCHEMA if c.required and c.key not in mapping.values()]
+    missing = [c.name for c in SCHEMA if c.required and c.key not in mapping.values()
+               and (require_outcomes or c.key not in _OUTCOME_KEYS)]
     if missing:
         raise ClinicalTableError(f"{source}: required columns missing: {missing}; present: {list(raw.columns)} "
                                  "(map your own names with column_map={'your name': 'seed name or key'})")
@@ -497,7 +503,8 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
                         mode: Literal["strict", "flag", "drop"] = "strict",
                         column_map: Mapping[str, str] | None = None,
                         salt: str | bytes | None = None,
-                        sheet: str | int = 0) -> ClinicalTable:
+                        sheet: str | int = 0,
+                        require_outcomes: bool = True) -> ClinicalTable:
     """Load, normalise and validate a prognosis table.
 
     Args:
@@ -510,6 +517,8 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
         salt: secret salt for the record-number pseudonym (default: env
             ``HICUR_PSEUDONYM_SALT``, else random per call with a warning).
         sheet: sheet of an Excel workbook.
+        require_outcomes: False for new patients without follow-up (inference): the
+            outcome columns may then be absent.
 
     Raises:
         ClinicalTableError: unreadable file, missing required columns, or (strict mode)
@@ -518,7 +527,7 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
     if mode not in ("strict", "flag", "drop"):
         raise ValueError(f"mode must be 'strict', 'flag' or 'drop', not {mode!r}")
     raw, source_name = _read_raw(source, sheet)
-    mapping = _resolve_columns(raw, column_map, source_name)
+    mapping = _resolve_columns(raw, column_map, source_name, require_outcomes)
     ignored = [c for c in raw.columns if c not in mapping]
     if ignored:
         logger.info("%s: ignoring columns not in the schema: %s", source_name, ignored)
@@ -539,7 +548,8 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
                 problems.append(Problem(int(lines[i]), spec.name, v, f"{err}"))
                 unreadable.add((i, spec.key))
                 nv = _normalise(spec, None)
-            if spec.required and _is_missing_value(nv) and spec.key not in ("mrn",):
+            if spec.required and _is_missing_value(nv) and spec.key != "mrn" and \
+                    (require_outcomes or spec.key not in _OUTCOME_KEYS):
                 if spec.kind != "months":  # missing times are judged with their event flags below
                     problems.append(Problem(int(lines[i]), spec.name, v, "missing required value"))
             values.append(nv)
