@@ -20,13 +20,18 @@ __all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "atomic_wri
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", fsync: bool = True
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success, rename it to ``path``.
 
     Args:
         path: the final file path; its parent folder is created.
         mode: ``"w"`` (text) or ``"wb"`` (binary).
         encoding: text encoding (ignored for binary mode).
+        fsync: flush the data to disk before the rename. Without it the rename is still
+            atomic for other processes and survives a killed process, but not a power cut;
+            bulk writers (curation) skip it per file and ``os.sync()`` before each commit.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
@@ -37,7 +42,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
