@@ -30,7 +30,12 @@ class _Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
                 item = server.script.pop(0) if server.script else "ok"
-                if item == "ok":
+                if item == "teacher":  # answer a teacher prompt the way a good teacher model would
+                    from hicur_monai.llm.rule import RuleChatModel
+
+                    content = RuleChatModel().chat(body["messages"])
+                    status, text = 200, json.dumps({"choices": [{"message": {"content": content}}]})
+                elif item == "ok":
                     status, text = 200, json.dumps({"choices": [{"message": {"role": "assistant",
                                                                               "content": f"echo {len(server.requests)}"}}]})
                 else:
@@ -147,3 +152,24 @@ def test_rate_limiter_spaces_calls():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="http"):
         load_chat_model("openai", base_url="ftp://x", model="m")
+
+
+def test_openai_teacher_end_to_end(server, tmp_path):
+    """The build pipeline over HTTP: good replies become conversations, bad ones recorded failures."""
+    from hicur_monai.data.demo.endoscopy import generate_endoscopy
+    from hicur_monai.data.instructions import build_instruction_data, collect_pairs
+    from hicur_monai.llm.teacher import make_teacher
+
+    generate_endoscopy(tmp_path, 3, seed=5, image_size=32)
+    pairs, _ = collect_pairs(tmp_path / "reports", tmp_path / "endoscopy")
+    # pair 1: a valid reply; pair 2: HTTP 500 then a valid reply; pair 3: non-JSON content twice
+    bad = (200, json.dumps({"choices": [{"message": {"content": "Sure! Here is a nice conversation."}}]}))
+    server.script = ["teacher", (500, "boom"), "teacher", bad, bad]
+    teacher = make_teacher("openai", base_url=server.url, model="tiny", max_attempts=2, backoff=0.0,
+                           max_retries=1, cache_dir=str(tmp_path / "cache"))
+    s = build_instruction_data(pairs, teacher, tmp_path / "out", eval_fraction=0.0, progress=False)
+    assert s["qa_pairs"] == 2 and s["failures"] == 1 and s["failures_by_reason"] == {"json": 1}
+    fail = json.loads((tmp_path / "out" / "qa_failures.jsonl").read_text())
+    assert [a["raw"] for a in fail["attempts"]] == ["Sure! Here is a nice conversation."] * 2
+    assert all("<<<SOURCE" in r["body"]["messages"][1]["content"] for r in server.requests)
+    assert s["teacher"] == "openai:tiny"

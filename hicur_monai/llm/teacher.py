@@ -187,16 +187,18 @@ class ChatTeacher:
     """Write Q&A rounds from a report with any chat model, checking and retrying its output.
 
     Args:
-        model: the chat model (a :class:`ChatModel`) or a registry name to build one.
+        backend: the chat model (a :class:`ChatModel`) or its registry name to build one.
         max_attempts: tries per report before recording a failure.
         config: sampling settings; the seed is bumped on each retry.
         checks: output checks (default: the packaged ones).
-        model_kwargs: arguments for building ``model`` by name.
+        model_kwargs: arguments for building ``backend`` by name (e.g. ``model=`` for the
+            endpoint's model name, ``path=`` for a local folder).
     """
 
-    def __init__(self, model: ChatModel | str = "rule", max_attempts: int = 3, config: GenerationConfig | None = None,
-                 checks: OutputChecks | None = None, prompt_dir: str | Path = PROMPT_DIR, **model_kwargs: Any):
-        self.model = load_chat_model(model, **model_kwargs) if isinstance(model, str) else model
+    def __init__(self, backend: ChatModel | str = "rule", max_attempts: int = 3,
+                 config: GenerationConfig | None = None, checks: OutputChecks | None = None,
+                 prompt_dir: str | Path = PROMPT_DIR, **model_kwargs: Any):
+        self.model = load_chat_model(backend, **model_kwargs) if isinstance(backend, str) else backend
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.max_attempts = max_attempts
