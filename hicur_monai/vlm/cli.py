@@ -1,0 +1,87 @@
+"""``hicur ask IMAGE "question"``: route a question (chat / segmentation / prognosis) and answer chat questions.
+
+Other stages plug their handler into :data:`TASK_HANDLERS` (``task -> callable(args, route) -> str``);
+until one is registered, a routed segmentation or prognosis question says which bundle does it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "TASK_HANDLERS"]
+
+#: task -> handler(args, route) -> text. "chat" is built in; Stage III modules may add theirs.
+TASK_HANDLERS: dict[str, Callable[[argparse.Namespace, Any], str]] = {}
+
+_BUNDLE_FOR = {
+    "segmentation": "bundles/npc_segmentation (python -m monai.bundle run --config_file "
+                    "bundles/npc_segmentation/configs/inference.json)",
+    "prognosis": "bundles/npc_prognosis (python -m monai.bundle run --config_file bundles/npc_prognosis/configs/inference.json)",
+}
+
+
+def add_parser(subparsers) -> None:
+    """Add ``hicur ask``."""
+    p = subparsers.add_parser("ask", help="ask a question about an image (routed to chat, segmentation or prognosis)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("image", type=Path, help="image file (PNG/JPEG endoscopy frame, DICOM, NIfTI slice)")
+    p.add_argument("question", help="the question, in quotes")
+    p.add_argument("--model", type=Path, default=Path("runs/vl_alignment/step2/model"),
+                   help="a saved vision-language model folder (bundles/vl_alignment output)")
+    p.add_argument("--threshold", type=float, default=0.6, help="router similarity threshold")
+    p.add_argument("--route-only", action="store_true", help="print the routing decision only")
+    p.add_argument("--modality", default="endoscopy", help="image modality (intensity scaling)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_ask)
+
+
+def _chat(args: argparse.Namespace, route: Any) -> str:
+    from hicur_monai.llm.base import GenerationConfig
+    from hicur_monai.networks.vlm import VisionLanguageModel
+    from hicur_monai.vlm.data import load_image
+
+    model = VisionLanguageModel.from_pretrained(args.model, device=args.device)
+    image = load_image(args.image, model.image_size, args.modality)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    return model.chat(image, args.question, config=cfg)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from hicur_monai.vlm.router import TaskRouter
+
+    if not args.image.is_file():
+        print(f"hicur ask: {args.image}: no such image file", file=sys.stderr)
+        return 2
+    route = TaskRouter(threshold=args.threshold).route(args.question)
+    result: dict[str, Any] = {"task": route.task, "score": round(route.score, 3), "template": route.template,
+                              "matched": route.matched}
+    if not args.route_only:
+        handler = TASK_HANDLERS.get(route.task, _chat if route.task == "chat" else None)
+        if handler is None:
+            result["answer"] = None
+            result["note"] = f"routed to {route.task}; run {_BUNDLE_FOR.get(route.task, 'the ' + route.task + ' bundle')}"
+        else:
+            if route.task == "chat" and not (args.model / "vlm_config.json").is_file():
+                print(f"hicur ask: {args.model}: no trained model (vlm_config.json); train bundles/vl_alignment "
+                      "or pass --model", file=sys.stderr)
+                return 2
+            result["answer"] = handler(args, route)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(f"[{route.task}] (similarity {route.score:.2f} to {route.template!r}"
+              f"{'' if route.matched else ', below threshold'})")
+        if result.get("answer") is not None:
+            print(result["answer"])
+        elif result.get("note"):
+            print(result["note"])
+    return 0
