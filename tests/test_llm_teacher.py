@@ -126,3 +126,11 @@ def test_failure_keeps_every_raw_reply():
 def test_unknown_teacher():
     with pytest.raises(KeyError, match="nope"):
         make_teacher("nope")
+
+
+def test_rule_teacher_does_not_repeat_treatment_advice():
+    text = ("Exophytic mass on the roof.\nImpression: nasopharyngeal carcinoma, start radiotherapy within 2 weeks.")
+    result = make_teacher("rule").generate(text, 3)
+    assert result.ok, result.detail
+    final = result.rounds[-1]["answer"]
+    assert "radiotherapy" not in final and "histological confirmation" in final

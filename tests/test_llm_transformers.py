@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hicur_monai.llm import ChatModelError, GenerationConfig, load_chat_model
-from hicur_monai.llm.teacher import ChatTeacher
+from hicur_monai.llm.teacher import ChatTeacher, make_teacher
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
@@ -56,8 +56,9 @@ def test_chat_template_and_generation(tiny_model_dir):
 
 def test_random_model_output_is_a_recorded_teacher_failure(tiny_model_dir):
     """A model that cannot write JSON yields a failure with its raw text, after the retries."""
-    teacher = ChatTeacher("transformers", path=str(tiny_model_dir), device="cpu", max_attempts=2,
-                          config=GenerationConfig(max_new_tokens=8))
+    teacher = make_teacher(f"local:{tiny_model_dir}", device="cpu", max_attempts=2,
+                           config=GenerationConfig(max_new_tokens=8))
+    assert isinstance(teacher, ChatTeacher) and teacher.name == f"transformers:{tiny_model_dir.name}"
     result = teacher.generate("Left wall congested.\nImpression: nasopharyngitis.", 3)
     assert not result.ok and result.reason == "json"
     assert len(result.attempts) == 2 and all(isinstance(a["raw"], str) for a in result.attempts)

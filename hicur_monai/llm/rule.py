@@ -27,7 +27,7 @@ from hicur_monai.data.findings_text import (
 from hicur_monai.data.nasopharynx import FINDINGS, MAIN_REGIONS
 from hicur_monai.data.reports import ParsedReport, ReportParser
 from hicur_monai.llm.base import ChatModel, GenerationConfig, Message
-from hicur_monai.llm.teacher import extract_source
+from hicur_monai.llm.teacher import _default_checks, extract_source
 from hicur_monai.registry import LLM_BACKENDS
 
 __all__ = ["RuleChatModel", "rule_conversation"]
@@ -158,6 +158,11 @@ class RuleChatModel(ChatModel):
     def chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> str:
         source, n = extract_source(messages)
         parsed = self.parser.parse(source)
+        impression = parsed.impression.get("text") or ""
+        checks = _default_checks()
+        if any(p.search(impression) for p in checks.treatment + checks.overconfidence):
+            # never repeat treatment advice or over-confident wording from a report: say the category instead
+            parsed.impression = {**parsed.impression, "source": "findings"}
         seed = int.from_bytes(hashlib.sha256(source.encode("utf-8")).digest()[:4], "little")
         rounds = rule_conversation(parsed, n or self.default_rounds, seed)
         return json.dumps({"rounds": rounds}, ensure_ascii=False)
