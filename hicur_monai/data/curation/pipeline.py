@@ -92,6 +92,7 @@ class _PartWriter:
 
     def flush(self) -> None:
         if self.rows:
+            os.sync()  # group commit: the images these rows list reach the disk before the rows do
             write_part(self.folder / f"part-{self.seq:06d}.parquet", self.rows)
             self.seq += 1
         self.rows, self.files, self.last = [], 0, time.monotonic()

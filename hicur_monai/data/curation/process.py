@@ -365,7 +365,7 @@ def _images(found: Found, st: _State, ident: Identity, img: Any, fmt: str, frame
         h.update(arr.tobytes())
         r.update(output_path=rel_out, image_sha256=h.hexdigest(), phash=perceptual_hash(arr / float(r["value_max"])),
                  status=ACCEPTED)
-        with atomic_open(st.out / rel_out, "wb") as fh:
+        with atomic_open(st.out / rel_out, "wb", fsync=False) as fh:  # made durable by the part commit
             fh.write(encode_png(arr, text, cfg.png_compress_level))
         rows.append(r)
     return rows
