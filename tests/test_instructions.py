@@ -186,3 +186,19 @@ def test_cli_build_and_validate(cohort, tmp_path, capsys):
     assert main(["instructions", "validate", str(out / "instruct_train.json")]) == 0
     (tmp_path / "bad.json").write_text("[{}]", encoding="utf-8")
     assert main(["instructions", "validate", str(tmp_path / "bad.json")]) == 1
+
+
+def test_concurrent_teacher_gives_the_same_data(cohort, tmp_path):
+    pairs, _ = collect_pairs(cohort / "reports", cohort / "endoscopy")
+    one = build_instruction_data(pairs, make_teacher("rule"), tmp_path / "w1", seed=2, progress=False)
+    three = build_instruction_data(pairs, make_teacher("rule"), tmp_path / "w3", seed=2, progress=False, workers=3)
+    assert {k: v for k, v in one.items() if k != "image_folder"} == {k: v for k, v in three.items()
+                                                                       if k != "image_folder"}
+
+    def rows(d):
+        return sorted((json.loads(x)["id"], x) for x in (d / "qa.jsonl").read_text().splitlines())
+
+    assert rows(tmp_path / "w1") == rows(tmp_path / "w3")
+    for name in ("instruct_train.json", "eval_conversation.jsonl"):
+        a, b = (tmp_path / "w1" / name).read_text(), (tmp_path / "w3" / name).read_text()
+        assert a == b, name

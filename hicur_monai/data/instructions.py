@@ -24,7 +24,8 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -328,10 +329,27 @@ def _n_rounds(pair_id: str, seed: int, lo: int = 3, hi: int = 5) -> int:
     return lo + _seed_for(seed, "rounds", pair_id) % (hi - lo + 1)
 
 
+def _run_teacher(teacher: Any, todo: Sequence[ReportPair], seed: int, source_kind: str,
+                 workers: int) -> Iterator[tuple[ReportPair, Any]]:
+    """Yield ``(pair, TeacherResult)`` as each finishes (in order when ``workers == 1``)."""
+    if workers == 1:
+        for p in todo:
+            yield p, teacher.generate(p.text, _n_rounds(p.id, seed), source_kind)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(teacher.generate, p.text, _n_rounds(p.id, seed), source_kind): p for p in todo}
+        try:
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+        finally:  # on interruption, do not start the requests still queued
+            for fut in futures:
+                fut.cancel()
+
+
 def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: str | Path, eval_fraction: float = 0.1,
                            n_eval: int | None = None, seed: int = 0, image_folder: str | Path | None = None,
                            skipped: Sequence[dict[str, str]] = (), progress: bool = True,
-                           source_kind: str = "report") -> dict[str, Any]:
+                           source_kind: str = "report", workers: int = 1) -> dict[str, Any]:
     """Write every Stage II data file for ``pairs`` into ``out_dir`` and return the summary.
 
     Resumable: pairs already in ``out_dir/qa.jsonl`` are not sent to the teacher again;
@@ -349,6 +367,8 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         skipped: files :func:`collect_pairs` could not use (reported in the summary).
         progress: show a progress bar.
         source_kind: ``"report"`` or ``"caption"`` (told to the teacher).
+        workers: concurrent teacher requests (threads; useful for HTTP teachers, whose
+            rate limit and cache are thread-safe). Results are written by one thread.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -367,11 +387,13 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
     done = {r["id"] for r in qa_log.records}
     resumed = sum(1 for p in pairs if p.id in done)
     todo = [p for p in pairs if p.id not in done]
-    bar = tqdm(todo, desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair", disable=not progress)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    bar = tqdm(total=len(todo), desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair",
+               disable=not progress)
     failed_now = 0
-    for p in bar:
-        n = _n_rounds(p.id, seed)
-        result = teacher.generate(p.text, n, source_kind)
+    for p, result in _run_teacher(teacher, todo, seed, source_kind, workers):
+        bar.update(1)
         if result.ok:
             qa_log.append({"id": p.id, "image": p.image, "patient": p.patient, "split": split_of[p.id],
                            "n_rounds": len(result.rounds), "rounds": result.rounds, "teacher": result.model})
@@ -381,14 +403,15 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
                              "attempts": result.attempts, "teacher": result.model,
                              "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         bar.set_postfix(failed=failed_now, refresh=False)
+    bar.close()
 
     by_id = {p.id: p for p in pairs}
     qa_done = {r["id"]: r for r in qa_log.records if r["id"] in by_id}
     failures = {r["id"]: r for r in fail_log.records if r["id"] in by_id and r["id"] not in qa_done}
 
     # training conversations: Q&A of training pairs + detailed descriptions
-    qa_train = [llava_record(f"{r['id']}_qa", r["image"], [(t["question"], t["answer"]) for t in r["rounds"]])
-                for r in qa_done.values() if split_of[r["id"]] == "train"]
+    qa_train = [llava_record(f"{p.id}_qa", p.image, [(t["question"], t["answer"]) for t in qa_done[p.id]["rounds"]])
+                for p in train if p.id in qa_done]  # in pair order, whatever order the teacher finished in
     instruct = qa_train + detailed
     errors = validate_llava(instruct) + validate_llava(brief)
     if errors:

@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-attempts", type=int, default=3, help="teacher tries per pair before a recorded failure")
     b.add_argument("--limit", type=int, default=None, help="use only the first N pairs (trial runs)")
+    b.add_argument("--workers", type=int, default=1, help="concurrent teacher requests (for --teacher openai)")
     g = b.add_argument_group("openai teacher")
     g.add_argument("--base-url", default=None, help="endpoint root incl. /v1 (default $OPENAI_BASE_URL)")
     g.add_argument("--model", default=None, help="model name for the endpoint")
@@ -77,7 +78,8 @@ def _build(args) -> int:
     teacher = _teacher(args)
     summary = build_instruction_data(pairs, teacher, args.out, eval_fraction=args.eval_fraction, n_eval=args.n_eval,
                                      seed=args.seed, image_folder=args.images.resolve(), skipped=skipped,
-                                     progress=not args.no_progress, source_kind=args.source_kind)
+                                     progress=not args.no_progress, source_kind=args.source_kind,
+                                     workers=args.workers)
     print(f"pairs: {summary['pairs']} (train {summary['train_pairs']}, held-out {summary['eval_pairs']} "
           f"from {summary['eval_patients']} patients)")
     print(f"alignment: {summary['alignment_brief']} brief, {summary['alignment_detailed']} detailed")
