@@ -202,3 +202,23 @@ def test_concurrent_teacher_gives_the_same_data(cohort, tmp_path):
     for name in ("instruct_train.json", "eval_conversation.jsonl"):
         a, b = (tmp_path / "w1" / name).read_text(), (tmp_path / "w3" / name).read_text()
         assert a == b, name
+
+
+def test_dead_teacher_stops_early_and_keeps_work(cohort, tmp_path):
+    pairs, _ = collect_pairs(cohort / "reports", cohort / "endoscopy")
+
+    class Dead:
+        name = "dead"
+        calls = 0
+
+        def generate(self, text, n, kind):
+            Dead.calls += 1
+            return TeacherResult(False, [], "model_error", "connection refused",
+                                 [{"raw": "", "reason": "model_error", "detail": "connection refused"}], "dead")
+
+    s = build_instruction_data(pairs, Dead(), tmp_path / "d", eval_fraction=0.0, progress=False,
+                               max_consecutive_failures=5)
+    assert Dead.calls == 5 and s["failures"] == 5 and "5 failures in a row" in s["aborted"]
+    assert (tmp_path / "d" / "alignment_brief.json").is_file()
+    s2 = build_instruction_data(pairs, make_teacher("rule"), tmp_path / "d", eval_fraction=0.0, progress=False)
+    assert s2["aborted"] is None and s2["qa_pairs"] == 24 and s2["failures"] == 0

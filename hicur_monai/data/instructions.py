@@ -349,7 +349,8 @@ def _run_teacher(teacher: Any, todo: Sequence[ReportPair], seed: int, source_kin
 def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: str | Path, eval_fraction: float = 0.1,
                            n_eval: int | None = None, seed: int = 0, image_folder: str | Path | None = None,
                            skipped: Sequence[dict[str, str]] = (), progress: bool = True,
-                           source_kind: str = "report", workers: int = 1) -> dict[str, Any]:
+                           source_kind: str = "report", workers: int = 1,
+                           max_consecutive_failures: int | None = 50) -> dict[str, Any]:
     """Write every Stage II data file for ``pairs`` into ``out_dir`` and return the summary.
 
     Resumable: pairs already in ``out_dir/qa.jsonl`` are not sent to the teacher again;
@@ -369,6 +370,9 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         source_kind: ``"report"`` or ``"caption"`` (told to the teacher).
         workers: concurrent teacher requests (threads; useful for HTTP teachers, whose
             rate limit and cache are thread-safe). Results are written by one thread.
+        max_consecutive_failures: stop asking the teacher after this many failures in a row
+            (a wrong URL or a dead server), keeping everything done; ``summary["aborted"]``
+            says why. ``None``: never stop.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,9 +395,12 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         raise ValueError(f"workers must be >= 1, got {workers}")
     bar = tqdm(total=len(todo), desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair",
                disable=not progress)
-    failed_now = 0
-    for p, result in _run_teacher(teacher, todo, seed, source_kind, workers):
+    failed_now = streak = 0
+    aborted = None
+    results = _run_teacher(teacher, todo, seed, source_kind, workers)
+    for p, result in results:
         bar.update(1)
+        streak = 0 if result.ok else streak + 1
         if result.ok:
             qa_log.append({"id": p.id, "image": p.image, "patient": p.patient, "split": split_of[p.id],
                            "n_rounds": len(result.rounds), "rounds": result.rounds, "teacher": result.model})
@@ -403,6 +410,12 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
                              "attempts": result.attempts, "teacher": result.model,
                              "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         bar.set_postfix(failed=failed_now, refresh=False)
+        if max_consecutive_failures and streak >= max_consecutive_failures:
+            aborted = (f"stopped after {streak} failures in a row (last: {result.reason}: {result.detail[:200]}); "
+                       "fix the teacher and rerun to resume")
+            logger.error(aborted)
+            results.close()
+            break
     bar.close()
 
     by_id = {p.id: p for p in pairs}
@@ -454,6 +467,7 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         "eval_detailed": len(eval_det),
         "failures": len(failures),
         "failures_by_reason": dict(Counter(r["reason"] for r in failures.values())),
+        "aborted": aborted,
         "skipped": list(skipped),
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0].split(" named ")[0] for s in skipped)),
     }

@@ -30,6 +30,8 @@ def add_parser(subparsers) -> None:
     b.add_argument("--max-attempts", type=int, default=3, help="teacher tries per pair before a recorded failure")
     b.add_argument("--limit", type=int, default=None, help="use only the first N pairs (trial runs)")
     b.add_argument("--workers", type=int, default=1, help="concurrent teacher requests (for --teacher openai)")
+    b.add_argument("--max-consecutive-failures", type=int, default=50,
+                   help="stop (keeping all work) after this many teacher failures in a row; 0: never")
     g = b.add_argument_group("openai teacher")
     g.add_argument("--base-url", default=None, help="endpoint root incl. /v1 (default $OPENAI_BASE_URL)")
     g.add_argument("--model", default=None, help="model name for the endpoint")
@@ -79,7 +81,8 @@ def _build(args) -> int:
     summary = build_instruction_data(pairs, teacher, args.out, eval_fraction=args.eval_fraction, n_eval=args.n_eval,
                                      seed=args.seed, image_folder=args.images.resolve(), skipped=skipped,
                                      progress=not args.no_progress, source_kind=args.source_kind,
-                                     workers=args.workers)
+                                     workers=args.workers,
+                                     max_consecutive_failures=args.max_consecutive_failures or None)
     print(f"pairs: {summary['pairs']} (train {summary['train_pairs']}, held-out {summary['eval_pairs']} "
           f"from {summary['eval_patients']} patients)")
     print(f"alignment: {summary['alignment_brief']} brief, {summary['alignment_detailed']} detailed")
@@ -92,6 +95,9 @@ def _build(args) -> int:
     if summary["skipped"]:
         print(f"skipped files: {len(summary['skipped'])} {summary['skipped_by_reason']} (see summary.json)")
     print(f"written to {args.out}")
+    if summary["aborted"]:
+        print(f"ABORTED: {summary['aborted']}", file=sys.stderr)
+        return 2
     return 0
 
 
