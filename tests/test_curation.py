@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -104,6 +105,18 @@ def test_deidentification_real_dicoms(tmp_path: Path) -> None:
             hdr = pydicom.Dataset.from_json(im.text["dicom"])
         assert hdr.PatientIdentityRemoved == "YES" and str(hdr.PatientID) == d["patient"]
         assert not any(0x6000 <= t.group <= 0x60FF or t.is_private for t in hdr.keys())
+    # the overlay file's image is its pixel data, normalised, with no overlay plane burned in
+    ov = [f for f in files if "Overlays" in f.name]
+    if ov:
+        ds = pydicom.dcmread(ov[0])
+        assert "OverlayData" in ds or (0x6000, 0x3000) in ds
+        px = ds.pixel_array.astype(np.float64)
+        lo, hi = np.percentile(px, [0.5, 99.5])
+        expect = np.round(np.clip((px - lo) / (hi - lo), 0, 1) * 65535)
+        row = df[(df.row_type == "image") & (df.source_path == f"src/ward/{ov[0].name}")].iloc[0]
+        with Image.open(out / row.output_path) as im:
+            got = np.asarray(im, dtype=np.float64)
+        assert got.shape == expect.shape and np.abs(got - expect).max() <= 2
     # the copy in the identifying folder is recorded by keyed id only; it and its original are one kept + one duplicate
     inp = df[df.row_type == "input"]
     red = inp[inp.source_path.str.startswith("redacted:")]
