@@ -2,7 +2,8 @@
 
 Only *keys* live here (region names, finding names, statuses). Wording never does: the
 demo report generator keeps its phrasing in :mod:`hicur_monai.data.demo.endoscopy`, the
-report parser keeps its patterns in YAML files under ``hicur_monai/data/patterns/``.
+report parser keeps its patterns in YAML files under ``hicur_monai/data/patterns/``, and
+text written from findings uses ``hicur_monai/data/prompts/phrasing.yaml``.
 
 A findings record (the demo cohort's ``reports/<id>.json`` sidecar and the parser's output)
 looks like::
@@ -22,8 +23,6 @@ __all__ = [
     "FINDINGS",
     "STATUSES",
     "IMPRESSION_CATEGORIES",
-    "REGION_LABELS",
-    "FINDING_LABELS",
     "empty_grid",
 ]
 
@@ -41,26 +40,6 @@ STATUSES: tuple[str, ...] = ("present", "uncertain", "absent")
 
 #: impression categories, from least to most serious
 IMPRESSION_CATEGORIES: tuple[str, ...] = ("normal", "inflammation", "suspected_neoplasm", "neoplasm")
-
-#: plain English labels for generated text (captions, Q&A); not used for parsing
-REGION_LABELS: dict[str, str] = {
-    "left_wall": "left wall",
-    "right_wall": "right wall",
-    "roof": "roof",
-    "posterior_wall": "posterior wall",
-    "fossa_of_rosenmuller": "fossa of Rosenmüller",
-    "torus": "torus tubarius",
-    "choanae": "choanae",
-    "nasal_cavity": "nasal cavity",
-}
-FINDING_LABELS: dict[str, str] = {
-    "congestion": "congestion",
-    "swelling": "swelling",
-    "neoplasm": "neoplasm",
-    "ulceration": "ulceration",
-    "secretion": "secretion",
-    "bleeding": "bleeding",
-}
 
 
 def empty_grid(regions: tuple[str, ...] = MAIN_REGIONS) -> dict[str, dict[str, str]]:
