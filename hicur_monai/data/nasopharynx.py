@@ -24,6 +24,7 @@ __all__ = [
     "STATUSES",
     "IMPRESSION_CATEGORIES",
     "empty_grid",
+    "category_from_grid",
 ]
 
 #: the four walls every report is organised by (as in the original workflow)
@@ -45,3 +46,17 @@ IMPRESSION_CATEGORIES: tuple[str, ...] = ("normal", "inflammation", "suspected_n
 def empty_grid(regions: tuple[str, ...] = MAIN_REGIONS) -> dict[str, dict[str, str]]:
     """A region x finding grid with every finding ``"absent"``."""
     return {r: {f: "absent" for f in FINDINGS} for r in regions}
+
+
+def category_from_grid(grid: dict[str, dict[str, str]]) -> str:
+    """The impression category a findings grid implies (walls only): any neoplasm present ->
+    ``neoplasm``; uncertain -> ``suspected_neoplasm``; any other finding -> ``inflammation``;
+    else ``normal``."""
+    cells = [g for r, g in grid.items() if r in MAIN_REGIONS]
+    if any(g.get("neoplasm") == "present" for g in cells):
+        return "neoplasm"
+    if any(g.get("neoplasm") == "uncertain" for g in cells):
+        return "suspected_neoplasm"
+    if any(s != "absent" for g in cells for s in g.values()):
+        return "inflammation"
+    return "normal"

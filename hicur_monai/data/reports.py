@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from hicur_monai.data.nasopharynx import FINDINGS, IMPRESSION_CATEGORIES, MAIN_REGIONS, REGIONS
+from hicur_monai.data.nasopharynx import FINDINGS, IMPRESSION_CATEGORIES, MAIN_REGIONS, REGIONS, category_from_grid
 
 __all__ = [
     "PATTERN_DIR",
@@ -588,18 +588,7 @@ class ReportParser:
                 return {"text": text, "category": "inflammation", "source": "report"}
             if normal or _any(cats.get("normal", []), folded):
                 return {"text": text, "category": "normal", "source": "report"}
-        return {"text": text or "", "category": _category_from_grid(grid), "source": "findings"}
-
-
-def _category_from_grid(grid: dict[str, dict[str, str]]) -> str:
-    cells = [g for r, g in grid.items() if r in MAIN_REGIONS]
-    if any(g["neoplasm"] == "present" for g in cells):
-        return "neoplasm"
-    if any(g["neoplasm"] == "uncertain" for g in cells):
-        return "suspected_neoplasm"
-    if any(s != "absent" for g in cells for s in g.values()):
-        return "inflammation"
-    return "normal"
+        return {"text": text or "", "category": category_from_grid(grid), "source": "findings"}
 
 
 _DEFAULT: ReportParser | None = None

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from hicur_monai.data.nasopharynx import FINDINGS, MAIN_REGIONS, empty_grid
+from hicur_monai.data.nasopharynx import FINDINGS, MAIN_REGIONS, category_from_grid, empty_grid
 from hicur_monai.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
 __all__ = ["generate_endoscopy", "region_masks", "sample_findings", "render_frame", "write_report"]
@@ -294,18 +294,6 @@ def sample_findings(rng: np.random.Generator) -> dict[str, dict[str, str]]:
     return grid
 
 
-def impression_category(grid: dict[str, dict[str, str]]) -> str:
-    """The impression category implied by a grid."""
-    statuses = [grid[r][f] for r in grid for f in grid[r]]
-    if any(grid[r].get("neoplasm") == "present" for r in grid):
-        return "neoplasm"
-    if any(grid[r].get("neoplasm") == "uncertain" for r in grid):
-        return "suspected_neoplasm"
-    if any(s != "absent" for s in statuses):
-        return "inflammation"
-    return "normal"
-
-
 # ----------------------------------------------------------------------------- wording
 # This generator's own phrasing. Not shared with the parser's YAML patterns.
 _REGION_WORDS = {
@@ -516,7 +504,7 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
         body = [body[i] for i in order]
     lines.append(" ".join(body))
 
-    category = impression_category(grid)
+    category = category_from_grid(grid)
     impression = _pick(rng, _IMPRESSION[category])
     lines.append(f"{_pick(rng, _IMPRESSION_KEY)} {impression}")
     truth = {
