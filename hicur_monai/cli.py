@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "hicur_monai.data.curation.cli",  # curate, curate merge
     "hicur_monai.evaluation.cli",  # judge run/aggregate/demo, rate init/add-rater/serve/export
     "hicur_monai.data.instructions_cli",  # instructions build/validate
+    "hicur_monai.survival.cli",  # report survival
     "hicur_monai.vlm.cli",  # ask
 ]
 

@@ -111,7 +111,7 @@ def _km_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, labels: Ma
     present = np.isin(groups, [g for g in labels if (groups == g).sum() > 0])
     if len(fitters) >= 2:
         lr = multivariate_logrank_test(time[present], groups[present], event[present])
-        test_line = (f"Log-rank test: chi² = {lr.test_statistic:.2f}, df = {len(fitters) - 1}, "
+        test_line = (f"{title}: log-rank chi² = {lr.test_statistic:.2f}, df = {len(fitters) - 1}, "
                      f"p = {lr.p_value:.2g}")
     return _fig_to_img(fig, title), test_line
 
