@@ -159,3 +159,28 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert not list(killed.rglob(".*.tmp"))
     written = {p.relative_to(killed).as_posix() for p in (killed / "images").rglob("*.png")}
     assert written == set(b.loc[b.row_type == "image", "output_path"])
+
+
+def test_worker_crash_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that kills its worker process (a decoder segfault) is retried alone, then rejected."""
+    import hicur_monai.data.curation.process as proc
+
+    src = tmp_path / "src"
+    for i in range(5):
+        (src / f"p{i}").mkdir(parents=True)
+        Image.fromarray(endoscopy_frame(i, size=64)).save(src / f"p{i}" / "frame.png")
+    Image.fromarray(endoscopy_frame(9, size=64)).save(src / "p0" / "crash.png")
+    real = proc.process_file
+
+    def crashing(found, st):  # the forked workers inherit this patch
+        if found.rel.endswith("crash.png"):
+            os._exit(3)
+        return real(found, st)
+
+    monkeypatch.setattr(proc, "process_file", crashing)
+    out = tmp_path / "out"
+    curate([src], out, salt=SALT, workers=2, progress=False)
+    inputs = pd.read_parquet(out / "manifest.parquet").query("row_type == 'input'").set_index("source_path")
+    assert inputs.loc["src/p0/crash.png", "reason"] == "worker_crashed"
+    others = inputs.drop(index="src/p0/crash.png")
+    assert len(others) == 5 and (others.status == "accepted").all()

@@ -174,10 +174,9 @@ def _reading_reason(msg: str) -> str:
 
 
 def _dicom_truncated(ds: Any, path: str) -> bool:
-    el = ds.get("PixelData") if "PixelData" in ds else None
-    if el is None:
+    if "PixelData" not in ds:
         return False
-    raw = ds.get_item("PixelData")
+    raw = ds.get_item("PixelData")  # the raw (deferred) element: its offset and length, not its value
     tell = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
     if tell is None or length in (None, 0xFFFFFFFF):
