@@ -2,5 +2,6 @@
 
 from __future__ import annotations
 
-from hicur_monai.networks import hcmae  # noqa: F401
-from hicur_monai.networks import vlm  # noqa: F401
+# One line per network module (ruff keeps them in this form: one import each, sorted).
+import hicur_monai.networks.hcmae  # noqa: F401
+import hicur_monai.networks.vlm  # noqa: F401
