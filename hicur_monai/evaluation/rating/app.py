@@ -11,8 +11,11 @@ login session, never from the page.
 A slider must be moved (or its number typed) before an unscored answer can be submitted,
 so that an untouched slider is never taken for a deliberate 0; a stored 0 is a real score.
 
-Scripted clients (and the tests) use three API endpoints with the same login:
-``/units``, ``/view`` and ``/submit``.
+Scripted clients (and the tests) use three API endpoints with the same login cookie
+(``POST /login``), answered directly without the queue: ``POST /gradio_api/run/units``,
+``/gradio_api/run/view`` (``{"data": [item_id, label]}``) and ``/gradio_api/run/submit``
+(``{"data": [item_id, label, accuracy, completeness, reliability, safety]}``); ``gradio_client``
+works as well.
 """
 
 from __future__ import annotations
@@ -150,8 +153,8 @@ class _Handlers:
         touched = list(touched or [])
         return touched if criterion in touched else [*touched, criterion]
 
-    def submit(self, current: dict | None, touched: list[str] | None, browse_scored: bool, *values: Any,
-               request: gr.Request) -> tuple[Any, ...]:
+    def submit(self, current: dict | None, touched: list[str] | None, browse_scored: bool, accuracy: float,
+               completeness: float, reliability: float, safety: float, request: gr.Request) -> tuple[Any, ...]:
         rater = _rater(request)
         if not current:
             raise gr.Error("No answer is shown.")
@@ -159,9 +162,9 @@ class _Handlers:
         if untouched:
             raise gr.Error(f"Set the slider of {', '.join(untouched)} first (an untouched slider is not a score).")
         try:
-            self.store.submit(rater, current["item_id"], current["label"], dict(zip(CRITERIA, values)))
+            self.store.submit(rater, current["item_id"], current["label"], {"accuracy": accuracy, "completeness": completeness, "reliability": reliability, "safety": safety})
         except RatingError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(str(err), print_exception=False) from None
         gr.Info(f"Saved scores of answer {current['label']}.")
         nxt = self.store.neighbour(rater, self._key(current), 1, unscored_only=not browse_scored)
         return self.render(rater, nxt or self._current_unit(rater, current))
@@ -179,7 +182,7 @@ class _Handlers:
         try:
             return self.store.view(_rater(request), item_id, label)
         except RatingError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(str(err), print_exception=False) from None
 
     def api_submit(self, item_id: str, label: str, accuracy: float, completeness: float, reliability: float,
                    safety: float, request: gr.Request) -> dict[str, Any]:
@@ -189,7 +192,7 @@ class _Handlers:
             at = self.store.submit(rater, item_id, label, {"accuracy": accuracy, "completeness": completeness,
                                                             "reliability": reliability, "safety": safety})
         except RatingError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(str(err), print_exception=False) from None
         scored, total = self.store.progress(rater)
         return {"saved_at": at, "scored": scored, "total": total}
 
@@ -214,7 +217,7 @@ def build_app(store: RatingStore | str | os.PathLike, title: str = "HiCur-NPC an
             gr.Button("Log out", link="/logout", size="sm", scale=0, elem_id="logout")
         with gr.Row():
             with gr.Column(scale=2):
-                image = gr.Image(label="Image", interactive=False, type="numpy", elem_id="image")
+                image = gr.Image(label="Image", interactive=False, type="numpy", height=360, elem_id="image")
                 context = gr.Textbox(label="Caption / context", interactive=False, lines=2, elem_id="context")
             with gr.Column(scale=3):
                 question = gr.Textbox(label="Question", interactive=False, lines=2, elem_id="question")
@@ -231,16 +234,18 @@ def build_app(store: RatingStore | str | os.PathLike, title: str = "HiCur-NPC an
         touched = gr.State([])
         outputs = [progress, image, question, context, reference, answer, *sliders, status, current, touched]
 
-        demo.load(h.load, [browse], outputs, api_visibility="private")
-        prev_btn.click(h.previous, [current, browse], outputs, api_visibility="private")
-        next_btn.click(h.next, [current, browse], outputs, api_visibility="private")
-        submit_btn.click(h.submit, [current, touched, browse, *sliders], outputs, api_visibility="private")
+        private = {"api_visibility": "private"}  # page events; scripted clients use the API below
+        demo.load(h.load, [browse], outputs, api_name="ui_load", **private)
+        prev_btn.click(h.previous, [current, browse], outputs, api_name="ui_previous", **private)
+        next_btn.click(h.next, [current, browse], outputs, api_name="ui_next", **private)
+        submit_btn.click(h.submit, [current, touched, browse, *sliders], outputs, api_name="ui_submit", **private)
         for criterion, slider in zip(CRITERIA, sliders):
-            slider.input(lambda t, _c=criterion: h.touch(_c, t), [touched], [touched], api_visibility="private",
-                         queue=False)
-        gr.api(h.api_units, api_name="units")
-        gr.api(h.api_view, api_name="view")
-        gr.api(h.api_submit, api_name="submit")
+            slider.input(lambda t, _c=criterion: h.touch(_c, t), [touched], [touched], api_name=f"ui_touch_{criterion}",
+                         queue=False, **private)
+        # quick database calls: served directly (POST /gradio_api/run/<name>), no queue round trip
+        gr.api(h.api_units, api_name="units", queue=False)
+        gr.api(h.api_view, api_name="view", queue=False)
+        gr.api(h.api_submit, api_name="submit", queue=False)
     demo.queue(default_concurrency_limit=concurrency)
     return demo
 

@@ -192,6 +192,8 @@ class RatingStore:
                             (str(Path(images_dir).resolve()),))
             con.execute("INSERT INTO meta VALUES ('criteria', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                         (json.dumps(self.criteria),))
+            for (rater,) in con.execute("SELECT rater FROM raters").fetchall():
+                self._ensure_labels(con, rater)
 
     @property
     def images_dir(self) -> Path | None:
@@ -223,6 +225,7 @@ class RatingStore:
                 raise RatingError(f"rater {rater!r} exists (use replace=True / --reset to change the password)")
             con.execute("INSERT INTO raters VALUES (?,?,?) ON CONFLICT(rater) DO UPDATE SET password=excluded.password",
                         (rater, hashed, _now()))
+            self._ensure_labels(con, rater)
 
     def raters(self) -> list[str]:
         with self._connect() as con:
@@ -252,6 +255,11 @@ class RatingStore:
             con.executemany("INSERT INTO labels VALUES (?,?,?,?)",
                             [(rater, item_id, lab, sys) for lab, sys in zip(free, systems)])
 
+    @staticmethod
+    def _labels_missing(con: sqlite3.Connection, rater: str) -> bool:
+        n_answers = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        return con.execute("SELECT COUNT(*) FROM labels WHERE rater=?", (rater,)).fetchone()[0] < n_answers
+
     def _require_rater(self, con: sqlite3.Connection, rater: str) -> None:
         if not con.execute("SELECT 1 FROM raters WHERE rater=?", (rater,)).fetchone():
             raise RatingError(f"unknown rater {rater!r}")
@@ -274,9 +282,11 @@ class RatingStore:
     # -- what a rater sees -------------------------------------------------------------
     def units(self, rater: str) -> list[Unit]:
         """The rater's units in order (item position, then label), each with its scored state."""
-        with self._write() as con:
+        with self._connect() as con:
             self._require_rater(con, rater)
-            self._ensure_labels(con, rater)
+            if self._labels_missing(con, rater):  # answers added after the rater: draw their labels
+                with self._write() as wcon:
+                    self._ensure_labels(wcon, rater)
             rows = con.execute(
                 "SELECT l.item_id, l.label, (SELECT COUNT(*) FROM scores s WHERE s.rater=l.rater AND "
                 "s.item_id=l.item_id AND s.system=l.system) FROM labels l JOIN items i ON i.item_id=l.item_id "
@@ -285,8 +295,13 @@ class RatingStore:
 
     def progress(self, rater: str) -> tuple[int, int]:
         """``(scored, total)`` units of the rater."""
-        units = self.units(rater)
-        return sum(u.scored for u in units), len(units)
+        with self._connect() as con:
+            self._require_rater(con, rater)
+            total = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+            scored = con.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM scores WHERE rater=? GROUP BY item_id, system "
+                "HAVING COUNT(*) >= ?)", (rater, len(self.criteria))).fetchone()[0]
+        return scored, total
 
     def view(self, rater: str, item_id: str, label: str) -> dict[str, Any]:
         """What the rater sees of one unit: texts, image path, the rater's own latest scores.

@@ -1,0 +1,225 @@
+"""The rating website over HTTP: 10 raters at once, blinding, and a real browser session."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the rating site needs gradio (pip install 'hicur-monai[web]')")
+
+from hicur_monai.evaluation.demo import make_demo_study  # noqa: E402
+from hicur_monai.evaluation.rating.store import RatingStore  # noqa: E402
+from hicur_monai.evaluation.records import Answer, read_items  # noqa: E402
+
+N_RATERS, N_SCORES, N_ITEMS = 10, 50, 17
+SYSTEMS = [f"system-{secrets.token_hex(6)}" for _ in range(3)]  # unguessable: any leak is a real leak
+CRITERIA = ("accuracy", "completeness", "reliability", "safety")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from hicur_monai.evaluation.rating.app import serve
+
+    root = tmp_path_factory.mktemp("rating")
+    study = make_demo_study(root / "study", n_items=N_ITEMS)
+    items = read_items(study["items"])
+    answers = [Answer(it.item_id, s, f"Answer number {k} to question {it.item_id}.")
+               for it in items for k, s in enumerate(SYSTEMS)]
+    store = RatingStore(root / "study.sqlite")
+    store.add_study(items, answers, images_dir=study["images"])
+    for i in range(N_RATERS):
+        store.add_rater(f"rater{i}", f"password-{i}")
+    store.add_rater("browser", "browser-password")
+    demo = serve(store.path, port=0, block=False)
+    yield store, demo.local_url
+    demo.close()
+
+
+def _expected(i: int, k: int) -> dict[str, float]:
+    return {"accuracy": float(i), "completeness": float(k % 11), "reliability": float(10 - i),
+            "safety": float((i + 3 * k) % 11)}
+
+
+def _login(url: str, user: str, password: str):
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=120)
+    r = client.post("login", data={"username": user, "password": password})
+    if r.status_code != 200:
+        client.close()
+        raise PermissionError(f"login of {user} failed: HTTP {r.status_code} {r.text}")
+    return client
+
+
+def _call(client, name: str, *data):
+    """POST /gradio_api/run/<name>; returns (decoded result, raw response text)."""
+    r = client.post(f"gradio_api/run/{name}", json={"data": list(data)})
+    assert r.status_code == 200, (name, r.status_code, r.text)
+    return r.json()["data"][0], r.text
+
+
+def test_server_binds_to_localhost_and_requires_login(site):
+    import httpx
+
+    _, url = site
+    assert url.startswith("http://127.0.0.1:")
+    assert httpx.get(url + "config").status_code == 401
+    assert httpx.post(url + "gradio_api/run/units", json={"data": []}).status_code == 401
+    with pytest.raises(PermissionError, match="HTTP 400"):
+        _login(url, "rater0", "wrong-password")
+    with contextlib.closing(_login(url, "rater0", "password-0")) as c:
+        units, _ = _call(c, "units")
+        assert units["total"] == N_ITEMS * len(SYSTEMS)
+        r = c.post("gradio_api/run/submit", json={"data": [units["units"][0]["item_id"], "ZZ", 1, 1, 1, 1]})
+        assert r.status_code == 500 and "no answer labelled 'ZZ'" in r.text
+
+
+@pytest.mark.slow
+def test_ten_raters_submit_at_once_through_the_api(site):
+    store, url = site
+    responses: dict[int, list[str]] = {i: [] for i in range(N_RATERS)}
+    submitted: dict[int, list[tuple[str, str]]] = {i: [] for i in range(N_RATERS)}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(N_RATERS)
+
+    def rater(i: int) -> None:
+        try:
+            with contextlib.closing(_login(url, f"rater{i}", f"password-{i}")) as client:
+                for page in ("", "config"):  # what a browser loads
+                    responses[i].append(client.get(page).text)
+                units, raw = _call(client, "units")
+                responses[i].append(raw)
+                barrier.wait(timeout=120)  # everyone submits at the same time
+                for k, u in enumerate(units["units"][:N_SCORES]):
+                    s = _expected(i, k)
+                    _, raw = _call(client, "submit", u["item_id"], u["label"], *(s[c] for c in CRITERIA))
+                    responses[i].append(raw)
+                    submitted[i].append((u["item_id"], u["label"]))
+                # read back: each rater sees only their own scores
+                for k in (0, N_SCORES // 2, N_SCORES - 1):
+                    item_id, label = submitted[i][k]
+                    view, raw = _call(client, "view", item_id, label)
+                    responses[i].append(raw)
+                    assert view["scores"] == _expected(i, k)
+                _, raw = _call(client, "units")
+                responses[i].append(raw)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(err)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=rater, args=(i,)) for i in range(N_RATERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    elapsed = time.perf_counter() - t0
+    assert not errors, errors[0]
+    print(f"{N_RATERS} raters x {N_SCORES} submissions in {elapsed:.1f} s")
+
+    rows = pd.DataFrame(store.export_rows())
+    rows = rows[rows["rater"].str.startswith("rater")]
+    assert len(rows) == N_RATERS * N_SCORES * len(CRITERIA)
+    assert not rows.duplicated(["rater", "item_id", "system", "criterion"]).any()
+    audit = pd.DataFrame(store.export_rows(audit=True))
+    assert audit["rater"].str.startswith("rater").sum() == N_RATERS * N_SCORES * len(CRITERIA)  # once each
+    for i in range(N_RATERS):
+        for k, (item_id, label) in enumerate(submitted[i]):
+            system = store.reveal(f"rater{i}", item_id, label)
+            got = rows[(rows.rater == f"rater{i}") & (rows.item_id == item_id) & (rows.system == system)]
+            assert dict(zip(got.criterion, got.score)) == _expected(i, k)
+        last = json.loads(responses[i][-1])["data"][0]
+        assert (last["scored"], last["total"]) == (N_SCORES, N_ITEMS * len(SYSTEMS))
+    everything = "".join(r for rs in responses.values() for r in rs)
+    assert len(everything) > 10_000
+    for system in SYSTEMS:
+        assert system not in everything, "a system identity reached a client"
+
+
+def _chromium() -> tuple[str, str]:
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
+                    "(make browser-deps, or apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="the browser test needs selenium (pip install 'hicur-monai[dev]')")
+    return chrome, driver
+
+
+@pytest.mark.slow
+def test_browser_login_score_next_logout_login_score_kept(site):
+    chrome, chromedriver = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store, url = site
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--window-size=1280,1600"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    wait = WebDriverWait(driver, 90)
+    total = N_ITEMS * len(SYSTEMS)
+
+    def header() -> str:
+        return driver.find_element(By.ID, "progress").text
+
+    def login() -> None:
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+        driver.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("browser")
+        driver.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("browser-password")
+        driver.find_element(By.XPATH, "//button[normalize-space()='Login']").click()
+        wait.until(lambda d: d.find_elements(By.ID, "progress") and " scored" in header())
+
+    def set_score(criterion: str, value: int) -> None:
+        box = driver.find_element(By.CSS_SELECTOR, f"#score-{criterion} input[type=number]")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(value))
+        box.send_keys(Keys.TAB)
+
+    try:
+        driver.get(url)
+        login()
+        assert f"0 of {total} scored" in header()
+        first = header().splitlines()[-1]  # "Item demo-000 · conversation · answer A"
+        assert "answer A" in first
+        # untouched sliders are not scores
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: "untouched slider is not a score" in d.page_source)
+        assert store.progress("browser") == (0, total)
+        for criterion, value in zip(CRITERIA, (0, 7, 8, 3)):
+            set_score(criterion, value)
+        time.sleep(0.5)
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: f"1 of {total} scored" in header())
+        assert header().splitlines()[-1] != first  # moved on to the next answer
+        assert "Not scored yet" in driver.find_element(By.ID, "status").text
+        item_id, label = first.split(" · ")[0].split()[-1], first.split()[-1]
+        assert store.view("browser", item_id, label)["scores"] == dict(zip(CRITERIA, (0.0, 7.0, 8.0, 3.0)))
+        for system in SYSTEMS:
+            assert system not in driver.page_source
+        # log out, log back in
+        driver.get(driver.find_element(By.ID, "logout").get_attribute("href"))
+        login()
+        assert f"1 of {total} scored" in header()
+        driver.find_element(By.CSS_SELECTOR, "#browse input[type=checkbox]").click()
+        time.sleep(0.5)
+        driver.find_element(By.ID, "prev").click()
+        wait.until(lambda d: header().splitlines()[-1] == first)
+        assert "Scored by you" in driver.find_element(By.ID, "status").text
+        kept = [driver.find_element(By.CSS_SELECTOR, f"#score-{c} input[type=number]").get_attribute("value")
+                for c in CRITERIA]
+        assert kept == ["0", "7", "8", "3"]
+    finally:
+        driver.quit()
