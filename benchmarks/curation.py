@@ -17,7 +17,8 @@ Usage (from the repository root)::
     python benchmarks/curation.py throughput --files 600 --workers 2
     python benchmarks/curation.py rss --files 1000 --size 64 --workers 2
     python benchmarks/curation.py rss --files 10000 --size 64 --workers 2
-    python benchmarks/curation.py all      # the three above, with the RSS ratio
+    python benchmarks/curation.py stages   # CPU ms of each pipeline step on one 256x256 CT slice
+    python benchmarks/curation.py all      # throughput and both RSS runs, with the RSS ratio
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def _load_toolkit(path: str) -> int:
 _LOADER = None
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (load-independent cost)."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def bare_decode(files: list[str], workers: int, fn=_decode) -> float:
     """Seconds to read + decode ``files`` with ``workers`` processes (fork, warm imports)."""
     import multiprocessing as mp
@@ -147,19 +154,28 @@ def throughput(args: argparse.Namespace) -> dict:
         files = sorted(str(p) for p in src.rglob("*") if p.is_file())
         print(f"corpus: {len(files)} files of {args.size}x{args.size} in {time.perf_counter() - t:.1f} s")
         bare_decode(files[:50], args.workers)  # warm the page cache and the imports
+        c = _cpu()
         t_bare = bare_decode(files, args.workers)
+        c_bare = _cpu() - c
         import hicur_monai.transforms  # noqa: F401  (imported before the fork, as curate does)
+        from hicur_monai.data.curation.pipeline import _preload
 
+        _preload()
+        c = _cpu()
         t_loader = bare_decode(files, args.workers, _load_toolkit)
+        c_loader = _cpu() - c
         (root / "rules.yaml").write_text(RULES)
+        c = _cpu()
         t = time.perf_counter()
         summary = curate([src], root / "out", salt=SALT, rules=root / "rules.yaml", workers=args.workers,
                          progress=False)
         t_full = time.perf_counter() - t
+        c_full = _cpu() - c
     n_img = summary["images"]["total"]
     bare_rate, full_rate = len(files) / t_bare, n_img / t_full
     loader_rate = len(files) / t_loader
-    per_core = full_rate / args.workers
+    cpu_bare, cpu_loader, cpu_full = len(files) / c_bare, len(files) / c_loader, n_img / c_full
+    per_core = cpu_full  # images per CPU-second: what one core sustains without competing jobs
     proj_s = ORIGINAL_IMAGES / (per_core * 16)
     res = {
         "files": len(files), "images": n_img, "size": args.size, "workers": args.workers,
@@ -168,14 +184,22 @@ def throughput(args: argparse.Namespace) -> dict:
         "ratio_vs_loader": round(full_rate / loader_rate, 3),
         "projected_755k_on_16_cores_h": round(proj_s / 3600, 2),
         "accepted": summary["images"]["accepted"], "duplicates": summary["images"]["duplicate"],
+        "cpu_ms_per_image": {"bare": round(1000 / cpu_bare, 1), "loader": round(1000 / cpu_loader, 1),
+                             "pipeline": round(1000 / cpu_full, 1)},
+        "ratio_cpu": round(cpu_full / cpu_bare, 3), "ratio_cpu_vs_loader": round(cpu_full / cpu_loader, 3),
+        "load_average": os.getloadavg(),
     }
     print(f"bare read+decode : {bare_rate:8.1f} images/s ({args.workers} processes)")
     print(f"toolkit loader   : {loader_rate:8.1f} images/s (LoadMedicalImage = MONAI readers, {args.workers} processes)")
     print(f"full pipeline    : {full_rate:8.1f} images/s ({args.workers} workers)")
     print(f"ratio            : {res['ratio']:.3f} vs bare decode (target >= 0.5); "
           f"{res['ratio_vs_loader']:.3f} vs the toolkit loader")
+    print(f"CPU per image    : bare {1000 / cpu_bare:.1f} ms, loader {1000 / cpu_loader:.1f} ms, "
+          f"pipeline {1000 / cpu_full:.1f} ms  -> ratio {res['ratio_cpu']:.3f} vs bare, "
+          f"{res['ratio_cpu_vs_loader']:.3f} vs loader (load-independent)")
     print(f"projection       : 755K images on 16 cores ~ {proj_s / 3600:.2f} h "
-          f"({per_core:.1f} images/s per core, linear scaling assumed)")
+          f"({per_core:.1f} images per CPU-second, linear scaling over 16 cores assumed)")
+    print(f"load average     : {os.getloadavg()}")
     return res
 
 
@@ -204,9 +228,52 @@ def rss(args: argparse.Namespace) -> dict:
     return res
 
 
+def stages(args: argparse.Namespace) -> dict:
+    """CPU milliseconds of each step of the pipeline on one DICOM slice of the corpus (inline, 30 repeats)."""
+    import warnings
+
+    import pydicom
+
+    from hicur_monai.data.curation.deid import Pseudonymizer, deidentify_dataset, header_json, read_header
+    from hicur_monai.data.curation.process import encode_png, perceptual_hash
+    from hicur_monai.transforms import LoadMedicalImage, ScaleIntensityByModality
+
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory(prefix="hicur-stages-") as tmp:
+        src = make_corpus(Path(tmp), 40, args.size)
+        f = str(sorted((src / "ct").rglob("*.dcm"))[0])
+        loader, norm, pseudo = LoadMedicalImage(), ScaleIntensityByModality("ct"), Pseudonymizer(SALT)
+        img = loader(f)
+        a = norm(img).numpy()[0]
+        arr = (a * 65535).astype(np.uint16)
+        steps = {
+            "pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(f).pixel_array,
+            "read_header (deferred pixels)": lambda: read_header(f),
+            "deidentify_dataset": lambda: deidentify_dataset(read_header(f), pseudo, "P0"),
+            "header_json (after de-id)": None,
+            "LoadMedicalImage": lambda: loader(f),
+            "ScaleIntensityByModality": lambda: norm(img),
+            "perceptual_hash": lambda: perceptual_hash(a),
+            "encode_png (16-bit, level 1)": lambda: encode_png(arr, {}, 1),
+        }
+        ds = deidentify_dataset(read_header(f), pseudo, "P0")
+        steps["header_json (after de-id)"] = lambda: header_json(ds)
+        res = {}
+        for name, fn in steps.items():
+            fn()
+            t = time.process_time()
+            for _ in range(30):
+                fn()
+            res[name] = round((time.process_time() - t) / 30 * 1000, 2)
+            print(f"{name:40s} {res[name]:8.2f} ms CPU")
+    sub = res["deidentify_dataset"]  # includes a read_header
+    print(f"(deidentify_dataset includes a read_header: {sub - res['read_header (deferred pixels)']:.2f} ms of its own)")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["throughput", "rss", "all"])
+    p.add_argument("what", choices=["throughput", "rss", "stages", "all"])
     p.add_argument("--files", type=int, default=600)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
@@ -215,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         throughput(args)
     elif args.what == "rss":
         rss(args)
+    elif args.what == "stages":
+        stages(args)
     else:
         throughput(args)
         out = []
