@@ -430,7 +430,8 @@ class VisionLanguageModel(nn.Module):
                                "tokens": vision_spec.get("tokens", "all")}
             else:
                 src = Path(vision_spec["path"]).resolve()
-                if target.resolve() in src.parents:  # lives in the folder being replaced: carry it over
+                # inside a saved model folder (this one, or a checkpoint that will be replaced): carry it over
+                if target.resolve() in src.parents or (src.parent.parent / "vlm_config.json").is_file():
                     (tmp / "vision").mkdir(exist_ok=True)
                     for f in (src, src.with_suffix(".json")):
                         shutil.copy2(f, tmp / "vision" / f.name)

@@ -37,9 +37,24 @@ from hicur_monai.networks.vlm import VisionLanguageModel
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
 from hicur_monai.vlm.data import LlavaConversationDataset
 
-__all__ = ["VLMTrainer", "trainable_state"]
+__all__ = ["VLMTrainer", "trainable_state", "vision_spec"]
 
 logger = logging.getLogger(__name__)
+
+
+def vision_spec(vit_encoder: str | os.PathLike | None, image_size: int = 64, tokens: str = "all") -> dict[str, Any]:
+    """The vision-tower spec of the bundle: the HCMAE-exported ViT when ``vit_encoder`` exists, else
+    a small random timm ViT (``image_size`` px, patch 16, 192-d, 4 blocks) with a warning.
+
+    A random tower carries no visual knowledge; it lets the pipeline run before Stage I has.
+    """
+    if vit_encoder and Path(vit_encoder).is_file():
+        return {"kind": "encoder_file", "path": str(vit_encoder), "tokens": tokens}
+    logger.warning("vision encoder %r not found: using a RANDOM ViT (%d px); train bundles/hcmae_pretrain first "
+                   "for a real one", str(vit_encoder), image_size)
+    return {"kind": "timm_vit", "seed": 0, "tokens": tokens,
+            "kwargs": {"img_size": int(image_size), "patch_size": 16, "embed_dim": 192, "depth": 4, "num_heads": 3,
+                       "num_classes": 0}}
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
