@@ -8,7 +8,7 @@ DEMO_DATA ?= demo_data
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-data test test-fast lint clean
+.PHONY: install demo demo-data test test-fast lint clean browser-deps
 
 # (Re)install when the package metadata changes. torch and torchvision come first, unpinned
 # to a build: pip takes whatever the machine's index serves (CPU or CUDA).
@@ -29,7 +29,13 @@ demo-data: install
 demo: install
 	$(VENV)/bin/hicur demo --data $(DEMO_DATA) --out $(DEMO_OUT)
 
-test: install
+# headless Chromium + chromedriver for the rating site's browser test (skipped where absent)
+browser-deps:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver) || \
+	  echo "browser-deps: chromium could not be installed; the browser test will be skipped"
+
+test: install browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
