@@ -71,7 +71,7 @@ def preview_image(path: str | os.PathLike) -> np.ndarray:
 def _rater(request: gr.Request | None) -> str:
     name = getattr(request, "username", None) if request is not None else None
     if not name:
-        raise gr.Error("Not logged in: open the site's login page.")
+        raise gr.Error("Not logged in: open the site's login page.", print_exception=False)
     return name
 
 
@@ -157,10 +157,11 @@ class _Handlers:
                completeness: float, reliability: float, safety: float, request: gr.Request) -> tuple[Any, ...]:
         rater = _rater(request)
         if not current:
-            raise gr.Error("No answer is shown.")
+            raise gr.Error("No answer is shown.", print_exception=False)
         untouched = [c for c in CRITERIA if c not in (touched or [])]
         if untouched:
-            raise gr.Error(f"Set the slider of {', '.join(untouched)} first (an untouched slider is not a score).")
+            raise gr.Error(f"Set the slider of {', '.join(untouched)} first (an untouched slider is not a score).",
+                           print_exception=False)
         try:
             self.store.submit(rater, current["item_id"], current["label"], {"accuracy": accuracy, "completeness": completeness, "reliability": reliability, "safety": safety})
         except RatingError as err:
