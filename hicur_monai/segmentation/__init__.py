@@ -1,0 +1,37 @@
+"""Stage-III segmentation glue: coarse-state cache, data lists, whole-volume inference, metrics, figures.
+
+The network is :class:`hicur_monai.networks.fusion_seg.FusionSegNet`; the bundle is
+``bundles/npc_segmentation``.
+"""
+
+from __future__ import annotations
+
+from hicur_monai.segmentation.coarse import (
+    SEGMENTATION_INSTRUCTION,
+    CoarseStateCache,
+    CoarseStatesd,
+    TextEncoderStates,
+    image_hash,
+)
+from hicur_monai.segmentation.data import inference_items, read_datalist, segmentation_items
+from hicur_monai.segmentation.figures import ContourFigure, contour_sheet, pick_slices
+from hicur_monai.segmentation.inferer import VolumeSliceInferer
+from hicur_monai.segmentation.metrics import PerSliceMetric, comparison_table, read_metrics_csv
+
+__all__ = [
+    "SEGMENTATION_INSTRUCTION",
+    "CoarseStateCache",
+    "CoarseStatesd",
+    "ContourFigure",
+    "PerSliceMetric",
+    "TextEncoderStates",
+    "VolumeSliceInferer",
+    "comparison_table",
+    "contour_sheet",
+    "image_hash",
+    "inference_items",
+    "pick_slices",
+    "read_datalist",
+    "read_metrics_csv",
+    "segmentation_items",
+]

@@ -1,0 +1,238 @@
+"""Coarse states for the fusion U-Net: what the aligned LLM "says" about an image, computed once and cached.
+
+In the original system (stage III) the aligned vision-language model is run once, without
+generation, on each image together with a fixed instruction asking for a description for
+disease-area segmentation; its last hidden layer, padded to a fixed number of tokens, is
+the key/value sequence of the fusion blocks' cross-attention.
+
+* :class:`TextEncoderStates` turns any encoder registered in
+  :data:`hicur_monai.registry.TEXT_ENCODERS` (interface ``encode(texts) -> (states, mask)``)
+  into a coarse-state provider. An image-conditioned encoder (the VLM's ``"vlm_coarse"``,
+  which adds the fixed instruction itself) receives the images, as in the original. A text-only encoder (the default, the offline ``"hashed_bow"``) is a
+  **stand-in**: it encodes the fixed instruction only, so every image gets the same states.
+* :class:`CoarseStateCache` keys the states by a SHA-256 of the image tensor and the
+  provider, in memory and (optionally) on disk, written atomically: a training run
+  computes them once per image, not once per epoch, and a second run reuses them.
+* :class:`CoarseStatesd` is the dictionary transform that adds ``coarse_states`` /
+  ``coarse_mask`` to a data item (put it before random augmentation, so the cached value
+  is that of the un-augmented image, as in the original).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from hicur_monai.utils.io import atomic_save_torch
+
+__all__ = [
+    "SEGMENTATION_INSTRUCTION",
+    "TextEncoderStates",
+    "CoarseStateCache",
+    "CoarseStatesd",
+    "image_hash",
+]
+
+#: the fixed instruction of the original (a description for disease-area segmentation)
+SEGMENTATION_INSTRUCTION = (
+    "Describe the nasopharyngeal carcinoma in this image: where the tumour is, its extent and "
+    "its boundaries, for segmentation of the disease area."
+)
+
+
+def image_hash(image: torch.Tensor) -> str:
+    """SHA-256 of a tensor's float32 values and shape (metadata ignored)."""
+    t = torch.as_tensor(image).detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _create_text_encoder(name: str, kwargs: Mapping[str, Any] | None) -> Any:
+    """Build a registered text encoder, importing the modules that register them if needed."""
+    import importlib
+
+    from hicur_monai import registry
+
+    for module in ("hicur_monai.networks.prognosis", "hicur_monai.vlm"):
+        if name in registry.names("text_encoders"):
+            break
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+    if name not in registry.names("text_encoders"):
+        raise KeyError(f"text encoder {name!r} is not registered; available: {registry.names('text_encoders')}")
+    return registry.create("text_encoders", name, **dict(kwargs or {}))
+
+
+class TextEncoderStates:
+    """Coarse-state provider from a registered text encoder, padded/truncated to ``num_tokens``.
+
+    Args:
+        encoder: a name in :data:`~hicur_monai.registry.TEXT_ENCODERS` or an encoder object.
+        instruction: the fixed instruction.
+        num_tokens: tokens per image (the original pads to a fixed number).
+        encoder_kwargs: keywords for building a named encoder (e.g. ``{"dim": 64}``, or
+            ``{"model": "runs/vl_alignment/step2/model"}`` for ``"vlm_coarse"``).
+        image_conditioned: call ``encoder.encode(images)`` (the encoder adds its own instruction,
+            as ``"vlm_coarse"`` does) instead of encoding ``instruction`` once for all images;
+            ``None``: True for ``"vlm_coarse"``.
+
+    ``__call__(images)`` with images ``(B, C, H, W)`` returns states ``(B, num_tokens, dim)``
+    and a mask ``(B, num_tokens)`` (True = real token).
+    """
+
+    def __init__(
+        self,
+        encoder: str | Any = "hashed_bow",
+        instruction: str = SEGMENTATION_INSTRUCTION,
+        num_tokens: int = 32,
+        encoder_kwargs: Mapping[str, Any] | None = None,
+        image_conditioned: bool | None = None,
+    ) -> None:
+        if isinstance(encoder, str):
+            self.name = encoder
+            encoder = _create_text_encoder(encoder, encoder_kwargs)
+        else:
+            self.name = type(encoder).__name__
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        self.encoder = encoder
+        self.instruction = str(instruction)
+        self.num_tokens = int(num_tokens)
+        if image_conditioned is None:
+            image_conditioned = self.name == "vlm_coarse" or bool(getattr(encoder, "image_conditioned", False))
+        self.image_conditioned = bool(image_conditioned)
+        self.dim = int(getattr(encoder, "dim", 0)) or None
+        self._text_only: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def key(self) -> str:
+        """Identifies the provider in cache keys (encoder, instruction, token count, dim)."""
+        raw = f"{self.name}|{self.dim}|{self.num_tokens}|{self.instruction}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def _fix_length(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.num_tokens
+        states, mask = states[:, :n].float(), mask[:, :n].bool()
+        if states.shape[1] < n:
+            pad = n - states.shape[1]
+            states = torch.cat([states, states.new_zeros(states.shape[0], pad, states.shape[2])], 1)
+            mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], 1)
+        return states, mask
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = int(images.shape[0])
+        if self.image_conditioned:
+            states, mask = self.encoder.encode(list(images))
+            return self._fix_length(torch.as_tensor(states), torch.as_tensor(mask))
+        if self._text_only is None:
+            states, mask = self.encoder.encode([self.instruction])
+            self._text_only = self._fix_length(torch.as_tensor(states), torch.as_tensor(mask))
+        states, mask = self._text_only
+        return states.expand(b, -1, -1).clone(), mask.expand(b, -1).clone()
+
+
+class CoarseStateCache:
+    """Coarse states per image, computed once: in memory (LRU) and, with ``cache_dir``, on disk.
+
+    Args:
+        provider: callable ``images (B, C, H, W) -> (states (B, L, D), mask (B, L))`` with a ``key``.
+        cache_dir: folder of ``<provider key>/<image hash>.pt`` files (``None``: memory only).
+        max_memory_items: items kept in memory.
+
+    ``hits`` / ``misses`` count lookups (``misses`` = provider calls per image).
+    """
+
+    def __init__(self, provider: Any, cache_dir: str | os.PathLike | None = None, max_memory_items: int = 4096) -> None:
+        self.provider = provider
+        self.cache_dir = None if cache_dir in (None, "") else Path(cache_dir) / str(getattr(provider, "key", "default"))
+        self.max_memory_items = int(max_memory_items)
+        self._mem: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def _remember(self, key: str, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._mem[key] = value
+        self._mem.move_to_end(key)
+        while len(self._mem) > self.max_memory_items:
+            self._mem.popitem(last=False)
+
+    def _disk(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.cache_dir is None:
+            return None
+        path = self.cache_dir / f"{key}.pt"
+        if not path.is_file():
+            return None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return obj["states"], obj["mask"]
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            return None
+
+    def get(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States ``(B, L, D)`` and mask ``(B, L)`` of a batch of images, from the cache where possible."""
+        images = torch.as_tensor(images)
+        keys = [image_hash(img) for img in images]
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for k in keys:
+            v = self._mem.get(k) or self._disk(k)
+            if v is not None:
+                self.hits += 1
+                self._remember(k, v)
+            out.append(v)
+        todo = [i for i, v in enumerate(out) if v is None]
+        if todo:
+            self.misses += len(todo)
+            states, mask = self.provider(images[todo])
+            for j, i in enumerate(todo):
+                v = (states[j].detach().cpu().clone(), mask[j].detach().cpu().clone())
+                out[i] = v
+                self._remember(keys[i], v)
+                if self.cache_dir is not None:
+                    atomic_save_torch({"states": v[0], "mask": v[1]}, self.cache_dir / f"{keys[i]}.pt")
+        return torch.stack([v[0] for v in out]), torch.stack([v[1] for v in out])  # type: ignore[index]
+
+    __call__ = get
+
+
+class CoarseStatesd(MapTransform):
+    """Add the coarse states of ``data[key]`` (one channel-first 2D image) as ``states_key`` / ``mask_key``.
+
+    Args:
+        keys: the image key (one).
+        cache: a :class:`CoarseStateCache` (or any callable with the same contract).
+        states_key, mask_key: output keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        cache: CoarseStateCache,
+        states_key: str = "coarse_states",
+        mask_key: str = "coarse_mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.cache = cache
+        self.states_key, self.mask_key = states_key, mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key])
+            if img.ndim != 3:
+                raise ValueError(f"CoarseStatesd: {key!r} must be a channel-first 2D image (C, H, W), got {tuple(img.shape)}")
+            states, mask = self.cache(img[None])
+            d[self.states_key], d[self.mask_key] = states[0], mask[0]
+        return d

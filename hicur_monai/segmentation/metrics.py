@@ -1,0 +1,104 @@
+"""Segmentation metrics: the original's per-slice Dice / IoU next to MONAI's per-volume 3D Dice / HD95.
+
+:class:`PerSliceMetric` cuts binarised 3D predictions and labels into 2D slices and scores
+each slice with MONAI's :func:`~monai.metrics.compute_dice` / :func:`~monai.metrics.compute_iou`,
+over the slices the ground truth marks as tumour (the original's annotated slices). The
+3D metrics are MONAI's :class:`~monai.metrics.DiceMetric` and
+:class:`~monai.metrics.HausdorffDistanceMetric` (95th percentile), used through their Ignite
+handlers in the bundle.
+
+:func:`comparison_table` reads the ``metrics.csv`` that MONAI's ``MetricsSaver`` wrote for
+each model and writes one Markdown table (fusion vs baseline).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from monai.metrics import CumulativeIterationMetric, compute_dice, compute_iou
+
+from hicur_monai.utils.io import atomic_write_text
+
+__all__ = ["PerSliceMetric", "comparison_table", "read_metrics_csv"]
+
+
+class PerSliceMetric(CumulativeIterationMetric):
+    """Mean per-slice Dice or IoU over the labelled slices of 3D volumes.
+
+    Args:
+        metric: ``"dice"`` or ``"iou"``.
+        slice_axis: spatial axis of the slices (-1: axial).
+        labelled_only: score only slices where the label has foreground (the original's
+            annotated slices); ``False`` scores every slice (empty/empty counts as 1).
+    """
+
+    def __init__(self, metric: str = "dice", slice_axis: int = -1, labelled_only: bool = True) -> None:
+        super().__init__()
+        if metric not in ("dice", "iou"):
+            raise ValueError(f"metric must be 'dice' or 'iou', got {metric!r}")
+        self.metric, self.slice_axis, self.labelled_only = metric, slice_axis, labelled_only
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if y is None:
+            raise ValueError("PerSliceMetric needs labels")
+        y_pred, y = torch.as_tensor(y_pred).float(), torch.as_tensor(y).float()
+        if y_pred.shape != y.shape:
+            raise ValueError(f"prediction {tuple(y_pred.shape)} and label {tuple(y.shape)} differ in shape")
+        if y_pred.ndim == 5:  # (B, C, X, Y, Z) -> (B*S, C, X, Y)
+            ax = 2 + (self.slice_axis % 3)
+            y_pred = y_pred.movedim(ax, 1).flatten(0, 1)
+            y = y.movedim(ax, 1).flatten(0, 1)
+        fn = compute_dice if self.metric == "dice" else compute_iou
+        scores = fn(y_pred, y, include_background=True, ignore_empty=False)
+        keep = y.flatten(1).sum(1) > 0 if self.labelled_only else torch.ones(len(y), dtype=torch.bool)
+        return scores.mean(1, keepdim=True)[keep]
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor) or data.numel() == 0:
+            return torch.tensor(float("nan"))
+        return data[~torch.isnan(data)].mean()
+
+
+def read_metrics_csv(path: str | os.PathLike) -> dict[str, float]:
+    """The ``metrics.csv`` of MONAI's ``MetricsSaver`` (``name<TAB>value`` lines) as a dict."""
+    out = {}
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh, delimiter="\t"):
+            if len(row) >= 2:
+                try:
+                    out[row[0]] = float(row[1])
+                except ValueError:
+                    continue
+    return out
+
+
+def comparison_table(runs: Mapping[str, str | os.PathLike], output_file: str | os.PathLike | None = None) -> str:
+    """One Markdown table of the evaluation metrics of several models.
+
+    Args:
+        runs: model name -> folder (or file) with the ``metrics.csv`` of its evaluation.
+        output_file: where to write the table (atomically); ``None``: only return it.
+    """
+    rows, names = {}, []
+    for model, where in runs.items():
+        p = Path(where)
+        p = p / "metrics.csv" if p.is_dir() else p
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no metrics.csv for model {model!r}; run its evaluation first")
+        rows[model] = read_metrics_csv(p)
+        names += [k for k in rows[model] if k not in names]
+    header = "| model | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    body = ""
+    for model, vals in rows.items():
+        cells = [("n/a" if k not in vals or math.isnan(vals[k]) else f"{vals[k]:.4f}") for k in names]
+        body += f"| {model} | " + " | ".join(cells) + " |\n"
+    table = header + body
+    if output_file:
+        atomic_write_text(output_file, table)
+    return table
