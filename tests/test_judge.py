@@ -242,3 +242,52 @@ def test_read_items_and_answers_name_file_line_and_field(tmp_path):
     a.write_text('{"item_id": "a", "system": "s", "answer": "x"}\n{"item_id": "a", "system": "s", "answer": "y"}\n')
     with pytest.raises(ValueError, match="second answer of system 's'"):
         read_answers(a, items)
+
+
+# -- with the real OpenAI-compatible backend against a local server --------------------------
+def test_rubric_judge_over_openai_backend_on_localhost(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if "openai" not in names("llm_backends"):
+        pytest.skip("the 'openai' LLM backend is not available")
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            # every first request gets a malformed reply, so the judge must retry
+            content = "I cannot decide." if len(seen) % 2 == 1 else "Mostly correct.\nSCORE: 7"
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        from hicur_monai.cli import main
+
+        items, answers = tmp_path / "items.jsonl", tmp_path / "answers.jsonl"
+        items.write_text("".join(json.dumps(i.to_dict()) + "\n" for i in ITEMS))
+        answers.write_text("".join(json.dumps({"item_id": a.item_id, "system": a.system, "answer": a.answer}) + "\n"
+                                   for a in ANSWERS))
+        out = tmp_path / "j.jsonl"
+        rc = main(["judge", "run", "--items", str(items), "--answers", str(answers), "--out", str(out),
+                   "--model", "openai", "--model-arg", f"base_url=http://127.0.0.1:{httpd.server_address[1]}/v1",
+                   "--model-arg", "model=judge-x", "--model-arg", "api_key_env=HICUR_NO_SUCH_KEY",
+                   "--model-arg", "max_retries=0", "--runs", "1"])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert rc == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == len(ANSWERS) * 4 and all(r["score"] == 7.0 and r["attempts"] == 2 for r in records)
+    assert records[0]["judge"] == "openai:judge-x"
+    assert len(seen) == 2 * len(records) and "SYS_ALPHA" not in json.dumps(seen)
