@@ -172,7 +172,9 @@ def test_shards_merge_equal_single_run(tmp_path: Path) -> None:
         (tmp_path / "other" / "manifest-shard-0002-of-0003.parquet").write_bytes(
             (sharded / "manifest-shard-0002-of-0003.parquet").read_bytes())
         merge(tmp_path / "other")
-    merge(sharded)
+    from hicur_monai.cli import main
+
+    assert main(["curate", "merge", "--out", str(sharded)]) == 0  # the CLI form the docs give
     a = _manifest(single).drop(columns=["shard"])
     b = _manifest(sharded).drop(columns=["shard"])
     pd.testing.assert_frame_equal(a, b)
