@@ -56,7 +56,7 @@ def part_cv(n_boot: int) -> None:
         out = Outcome(df["time"], df["event"])
         for model, r in cv["models"].items():
             risk = r["risk"]
-            est, lo, hi = bootstrap_ci(lambda idx, risk=risk: harrell_c(out.subset(idx), risk[idx]), len(df),
+            est, lo, hi = bootstrap_ci(lambda idx, risk=risk, out=out: harrell_c(out.subset(idx), risk[idx]), len(df),
                                        n_boot=n_boot)
             fc = np.asarray(r["fold_c"])
             print(f"{name:8s} {len(df):4d} {int(df['event'].sum()):6d} {model:9s} "
