@@ -72,35 +72,68 @@ def _bad_corpus(root: Path) -> tuple[Path, dict[str, str]]:
     return src, {f"bad/{k}": v for k, v in expect.items()}
 
 
-def _unprivileged(cmd: list[str]) -> list[str]:
-    """As root, drop the capabilities that let root read a mode-000 file."""
+def _as_unprivileged(fn) -> None:
+    """Run ``fn`` where a mode-000 file is really unreadable: as root, in a forked child as ``nobody``.
+
+    The child inherits the imported modules (no interpreter start-up), like the curation workers.
+    """
     if os.geteuid() != 0:
-        return cmd
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot make a file unreadable")
-    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+        fn()
+        return
+    from hicur_monai.data.curation.pipeline import _preload
+
+    _preload()  # everything the run imports lazily, imported while still root
+    import concurrent.futures.process  # noqa: F401
+    import multiprocessing.popen_fork  # noqa: F401
+
+    import nrrd  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    import tqdm.auto  # noqa: F401
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged curation run failed (see captured stderr)"
 
 
-def test_bad_input_corpus(tmp_path: Path) -> None:
-    src, expect = _bad_corpus(tmp_path)
-    rules = write_rules(tmp_path / "rules.yaml", BAD_RULES)
-    out = tmp_path / "out"
-    env = {**os.environ, "HICUR_CURATION_SALT": SALT}
-    cmd = _unprivileged([sys.executable, "-m", "hicur_monai.cli", "curate", str(src), "--out", str(out),
-                         "--modality-map", str(rules), "--workers", "2", "--no-progress"])
-    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    df = pd.read_parquet(out / "manifest.parquet")
-    inputs = df[df.row_type == "input"].set_index("source_path")
-    got = {k: (inputs.loc[k, "status"], inputs.loc[k, "reason"]) for k in expect if k in inputs.index}
-    assert set(got) == set(expect), f"missing rows: {set(expect) - set(got)}"
-    for k, reason in expect.items():
-        status, r = got[k]
-        assert (status, r) == (("accepted", "") if not reason else ("rejected", reason)), (k, status, r)
-    assert inputs.loc["bad/photo.png", "format"] == "jpeg"
-    # the absolute source location appears nowhere (rows, messages, logs)
-    assert str(src) not in (out / "manifest.csv").read_text() + res.stdout + res.stderr
+def test_bad_input_corpus(capfd: pytest.CaptureFixture) -> None:
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="hicur-bad-"))  # world-traversable, unlike pytest's tmp folders
+    try:
+        os.chmod(work, 0o755)
+        src, expect = _bad_corpus(work)
+        rules = write_rules(work / "rules.yaml", BAD_RULES)
+        out = work / "out"
+        out.mkdir()
+        os.chmod(out, 0o777)
+        _as_unprivileged(lambda: curate([src], out, salt=SALT, rules=rules, workers=2, progress=False))
+        df = pd.read_parquet(out / "manifest.parquet")
+        inputs = df[df.row_type == "input"].set_index("source_path")
+        got = {k: (inputs.loc[k, "status"], inputs.loc[k, "reason"]) for k in expect if k in inputs.index}
+        assert set(got) == set(expect), f"missing rows: {set(expect) - set(got)}"
+        for k, reason in expect.items():
+            status, r = got[k]
+            assert (status, r) == (("accepted", "") if not reason else ("rejected", reason)), (k, status, r)
+        assert inputs.loc["bad/photo.png", "format"] == "jpeg"
+        assert len(inputs) == len(expect)  # one row per path, nothing else
+        # the absolute source location appears nowhere (rows, messages, logs)
+        captured = capfd.readouterr()
+        assert str(src) not in (out / "manifest.csv").read_text() + captured.out + captured.err
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _corpus_for_kill(root: Path) -> Path:
