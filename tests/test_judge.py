@@ -291,3 +291,20 @@ def test_rubric_judge_over_openai_backend_on_localhost(tmp_path):
     assert len(records) == len(ANSWERS) * 4 and all(r["score"] == 7.0 and r["attempts"] == 2 for r in records)
     assert records[0]["judge"] == "openai:judge-x"
     assert len(seen) == 2 * len(records) and "SYS_ALPHA" not in json.dumps(seen)
+
+
+def test_reference_answers_written_by_a_model(tmp_path):
+    from hicur_monai.evaluation.reference import write_references
+
+    items = [Item("r1", "What is shown?", "Axial T2 MRI, clivus erosion.", "", "detailed"),
+             Item("r2", "Q?", "ctx", "kept reference", "conversation")]
+    model = Scripted(["", "The clivus is eroded; biopsy advised."])
+    out = tmp_path / "items_ref.jsonl"
+    done = write_references(model, items, out, progress=False)
+    assert [d.reference for d in done] == ["The clivus is eroded; biopsy advised.", "kept reference"]
+    assert len(model.calls) == 2 and "clivus erosion" in model.calls[0][-1]["content"]  # empty reply retried
+    back = read_items(out)
+    assert back[0].reference.startswith("The clivus") and back[0].extra["reference_by"] == "scripted"
+    with pytest.raises(ChatModelError, match="item 'r1': no reference answer after 3 attempts"):
+        write_references(Scripted([ChatModelError("down")]), items[:1], tmp_path / "x.jsonl", progress=False)
+    assert not (tmp_path / "x.jsonl").exists()

@@ -4,6 +4,7 @@
 
     hicur judge run --items items.jsonl --answers answers/*.jsonl --judge rubric \\
         --model openai --model-arg base_url=http://127.0.0.1:8000/v1 --model-arg model=gpt-4o --out judgments.jsonl
+    hicur judge reference --items items.jsonl --model openai --model-arg model=gpt-4-turbo --out items_ref.jsonl
     hicur judge aggregate --judgments judgments.jsonl --physicians scores.csv --items items.jsonl --out report/
     hicur judge demo --out demo_output/evaluation
 
@@ -82,6 +83,19 @@ def _judge_run(args: argparse.Namespace) -> int:
                         workers=args.workers)
     missing = sum(r.get("status") != "ok" for r in records)
     print(f"{args.out}: {len(records)} judgments ({missing} missing)")
+    return 0
+
+
+@_friendly
+def _judge_reference(args: argparse.Namespace) -> int:
+    from hicur_monai.evaluation.records import read_items
+    from hicur_monai.evaluation.reference import write_references
+    from hicur_monai.llm.base import load_chat_model
+
+    items = read_items(args.items, require_reference=False)
+    model = load_chat_model(args.model, **parse_kv(args.model_arg))
+    write_references(model, items, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {len(items)} items with references by {getattr(model, 'name', args.model)}")
     return 0
 
 
@@ -180,6 +194,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="fail if --out exists instead of resuming")
     p.set_defaults(func=_judge_run)
+
+    p = jsub.add_parser("reference", help="write reference ('upper bound') answers with a chat model")
+    p.add_argument("--items", required=True, help="items JSON-lines (reference may be missing)")
+    p.add_argument("--out", required=True, help="items JSON-lines with references")
+    p.add_argument("--model", required=True, help="LLM backend registry name (e.g. openai)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="backend argument (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace references that exist")
+    p.set_defaults(func=_judge_reference)
 
     p = jsub.add_parser("aggregate", help="tables, agreement, comparisons and an HTML report")
     p.add_argument("--judgments", help="judge JSON-lines")

@@ -49,6 +49,7 @@ __all__ = [
     "parse_score",
     "parse_score_pair",
     "load_prompt",
+    "fill_prompt",
     "rubric_messages",
     "llava_med_messages",
     "Task",
@@ -154,8 +155,8 @@ def load_prompt(name: str, prompts_dir: str | os.PathLike | None = None) -> str:
     return _read_prompt(str(path))
 
 
-def _fill(template: str, **values: str) -> str:
-    # substitute only known placeholders so that braces in the texts are left alone
+def fill_prompt(template: str, **values: str) -> str:
+    """Replace ``{name}`` placeholders of ``template``; other braces (e.g. in answers) stay as they are."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
@@ -164,7 +165,7 @@ def rubric_messages(item: Item, answer: str, criterion: str,
     """The chat messages that ask for one criterion's score of one answer."""
     if criterion not in CRITERIA and not (prompts_dir and (Path(prompts_dir) / f"{criterion}.txt").is_file()):
         raise ValueError(f"unknown criterion {criterion!r}; known: {CRITERIA} (or a {criterion}.txt in prompts_dir)")
-    header = _fill(load_prompt("_header", prompts_dir), question=item.question,
+    header = fill_prompt(load_prompt("_header", prompts_dir), question=item.question,
                    context=item.context or "(none given)", reference=item.reference, answer=answer)
     user = "\n\n".join([header, load_prompt(criterion, prompts_dir), load_prompt("_footer", prompts_dir)])
     return [{"role": "system", "content": load_prompt("system", prompts_dir)}, {"role": "user", "content": user}]
@@ -173,7 +174,7 @@ def rubric_messages(item: Item, answer: str, criterion: str,
 def llava_med_messages(item: Item, answer_1: str, answer_2: str,
                        prompts_dir: str | os.PathLike | None = None) -> list[Message]:
     """The chat messages of the LLaVA-Med protocol (two answers, one prompt)."""
-    user = _fill(load_prompt("llava_med", prompts_dir), question=item.question,
+    user = fill_prompt(load_prompt("llava_med", prompts_dir), question=item.question,
                  context=item.context or "(none given)", answer_1=answer_1, answer_2=answer_2)
     return [{"role": "system", "content": load_prompt("system", prompts_dir)}, {"role": "user", "content": user}]
 
