@@ -288,7 +288,8 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
 
     Writes one row per patient, endpoint and model: ``patient_id`` (pseudonym),
     ``study_id``, ``endpoint``, ``model``, ``risk`` (log relative hazard; higher = worse),
-    ``surv_<h>m`` and ``note`` (why a row has no prediction, e.g. a missing covariate).
+    ``surv_<h>m`` and ``note`` (why a row has no prediction, e.g. a missing covariate, and
+    any problem the loader found in the row).
     """
     mdir = Path(model_dir)
     ct = load_table(table, mode, salt, column_map, require_outcomes=False)
@@ -325,7 +326,10 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
                 surv[ok] = pipe.predict_survival(x[ok], hz)
             for j, h in enumerate(hz):
                 frame[f"surv_{h:g}m"] = surv[:, j]
-            frame["note"] = note.to_numpy()
+            # rows the loader flagged (mode="flag") are predicted but say what was wrong with them
+            table_problems = ct.data["problems"].fillna("").to_numpy()
+            frame["note"] = ["; ".join(x for x in (a, f"table: {b}" if b else "") if x)
+                             for a, b in zip(note.to_numpy(), table_problems)]
             rows.append(frame)
     result = pd.concat(rows, ignore_index=True)
     out = Path(output_csv)
