@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 
+from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
@@ -45,6 +46,25 @@ class HiCurNPCApp(MONAILabelApp):
             description="HiCur-NPC nasopharyngeal carcinoma MRI segmentation (fusion U-Net bundle)",
             version="0.1.0",
         )
+
+    def infer(self, request: dict, datastore=None) -> dict:
+        """Check the study before inference: an unknown id is a 404, an unreadable file a 422, with the reason."""
+        image = request.get("image")
+        path = image if isinstance(image, str) and os.path.exists(image) else None
+        if path is None and isinstance(image, str) and image:
+            try:
+                path = (datastore or self.datastore()).get_image_uri(image)
+            except Exception:  # the datastore raises various errors for unknown ids
+                path = None
+        if not path or not os.path.exists(path):
+            raise HTTPException(status_code=404, detail=f"image {image!r} is not in the studies folder")
+        from hicur_monai.transforms import LoadMedicalImage
+
+        try:
+            LoadMedicalImage()(path)
+        except Exception as err:
+            raise HTTPException(status_code=422, detail=f"image {image!r} cannot be read: {err}") from err
+        return super().infer(request, datastore)
 
     def init_infers(self) -> dict:
         task = BundleInferTask(self.bundle_path, self.conf, type="segmentation")
