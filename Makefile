@@ -8,7 +8,7 @@ DEMO_DATA ?= demo_data
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-data test test-fast lint clean browser-deps
+.PHONY: install demo demo-data test test-fast lint clean browser-deps label
 
 # (Re)install when the package metadata changes. torch and torchvision come first, unpinned
 # to a build: pip takes whatever the machine's index serves (CPU or CUDA).
@@ -46,3 +46,14 @@ lint: install
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_OUT) .pytest_cache build dist *.egg-info
+
+# MONAI Label (pins numpy < 2 and an older pydicom) in its own environment, with the hicur_monai
+# package (editable, no dependencies: the app needs only torch, monai, timm, nibabel from here).
+LABEL_VENV ?= .venv-label
+label:
+	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
+	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@echo "Export the app: $(VENV)/bin/hicur label-app APP --model runs/npc_segmentation/models/model.pt; start it:"
+	@echo "  PATH=$(LABEL_VENV)/bin:\$$PATH $(LABEL_VENV)/bin/monailabel start_server --app APP --studies STUDIES --host 127.0.0.1 --port 8000 --conf zoo_source github --conf sam2 false"

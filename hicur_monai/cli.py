@@ -25,6 +25,8 @@ COMMAND_MODULES: list[str] = [
     "hicur_monai.data.instructions_cli",  # instructions build/validate
     "hicur_monai.survival.cli",  # report survival
     "hicur_monai.vlm.cli",  # ask
+    "hicur_monai.segmentation.cli",  # segment demo
+    "hicur_monai.label.cli",  # label-app
 ]
 
 
