@@ -539,10 +539,17 @@ class HCMAE(nn.Module):
         }
 
     def extract_features(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frozen-encoder features of full images: ``vit_cls`` (B, D) and ``convnext_pool`` (B, C)."""
-        vit_cls = self.vit.forward_head(self.vit_encode(imgs), pre_logits=True)
+        """Frozen-encoder features of full images.
+
+        Returns:
+            ``vit_cls`` (B, D): the ViT CLS token (what the alignment stage uses);
+            ``vit_mean`` (B, D): the mean of the ViT patch tokens (MAE's CLS gets no direct
+            training signal, so probes often prefer this); ``convnext_pool`` (B, C).
+        """
+        tokens = self.vit_encode(imgs)
+        vit_cls = self.vit.forward_head(tokens, pre_logits=True)
         feats = self.convnext.forward_features(imgs.contiguous(memory_format=torch.channels_last))
-        return {"vit_cls": vit_cls, "convnext_pool": self.convnext_pool(feats)}
+        return {"vit_cls": vit_cls, "vit_mean": tokens[:, 1:].mean(dim=1), "convnext_pool": self.convnext_pool(feats)}
 
     def forward(
         self, imgs: torch.Tensor, task: str = "features", generator: torch.Generator | None = None

@@ -143,7 +143,7 @@ def probe_report(
     random_init: str | os.PathLike | dict[str, Any],
     output_file: str | os.PathLike | None = None,
     targets: Sequence[str] = ("tumour", "sequence"),
-    features: Sequence[str] = ("vit_cls", "convnext_pool"),
+    features: Sequence[str] = ("vit_cls", "vit_mean", "convnext_pool"),
     **probe_kwargs: Any,
 ) -> dict[str, Any]:
     """Linear probes on pretrained vs randomly initialised features, same probe and split; optional JSON file."""
