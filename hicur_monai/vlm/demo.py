@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("demo_data"), help="demo cohort folder (hicur demo-data)")
     p.add_argument("--out", type=Path, default=Path("demo_output/vl_alignment"))
     p.add_argument("--llm", default="smollm2", help="smollm2 or tiny (a random Llama, seconds instead of minutes)")
-    p.add_argument("--steps1", type=int, default=6, help="projector steps")
-    p.add_argument("--steps2", type=int, default=6, help="LoRA steps")
+    p.add_argument("--steps1", type=int, default=12, help="projector steps")
+    p.add_argument("--steps2", type=int, default=8, help="LoRA steps")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     run(config_file=str(cfg / "train.json"), **common, mode="lora", lr=2e-4, max_steps=args.steps2)
     for step in ("step1", "step2"):
         hist = [json.loads(x) for x in (args.out / step / "loss_history.jsonl").read_text().splitlines()]
-        print(f"{step} loss by step: " + " ".join(f"{h['loss']:.3f}" for h in hist))
+        losses = [h["loss"] for h in hist]
+        half = max(1, len(losses) // 2)
+        print(f"{step} loss by step: " + " ".join(f"{x:.3f}" for x in losses)
+              + f"  (mean of first half {sum(losses[:half]) / half:.3f} -> second half "
+              f"{sum(losses[half:]) / max(1, len(losses) - half):.3f})")
     q = json.loads((instr / "eval_detailed.jsonl").read_text().splitlines()[0])
     import torch
 
