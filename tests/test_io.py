@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -24,12 +23,12 @@ def test_atomic_write_replaces_whole_file_and_keeps_old_on_failure(tmp_path: Pat
 
 
 def test_atomic_files_get_umask_permissions_not_0600(tmp_path: Path):
-    old = os.umask(0o022)
-    try:
-        path = atomic_write_text(tmp_path / "x.txt", "hello")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    from hicur_monai.utils import io
+
+    path = atomic_write_text(tmp_path / "x.txt", "hello")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hello")  # what open() gives under this process's umask
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~io._UMASK
     with pytest.raises(ValueError):
         with atomic_open(tmp_path / "y", "a"):
             pass
