@@ -61,5 +61,8 @@ def test_registered_encoder_images_and_texts(model, tmp_path):
     enc2 = create("text_encoders", "vlm_coarse", model=str(tmp_path / "vlm"), length=400, device="cpu")
     s2, m2 = enc2.encode(["Male, 52, T3N1M0 nasopharyngeal carcinoma, EBV DNA 5000 copies/ml."])
     torch.testing.assert_close(s2[0], states[0])
+    # tensors from another pipeline (a 1-channel 48 px slice) are fitted to the tower's 32 px
+    s3, m3 = enc.encode(torch.randn(2, 1, 48, 48))
+    assert s3.shape == (2, 400, 32) and torch.isfinite(s3).all()
     with pytest.raises(FileNotFoundError, match="missing.png"):
         enc.encode([str(tmp_path / "missing.png")])

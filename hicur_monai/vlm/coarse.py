@@ -107,6 +107,8 @@ class VLMCoarseEncoder:
 
     Args:
         model: a :class:`~hicur_monai.networks.vlm.VisionLanguageModel` or the folder it was saved to.
+            Image tensors from another pipeline (e.g. 256 px MRI slices, 1 or 3 channels, normalised
+            with the shared statistics) are resized to the vision tower's size.
         instruction: the fixed instruction sent with each image.
         length: positions per item (see :func:`coarse_features`).
         blend: ``"last"`` or ``"0.3/0.7"``.
@@ -132,11 +134,26 @@ class VLMCoarseEncoder:
         self.batch_size = int(batch_size)
         self.dim = int(model.projector_out_dim)
 
+    def _fit(self, image: torch.Tensor) -> torch.Tensor:
+        """A model-normalised ``(C, H, W)`` tensor from another pipeline -> 3 channels at the tower's size."""
+        if image.ndim != 3:
+            raise ValueError(f"an image tensor must be (C, H, W), got shape {tuple(image.shape)}")
+        image = image.float()
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        elif image.shape[0] != 3:
+            raise ValueError(f"an image tensor must have 1 or 3 channels, got {image.shape[0]}")
+        size = self.model.image_size
+        if tuple(image.shape[-2:]) != (size, size):
+            image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear",
+                                                    align_corners=False, antialias=True)[0]
+        return image
+
     def _item(self, item: Any) -> tuple[torch.Tensor | None, str]:
         from hicur_monai.vlm.data import load_image
 
         if isinstance(item, torch.Tensor):
-            return item, self.instruction
+            return self._fit(item), self.instruction
         if isinstance(item, (str, os.PathLike)):
             s = str(item)
             if s.lower().endswith(_IMAGE_SUFFIXES) and "\n" not in s:
