@@ -3,8 +3,8 @@ de-duplicate -> split -> manifest; ``merge``: join the manifests of ``--shard`` 
 
 Streaming: discovery is a generator, at most ``4 x workers`` files are in flight, and rows
 are committed to Parquet part files every ``flush_every`` files or ``flush_seconds``
-seconds, so memory does not grow with the number of files while processing (the final
-de-duplication holds one small row per image). Resumable: a part file is written
+seconds, so memory does not grow with the number of files while processing; the final
+de-duplication / split / manifest step holds a table of all rows (a few KB per file). Resumable: a part file is written
 atomically after the images it lists, so after a kill only uncommitted files are redone
 (their images are rewritten at the same names, atomically).
 """
