@@ -123,7 +123,7 @@ def test_inferer_reassembles_on_the_input_grid():
 def test_comparison_table(tmp_path):
     for name, dice in (("fusion", 0.9), ("baseline", 0.8)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.csv").write_text(f"val_mean_dice_3d\t{dice}\nval_hd95\t2.5\n")
+        (tmp_path / name / "metrics.csv").write_text(f"val_mean_dice_3d,{dice}\nval_hd95,2.5\n")
     table = comparison_table({"fusion": tmp_path / "fusion", "baseline": tmp_path / "baseline"}, tmp_path / "t.md")
     assert "| fusion | 0.9000 | 2.5000 |" in table and (tmp_path / "t.md").read_text() == table
     with pytest.raises(FileNotFoundError, match="no metrics.csv"):
@@ -183,3 +183,27 @@ def test_inference_items(tmp_path):
     assert {Path(i["image"]).name for i in items} == {"x.nii.gz", "series"}
     with pytest.raises(FileNotFoundError):
         inference_items(tmp_path / "none")
+
+
+@pytest.mark.slow
+def test_bundle_trains_evaluates_and_resumes(demo_cohort, tmp_path):
+    """train.json + demo.json: a 2-epoch schedule stopped after epoch 1, resumed from last.pt for epoch 2 only; evaluate.json."""
+    from monai.bundle import run
+
+    cfg = [str(BUNDLE / "train.json"), str(BUNDLE / "demo.json")]
+    common = {"dataset_dir": str(demo_cohort), "output_dir": str(tmp_path), "max_patients": 2, "val_every": 3,
+              "sequences": ["T1C"], "val_interval": 1, "augment": False, "schedule_epochs": 2}
+    run(config_file=cfg, epochs=1, **common)
+    first = torch.load(tmp_path / "models" / "last.pt", weights_only=False)["trainer"]["iteration"]
+    assert first > 0
+    assert any((tmp_path / "coarse_cache").rglob("*.pt"))  # coarse states cached on disk
+    run(config_file=cfg, epochs=2, **common)
+    assert torch.load(tmp_path / "models" / "last.pt", weights_only=False)["trainer"]["iteration"] == 2 * first
+    assert (tmp_path / "val_contours.png").stat().st_size > 1000
+    run(config_file=[*cfg, str(BUNDLE / "evaluate.json")], **common)
+    from hicur_monai.segmentation import read_metrics_csv
+
+    metrics = read_metrics_csv(tmp_path / "eval" / "metrics.csv")
+    assert {"val_mean_dice_3d", "val_hd95", "val_slice_dice", "val_slice_iou"} <= set(metrics)
+    assert 0.0 <= metrics["val_mean_dice_3d"] <= 1.0
+    assert (tmp_path / "eval" / "contours.png").is_file()

@@ -66,15 +66,17 @@ class PerSliceMetric(CumulativeIterationMetric):
 
 
 def read_metrics_csv(path: str | os.PathLike) -> dict[str, float]:
-    """The ``metrics.csv`` of MONAI's ``MetricsSaver`` (``name<TAB>value`` lines) as a dict."""
+    """The ``metrics.csv`` of MONAI's ``MetricsSaver`` (``name,value`` or ``name<TAB>value`` lines) as a dict."""
     out = {}
     with open(path, newline="") as fh:
-        for row in csv.reader(fh, delimiter="\t"):
-            if len(row) >= 2:
-                try:
-                    out[row[0]] = float(row[1])
-                except ValueError:
-                    continue
+        text = fh.read()
+    delimiter = "\t" if "\t" in text else ","
+    for row in csv.reader(text.splitlines(), delimiter=delimiter):
+        if len(row) >= 2:
+            try:
+                out[row[0]] = float(row[1])
+            except ValueError:
+                continue
     return out
 
 
