@@ -207,3 +207,36 @@ def test_bundle_trains_evaluates_and_resumes(demo_cohort, tmp_path):
     assert {"val_mean_dice_3d", "val_hd95", "val_slice_dice", "val_slice_iou"} <= set(metrics)
     assert 0.0 <= metrics["val_mean_dice_3d"] <= 1.0
     assert (tmp_path / "eval" / "contours.png").is_file()
+
+
+def test_dicom_series_in_nifti_mask_out(tmp_path):
+    """A DICOM series folder in, a NIfTI mask out on the series' grid (the loader's affine and shape)."""
+    import copy
+
+    import pydicom
+    from monai.bundle import run
+    from pydicom.data import get_testdata_file
+
+    from hicur_monai.networks.fusion_seg import FusionSegNet
+    from hicur_monai.transforms import LoadMedicalImage
+
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):
+        ds = copy.deepcopy(src)
+        ds.ImagePositionPatient = [0.0, 0.0, float(k) * 2.5]
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.save_as(series / f"slice{k}.dcm", enforce_file_format=True)
+    ref = LoadMedicalImage()(series)
+    ckpt = tmp_path / "model.pt"
+    torch.save(FusionSegNet(preset="tiny", text_dim=64).state_dict(), ckpt)
+    run(config_file=str(BUNDLE / "inference.json"), input=str(series), output_dir=str(tmp_path / "out"),
+        ckpt_path=str(ckpt), preset="tiny", img_size=64, largest_component=False)
+    out = list((tmp_path / "out").glob("*.nii.gz"))
+    assert len(out) == 1
+    mask = nib.load(out[0])
+    assert mask.shape == tuple(ref.shape[1:])
+    np.testing.assert_allclose(mask.affine, ref.affine.numpy(), atol=1e-3)
