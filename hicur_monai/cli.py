@@ -2,8 +2,9 @@
 
 Each subcommand lives next to the code it drives, in a module that exposes
 ``add_parser(subparsers)``; the parser it adds sets ``func`` (called with the parsed
-arguments, returning an exit code). Adding a command means adding its module to
-:data:`COMMAND_MODULES`, nothing else.
+arguments, returning an exit code). Adding a command means adding its module and command
+names to :data:`COMMAND_MODULES`, nothing else; ``hicur <command>`` imports only the module
+that provides it, so start-up does not pay for every stage's dependencies.
 """
 
 from __future__ import annotations
@@ -16,35 +17,37 @@ from collections.abc import Sequence
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-#: modules that contribute subcommands, in the order they appear in ``hicur --help``
-COMMAND_MODULES: list[str] = [
-    "hicur_monai.data.demo.cli",  # demo-data, demo
-    "hicur_monai.bundle",  # bundle export
-    "hicur_monai.data.curation.cli",  # curate, curate merge
-    "hicur_monai.evaluation.cli",  # judge run/aggregate/demo, rate init/add-rater/serve/export
-    "hicur_monai.data.instructions_cli",  # instructions build/validate
-    "hicur_monai.survival.cli",  # report survival
-    "hicur_monai.vlm.cli",  # ask
-    "hicur_monai.segmentation.cli",  # segment demo
-    "hicur_monai.label.cli",  # label-app
-]
+#: modules that contribute subcommands -> the top-level commands each adds (in ``hicur --help`` order).
+#: Naming the commands lets ``hicur <command>`` import only the module it needs.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "hicur_monai.data.demo.cli": ("demo-data", "demo"),
+    "hicur_monai.bundle": ("bundle",),
+    "hicur_monai.data.curation.cli": ("curate",),
+    "hicur_monai.evaluation.cli": ("judge", "rate"),
+    "hicur_monai.data.instructions_cli": ("instructions",),
+    "hicur_monai.survival.cli": ("report",),
+    "hicur_monai.vlm.cli": ("ask",),
+    "hicur_monai.segmentation.cli": ("segment",),
+    "hicur_monai.label.cli": ("label-app",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser: every subcommand, or only the modules that provide ``command``."""
     from hicur_monai import __version__
 
     parser = argparse.ArgumentParser(prog="hicur", description="HiCur-NPC toolkit on MONAI.")
     parser.add_argument("--version", action="version", version=f"hicur-monai {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
+    modules = [m for m, cmds in COMMAND_MODULES.items() if command is None or command in cmds]
+    for module in modules or COMMAND_MODULES:
         try:
             mod = importlib.import_module(module)
         except ImportError as err:  # an optional extra is missing: the command says so when used
-            name = module.rsplit(".", 2)[-2]
-            p = sub.add_parser(name, help=f"(unavailable: {err})")
-            p.set_defaults(func=lambda _a, _e=err, _m=module: _unavailable(_m, _e))
+            for name in COMMAND_MODULES[module]:
+                p = sub.add_parser(name, help=f"(unavailable: {err})")
+                p.set_defaults(func=lambda _a, _e=err, _m=module: _unavailable(_m, _e))
             continue
         mod.add_parser(sub)
     return parser
@@ -58,7 +61,14 @@ def _unavailable(module: str, err: ImportError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hicur`` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None and "--version" in argv:  # answer without importing every command module
+        from hicur_monai import __version__
+
+        print(f"hicur-monai {__version__}")
+        return 0
+    parser = build_parser(first)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

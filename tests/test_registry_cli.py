@@ -52,10 +52,21 @@ def test_chat_model_contract():
 
 
 def test_cli_lists_every_command_module():
+    import argparse
+    import importlib
+
     help_text = build_parser().format_help()
-    assert "demo-data" in help_text and "demo" in help_text
-    for module in COMMAND_MODULES:
-        __import__(module)  # every registered command module imports cleanly
+    for module, commands in COMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).add_parser(sub)  # every command module imports cleanly
+        assert tuple(sub.choices) == commands, module  # and adds exactly the commands declared for it
+        assert all(c in help_text for c in commands)
+
+
+def test_cli_imports_only_the_module_a_command_needs():
+    parser = build_parser("demo-data")
+    choices = parser._subparsers._group_actions[0].choices
+    assert set(choices) == {"demo-data", "demo"}
 
 
 def test_cli_demo_data_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
