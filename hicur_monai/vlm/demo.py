@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    p.add_argument("--vit-encoder", type=Path, default=None,
+                   help="Stage I ViT export (vit_encoder.pt from bundles/hcmae_pretrain); default: the bundle's path")
     args = p.parse_args(argv)
 
     from monai.bundle import run
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     common = {"dataset_dir": str(args.data), "instructions_dir": str(instr), "output_root": str(args.out), "llm": llm,
               "batch_size": args.batch_size, "max_length": args.max_length, "device": "cpu", "save_every": 0,
               "threads": args.threads}
+    if args.vit_encoder is not None:
+        common["vit_encoder"] = str(args.vit_encoder)
     cfg = Path("bundles/vl_alignment/configs")
     t0 = time.time()
     run(config_file=str(cfg / "pretrain.json"), **common, max_steps=args.steps1)
