@@ -39,7 +39,7 @@ demo: install
 	$(PY) -m hicur_monai.vlm.demo --data $(DEMO_DATA) --out $(DEMO_OUT)/vl_alignment \
 	  --vit-encoder $(DEMO_OUT)/hcmae_pretrain/models/vit_encoder.pt
 	$(VENV)/bin/hicur judge demo --out $(DEMO_OUT)/evaluation
-	$(VENV)/bin/hicur segment demo --data $(DEMO_DATA) --out $(DEMO_OUT)/segmentation
+	$(VENV)/bin/hicur segment demo --data $(DEMO_DATA) --out $(DEMO_OUT)/segmentation --epochs 3 --max-patients 6
 	$(PY) -m monai.bundle run --config_file "['bundles/npc_prognosis/configs/train.json','bundles/npc_prognosis/configs/evaluate.json']" \
 	  --dataset_dir $(DEMO_DATA) --output_dir $(DEMO_OUT)/prognosis --truth $(DEMO_DATA)/clinical/truth.json \
 	  --n_boot 100 --n_boot_calibration 20 --deepsurv#n_seeds 1
