@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from dicom_helpers import write_ct_series
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -39,17 +39,7 @@ def test_real_multiframe_dicom_puts_frames_last():
 
 def test_dicom_series_folder(tmp_path: Path):
     src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    series = tmp_path / "series"
-    series.mkdir()
-    for k in range(4):
-        ds = copy.deepcopy(src)
-        ds.ImagePositionPatient = [0.0, 0.0, float(k) * 2.5]
-        ds.InstanceNumber = k + 1
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        arr = src.pixel_array.copy() + k * 10
-        ds.PixelData = arr.astype(src.pixel_array.dtype).tobytes()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.save_as(series / f"slice{k}.dcm", enforce_file_format=True)
+    series = write_ct_series(tmp_path / "series", 4, offset_per_slice=10)
     img = LoadMedicalImage()(series)
     assert img.shape == (1, 128, 128, 4)
     assert float((img[0, :, :, 3] - img[0, :, :, 0]).mean()) == pytest.approx(30.0 * float(src.RescaleSlope))

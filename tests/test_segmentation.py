@@ -211,25 +211,13 @@ def test_bundle_trains_evaluates_and_resumes(demo_cohort, tmp_path):
 
 def test_dicom_series_in_nifti_mask_out(tmp_path):
     """A DICOM series folder in, a NIfTI mask out on the series' grid (the loader's affine and shape)."""
-    import copy
-
-    import pydicom
+    from dicom_helpers import write_ct_series
     from monai.bundle import run
-    from pydicom.data import get_testdata_file
 
     from hicur_monai.networks.fusion_seg import FusionSegNet
     from hicur_monai.transforms import LoadMedicalImage
 
-    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    series = tmp_path / "series"
-    series.mkdir()
-    for k in range(3):
-        ds = copy.deepcopy(src)
-        ds.ImagePositionPatient = [0.0, 0.0, float(k) * 2.5]
-        ds.InstanceNumber = k + 1
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.save_as(series / f"slice{k}.dcm", enforce_file_format=True)
+    series = write_ct_series(tmp_path / "series", 3)
     ref = LoadMedicalImage()(series)
     ckpt = tmp_path / "model.pt"
     torch.save(FusionSegNet(preset="tiny", text_dim=64).state_dict(), ckpt)

@@ -65,17 +65,17 @@ PRESETS: dict[str, CohortPreset] = {
     "tiny": CohortPreset(n_patients=12, mri_shape=(48, 48, 12), n_ct=3, n_endoscopy=8),
 }
 
-_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4}
-
-
 def parse_t_stage(value: object, default: int = 2) -> int:
-    """T stage 1-4 from ``"T3"``, ``"III"``, ``"3"``, ``"T4a"``; ``default`` when missing/unknown."""
-    text = str(value).strip().upper() if value is not None else ""
-    m = re.fullmatch(r"T?([1-4]|IV|III|II|I)[A-C]?", text)
-    if not m:
+    """T stage 1-4 as the clinical loader reads it (``"T3"``, ``"III"``, ``"3"``), sub-stages (``"T4a"``)
+    folded; ``default`` when missing or unreadable (the phantom needs some tumour size)."""
+    from hicur_monai.data.clinical import normalise_t_stage
+
+    text = re.sub(r"(?i)(\d|[iv])[a-c]$", r"\1", str(value).strip()) if value is not None else ""
+    try:
+        stage = normalise_t_stage(text)
+    except ValueError:
         return default
-    token = m.group(1)
-    return int(token) if token.isdigit() else _ROMAN[token]
+    return default if stage != stage else int(stage)  # NaN: missing
 
 
 def _study_task(args: tuple) -> dict:
