@@ -1,11 +1,12 @@
 """Benchmarks of ``hicur curate``: throughput vs. bare decoding, and peak memory vs. corpus size.
 
-Builds a synthetic hospital-export corpus (2D DICOM CT and MRI slices with names, IDs and
-dates in the headers, grouped in series, plus RGB endoscopy PNGs; the CT / MRI / endoscopy
-mix of the original 755K set: 48 / 34 / 18 %), then measures:
+Builds a synthetic hospital-export corpus (uncompressed 2D DICOM CT and MRI slices with
+names, IDs and dates in the headers, grouped in series, plus RGB endoscopy JPEG frames; the
+CT / MRI / endoscopy mix of the original 755K set: 48 / 34 / 18 %; realistic sizes by default:
+CT 512 x 512, MR 256-512, endoscopy 1280 x 1024), then measures:
 
 * ``throughput``: images/s of the full pipeline (``curate``: identify, de-identify, QC,
-  normalise, hash, pHash, PNG write, manifest, de-duplication) vs. images/s of the bare
+  normalise, hash, pHash, NPZ / PNG write, manifest, de-duplication) vs. images/s of the bare
   read + decode of the same files (pydicom ``pixel_array`` / PIL) with the same number of
   processes -- the physical limit on this machine -- and their ratio; plus the projected
   wall time for 755K images on a 16-core machine (linear scaling in cores assumed).
@@ -14,10 +15,11 @@ mix of the original 755K set: 48 / 34 / 18 %), then measures:
 
 Usage (from the repository root)::
 
-    python benchmarks/curation.py throughput --files 600 --workers 2
-    python benchmarks/curation.py rss --files 1000 --size 64 --workers 2
-    python benchmarks/curation.py rss --files 10000 --size 64 --workers 2
-    python benchmarks/curation.py stages   # CPU ms of each pipeline step on one 256x256 CT slice
+    python benchmarks/curation.py throughput --files 300 --workers 2
+    python benchmarks/curation.py throughput --files 300 --workers 2 --image-format png --keep-dicom-header
+    python benchmarks/curation.py rss --files 1000 --sizes tiny --workers 2
+    python benchmarks/curation.py rss --files 10000 --sizes tiny --workers 2
+    python benchmarks/curation.py stages   # CPU ms of each step on one 512x512 CT slice and one endoscopy frame
     python benchmarks/curation.py all      # throughput and both RSS runs, with the RSS ratio
 """
 
@@ -42,8 +44,23 @@ SALT = "benchmark-salt"
 RULES = "version: 1\nrules:\n  - regex: \"endo/(?P<patient>[^/]+)/\"\n    modality: endoscopy\n"
 
 
-def make_corpus(root: Path, n_files: int, size: int = 256, seed: int = 0) -> Path:
-    """Write ``n_files`` inputs under ``root/export`` (series of 20 DICOM slices per patient, PNG frames)."""
+#: realistic in-plane sizes: CT 512 x 512; MR 256-512 (random per series); endoscopy frames 1280 x 1024 (1.3 MP)
+SIZES = {"realistic": {"CT": (512,), "MR": (256, 384, 512), "ENDO": (1280, 1024)},
+         "tiny": {"CT": (64,), "MR": (64,), "ENDO": (64, 64)}}
+
+
+def _phantom(rng: np.random.Generator, size: int, i: int) -> np.ndarray:
+    """A head-like slice in [-1, 1]: an ellipse of smooth texture and noise, air (-1) outside."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    inside = ((xx - 0.5) / 0.42) ** 2 + ((yy - 0.5) / 0.36) ** 2 <= 1.0
+    tissue = 0.4 * np.sin(6 * xx + i * 0.01) * np.cos(5 * yy + i * 0.013) + rng.normal(0, 0.05, (size, size))
+    return np.where(inside, tissue, -1.0)
+
+
+def make_corpus(root: Path, n_files: int, sizes: str = "realistic", seed: int = 0) -> Path:
+    """Write ``n_files`` inputs under ``root/export``: uncompressed DICOM CT / MR slices (series of 20 per
+    patient, names / IDs / dates in the headers) and RGB endoscopy JPEG frames, mixed 48 / 34 / 18 % as
+    the original 755K set; in-plane sizes from :data:`SIZES`."""
     import pydicom
     from PIL import Image
     from pydicom.data import get_testdata_file
@@ -53,24 +70,25 @@ def make_corpus(root: Path, n_files: int, size: int = 256, seed: int = 0) -> Pat
     src = root / "export"
     templates = {"CT": pydicom.dcmread(get_testdata_file("CT_small.dcm")),
                  "MR": pydicom.dcmread(get_testdata_file("MR_small.dcm"))}
-    yy, xx = np.mgrid[0:size, 0:size] / size
     kinds = rng.choice(["CT", "MR", "ENDO"], size=n_files, p=[0.48, 0.34, 0.18])
-    series: dict[str, tuple[str, str, int]] = {}
+    series: dict[str, tuple[str, str, int, int]] = {}
     for i, kind in enumerate(kinds):
         pat = f"{kind}{i // 20:05d}"
-        base = np.sin(6 * xx + i * 0.01) * np.cos(5 * yy + i * 0.013)
-        noise = rng.normal(0, 0.05, (size, size))
         if kind == "ENDO":
+            w, h = SIZES[sizes]["ENDO"]
             d = src / "endo" / pat
             d.mkdir(parents=True, exist_ok=True)
-            rgb = np.stack([base + noise, base * 0.7 + noise, 0.5 + 0.3 * base + noise], -1)
-            Image.fromarray((np.clip((rgb + 1) / 2, 0, 1) * 255).astype(np.uint8)).save(d / f"frame{i:06d}.png")
+            yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+            base = np.sin(6 * xx + i * 0.01) * np.cos(5 * yy + i * 0.013)
+            noise = rng.normal(0, 0.04, (h, w))
+            rgb = np.stack([0.6 + 0.3 * base + noise, 0.35 + 0.2 * base + noise, 0.3 + 0.2 * base + noise], -1)
+            Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(d / f"frame{i:06d}.jpg", quality=90)
             continue
         ds = templates[kind].copy()
         if pat not in series:
-            series[pat] = (generate_uid(), generate_uid(), 0)
-        study, ser, k = series[pat]
-        series[pat] = (study, ser, k + 1)
+            series[pat] = (generate_uid(), generate_uid(), 0, int(rng.choice(SIZES[sizes][kind])))
+        study, ser, k, size = series[pat]
+        series[pat] = (study, ser, k + 1, size)
         ds.PatientName = f"Doe^Jane{i // 20:05d}"
         ds.PatientID = f"MRN{i // 20:07d}"
         ds.PatientBirthDate = "19600101"
@@ -80,12 +98,37 @@ def make_corpus(root: Path, n_files: int, size: int = 256, seed: int = 0) -> Pat
         ds.InstanceNumber = k + 1
         ds.Rows = ds.Columns = size
         ds.SeriesDescription = "T2 TSE axial" if kind == "MR" else "head neck"
-        px = (base + noise) * (400 if kind == "CT" else 800) + (1024 if kind == "CT" else 1000)
-        ds.PixelData = px.astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()
+        ph = _phantom(rng, size, i)
+        px = ph * 1000 + 24 if kind == "CT" else (ph + 1) * 600  # CT: air -1000 HU (+1024 offset stored)
+        px = px + (1024 if kind == "CT" else 0)
+        ds.PixelData = np.clip(px, 0, 4095).astype(np.int16 if ds.PixelRepresentation else np.uint16).tobytes()
         d = src / kind.lower() / pat
         d.mkdir(parents=True, exist_ok=True)
         ds.save_as(d / f"IM{i:06d}.dcm", enforce_file_format=True)
     return src
+
+
+def describe_corpus(src: Path) -> str:
+    """'N files (CT 512x512: n, MR ...: n, endoscopy 1280x1024: n), X MB' from the files themselves."""
+    from collections import Counter
+
+    import pydicom
+    from PIL import Image
+
+    c: Counter[str] = Counter()
+    nbytes = 0
+    for p in sorted(src.rglob("*")):
+        if not p.is_file():
+            continue
+        nbytes += p.stat().st_size
+        if p.suffix == ".dcm":
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            c[f"{ds.Modality} {ds.Columns}x{ds.Rows}"] += 1
+        else:
+            with Image.open(p) as im:
+                c[f"endoscopy {im.format} {im.size[0]}x{im.size[1]}"] += 1
+    parts = ", ".join(f"{k}: {v}" for k, v in sorted(c.items()))
+    return f"{sum(c.values())} files ({parts}), {nbytes / 2**20:.1f} MB"
 
 
 def _decode(path: str) -> int:
@@ -141,6 +184,11 @@ def bare_decode(files: list[str], workers: int, fn=_decode) -> float:
     return time.perf_counter() - t
 
 
+def _curate_kwargs(args: argparse.Namespace) -> dict:
+    return {"image_format": args.image_format, "keep_dicom_header": args.keep_dicom_header,
+            "batch_size": args.batch_size}
+
+
 def throughput(args: argparse.Namespace) -> dict:
     import torch
 
@@ -150,9 +198,9 @@ def throughput(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="hicur-bench-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        src = make_corpus(root, args.files, args.size)
+        src = make_corpus(root, args.files, args.sizes)
         files = sorted(str(p) for p in src.rglob("*") if p.is_file())
-        print(f"corpus: {len(files)} files of {args.size}x{args.size} in {time.perf_counter() - t:.1f} s")
+        print(f"corpus ({args.sizes}): {describe_corpus(src)}; written in {time.perf_counter() - t:.1f} s")
         bare_decode(files[:50], args.workers)  # warm the page cache and the imports
         c = _cpu()
         t_bare = bare_decode(files, args.workers)
@@ -168,9 +216,11 @@ def throughput(args: argparse.Namespace) -> dict:
         c = _cpu()
         t = time.perf_counter()
         summary = curate([src], root / "out", salt=SALT, rules=root / "rules.yaml", workers=args.workers,
-                         progress=False)
+                         progress=False, **_curate_kwargs(args))
         t_full = time.perf_counter() - t
         c_full = _cpu() - c
+        out_mb = sum(p.stat().st_size for p in (root / "out" / "images").rglob("*") if p.is_file()) / 2**20
+        in_mb = sum(os.path.getsize(f) for f in files) / 2**20
     n_img = summary["images"]["total"]
     bare_rate, full_rate = len(files) / t_bare, n_img / t_full
     loader_rate = len(files) / t_loader
@@ -178,28 +228,33 @@ def throughput(args: argparse.Namespace) -> dict:
     per_core = cpu_full  # images per CPU-second: what one core sustains without competing jobs
     proj_s = ORIGINAL_IMAGES / (per_core * 16)
     res = {
-        "files": len(files), "images": n_img, "size": args.size, "workers": args.workers,
+        "files": len(files), "images": n_img, "sizes": args.sizes, "workers": args.workers,
+        "image_format": args.image_format, "keep_dicom_header": args.keep_dicom_header,
         "bare_decode_images_per_s": round(bare_rate, 1), "pipeline_images_per_s": round(full_rate, 1),
         "ratio": round(full_rate / bare_rate, 3), "loader_images_per_s": round(loader_rate, 1),
         "ratio_vs_loader": round(full_rate / loader_rate, 3),
         "projected_755k_on_16_cores_h": round(proj_s / 3600, 2),
         "accepted": summary["images"]["accepted"], "duplicates": summary["images"]["duplicate"],
-        "cpu_ms_per_image": {"bare": round(1000 / cpu_bare, 1), "loader": round(1000 / cpu_loader, 1),
-                             "pipeline": round(1000 / cpu_full, 1)},
+        "cpu_ms_per_image": {"bare": round(1000 / cpu_bare, 2), "loader": round(1000 / cpu_loader, 2),
+                             "pipeline": round(1000 / cpu_full, 2)},
         "ratio_cpu": round(cpu_full / cpu_bare, 3), "ratio_cpu_vs_loader": round(cpu_full / cpu_loader, 3),
+        "input_mb": round(in_mb, 1), "output_mb": round(out_mb, 1),
         "load_average": os.getloadavg(),
     }
     print(f"bare read+decode : {bare_rate:8.1f} images/s ({args.workers} processes)")
     print(f"toolkit loader   : {loader_rate:8.1f} images/s (LoadMedicalImage = MONAI readers, {args.workers} processes)")
-    print(f"full pipeline    : {full_rate:8.1f} images/s ({args.workers} workers)")
+    print(f"full pipeline    : {full_rate:8.1f} images/s ({args.workers} workers, {args.image_format}"
+          f"{', DICOM headers kept' if args.keep_dicom_header else ''})")
     print(f"ratio            : {res['ratio']:.3f} vs bare decode (target >= 0.5); "
           f"{res['ratio_vs_loader']:.3f} vs the toolkit loader")
-    print(f"CPU per image    : bare {1000 / cpu_bare:.1f} ms, loader {1000 / cpu_loader:.1f} ms, "
-          f"pipeline {1000 / cpu_full:.1f} ms  -> ratio {res['ratio_cpu']:.3f} vs bare, "
+    print(f"CPU per image    : bare {1000 / cpu_bare:.2f} ms, loader {1000 / cpu_loader:.2f} ms, "
+          f"pipeline {1000 / cpu_full:.2f} ms  -> ratio {res['ratio_cpu']:.3f} vs bare, "
           f"{res['ratio_cpu_vs_loader']:.3f} vs loader (load-independent)")
+    print(f"disk             : input {in_mb:.1f} MB, curated images {out_mb:.1f} MB")
     print(f"projection       : 755K images on 16 cores ~ {proj_s / 3600:.2f} h "
           f"({per_core:.1f} images per CPU-second, linear scaling over 16 cores assumed)")
     print(f"load average     : {os.getloadavg()}")
+    print(json.dumps(res))
     return res
 
 
@@ -208,7 +263,7 @@ def rss(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="hicur-rss-") as tmp:
         root = Path(tmp)
-        src = make_corpus(root, args.files, args.size)
+        src = make_corpus(root, args.files, args.sizes)
         (root / "rules.yaml").write_text(RULES)
         from hicur_monai.data.curation.pipeline import _preload
 
@@ -216,11 +271,11 @@ def rss(args: argparse.Namespace) -> dict:
         base_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         summary = curate([src], root / "out", salt=SALT, rules=root / "rules.yaml", workers=args.workers,
-                         progress=False)
+                         progress=False, **_curate_kwargs(args))
         dt = time.perf_counter() - t
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    res = {"files": args.files, "size": args.size, "workers": args.workers, "seconds": round(dt, 1),
+    res = {"files": args.files, "sizes": args.sizes, "workers": args.workers, "seconds": round(dt, 1),
            "images": summary["images"]["total"], "peak_rss_main_mb": round(peak_self / 1024, 1),
            "rss_main_after_imports_mb": round(base_self / 1024, 1),
            "growth_main_mb": round((peak_self - base_self) / 1024, 1), "peak_rss_worker_mb": round(peak_child / 1024, 1)}
@@ -228,46 +283,114 @@ def rss(args: argparse.Namespace) -> dict:
     return res
 
 
+def _time(fn, n: int) -> float:
+    fn()
+    t = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t) / n * 1000
+
+
 def stages(args: argparse.Namespace) -> dict:
-    """CPU milliseconds of each step of the pipeline on one DICOM slice of the corpus (inline, 30 repeats)."""
+    """CPU milliseconds of each step of the pipeline on one CT slice and one endoscopy frame of the corpus."""
     import warnings
 
     import pydicom
+    from PIL import Image
 
     from hicur_monai.data.curation.deid import Pseudonymizer, deidentify_dataset, header_json, read_header
-    from hicur_monai.data.curation.process import encode_png, perceptual_hash
+    from hicur_monai.data.curation.discover import discover
+    from hicur_monai.data.curation.process import (
+        CurateConfig,
+        _quantised,
+        _State,
+        content_hash,
+        encode_npz,
+        encode_png,
+        file_hash,
+        init_worker,
+        perceptual_hash,
+        process_file,
+    )
+    from hicur_monai.data.curation.rules import load_rules
     from hicur_monai.transforms import LoadMedicalImage, ScaleIntensityByModality
 
     warnings.filterwarnings("ignore")
+    res: dict[str, float] = {}
+    n = args.repeats
     with tempfile.TemporaryDirectory(prefix="hicur-stages-") as tmp:
-        src = make_corpus(Path(tmp), 40, args.size)
+        root = Path(tmp)
+        src = make_corpus(root, 60, args.sizes)
+        (root / "rules.yaml").write_text(RULES)
         f = str(sorted((src / "ct").rglob("*.dcm"))[0])
+        e = str(sorted((src / "endo").rglob("*.jpg"))[0])
+        m = str(sorted((src / "mr").rglob("*.dcm"))[0])
+        mimg = pydicom.dcmread(m).pixel_array.astype(np.float32)[None]
+        mnorm = ScaleIntensityByModality("mri")
+        with Image.open(e) as im:
+            esize = im.size
+        print(f"CT slice {pydicom.dcmread(f, stop_before_pixels=True).Columns}^2, "
+              f"MR slice {pydicom.dcmread(m, stop_before_pixels=True).Columns}^2, endoscopy frame "
+              f"{esize[0]}x{esize[1]} JPEG ({args.sizes}), CPU ms per call, mean of {n}")
         loader, norm, pseudo = LoadMedicalImage(), ScaleIntensityByModality("ct"), Pseudonymizer(SALT)
-        img = loader(f)
-        a = norm(img).numpy()[0]
-        arr = (a * 65535).astype(np.uint16)
+        ds0 = read_header(f)
+        img = (ds0.pixel_array.astype(np.float32) + np.float32(ds0.RescaleIntercept))[None]
+        normed = np.asarray(norm(img))
+        disp = _quantised(None, normed, (1.0, 1.0)).display
+        with Image.open(e) as im:
+            rgb = np.asarray(im)
+        cfg = CurateConfig(out_dir=str(root / "out"), rules=load_rules(root / "rules.yaml"), salt=SALT)
+        init_worker(cfg)
+        st = _State(cfg)
+        found = {x.path: x for x in discover([src])}
+        fresh = iter(range(10**6))
+
+        def curate_one(path: str) -> None:  # into a fresh folder: real runs write new files, not over old ones
+            st.out, st.folders = root / f"out{next(fresh)}", set()
+            process_file(found[path], st)
+
+        out_npz = root / "x.npz"
+
+        def write_npz(a: np.ndarray) -> None:
+            with open(out_npz, "wb") as fh:
+                encode_npz(fh, a, {"hicur": "{}"})
+
         steps = {
-            "pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(f).pixel_array,
-            "read_header (deferred pixels)": lambda: read_header(f),
-            "deidentify_dataset": lambda: deidentify_dataset(read_header(f), pseudo, "P0"),
-            "header_json (after de-id)": None,
-            "LoadMedicalImage": lambda: loader(f),
-            "ScaleIntensityByModality": lambda: norm(img),
-            "perceptual_hash": lambda: perceptual_hash(a),
-            "encode_png (16-bit, level 1)": lambda: encode_png(arr, {}, 1),
+            "CT: pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(f).pixel_array,
+            "CT: LoadMedicalImage (MONAI reader, 2nd parse)": lambda: loader(f),
+            "CT: file_hash (xxh3-128)": lambda: file_hash(f),
+            "CT: read_header (deferred pixels)": lambda: read_header(f),
+            "CT: read_header + pixel_array (deferred read)": lambda: read_header(f).pixel_array,
+            "CT: ScaleIntensityByModality": lambda: norm(img),
+            "CT: quantise to uint16": lambda: _quantised(None, normed, (1.0, 1.0)),
+            "CT: content_hash (xxh3-128)": lambda: content_hash(disp),
+            "CT: perceptual_hash": lambda: perceptual_hash(disp),
+            "CT: write NPZ (uncompressed)": lambda: write_npz(disp),
+            "CT: encode_png (16-bit, level 1)": lambda: encode_png(disp, {}, 1),
+            "CT: deidentify_dataset (--keep-dicom-header)": lambda: deidentify_dataset(read_header(f), pseudo, "P0"),
+            "CT: header_json (--keep-dicom-header)": lambda: header_json(ds0),
+            "CT: process_file (whole per-file pipeline)": lambda: curate_one(f),
+            "MR: pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(m).pixel_array,
+            "MR: ScaleIntensityByModality (percentiles)": lambda: mnorm(mimg),
+            "MR: process_file (whole per-file pipeline)": lambda: curate_one(m),
+            "endoscopy: PIL decode (bare)": lambda: np.asarray(Image.open(e)),
+            "endoscopy: perceptual_hash": lambda: perceptual_hash(rgb),
+            "endoscopy: content_hash": lambda: content_hash(rgb),
+            "endoscopy: write NPZ (uncompressed)": lambda: write_npz(rgb),
+            "endoscopy: encode_png (8-bit RGB, level 1)": lambda: encode_png(rgb, {}, 1),
+            "endoscopy: process_file (whole per-file pipeline)": lambda: curate_one(e),
         }
-        ds = deidentify_dataset(read_header(f), pseudo, "P0")
-        steps["header_json (after de-id)"] = lambda: header_json(ds)
-        res = {}
+        deidentify_dataset(ds0, pseudo, "P0")
         for name, fn in steps.items():
-            fn()
-            t = time.process_time()
-            for _ in range(30):
-                fn()
-            res[name] = round((time.process_time() - t) / 30 * 1000, 2)
-            print(f"{name:40s} {res[name]:8.2f} ms CPU")
-    sub = res["deidentify_dataset"]  # includes a read_header
-    print(f"(deidentify_dataset includes a read_header: {sub - res['read_header (deferred pixels)']:.2f} ms of its own)")
+            res[name] = round(_time(fn, n), 2)
+            print(f"{name:52s} {res[name]:8.2f} ms CPU")
+    sub = res["CT: deidentify_dataset (--keep-dicom-header)"]  # includes a read_header
+    print(f"(deidentify_dataset includes a read_header: {sub - res['CT: read_header (deferred pixels)']:.2f} ms "
+          "of its own; decode_dicom includes one too)")
+    for kind in ("CT", "MR", "endoscopy"):
+        bare = next(v for k, v in res.items() if k.startswith(kind) and "(bare)" in k)
+        full = res[f"{kind}: process_file (whole per-file pipeline)"]
+        print(f"{kind}: process_file / bare decode = {full / bare:.2f}x the CPU (ratio {bare / full:.3f})")
     return res
 
 
@@ -275,8 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["throughput", "rss", "stages", "all"])
     p.add_argument("--files", type=int, default=600)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--sizes", choices=sorted(SIZES), default="realistic",
+                   help="in-plane sizes of the corpus (realistic: CT 512, MR 256-512, endoscopy 1280x1024)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--image-format", choices=("npz", "png"), default="npz")
+    p.add_argument("--keep-dicom-header", action="store_true")
+    p.add_argument("--batch-size", type=int, default=8, help="files per worker task")
+    p.add_argument("--repeats", type=int, default=20, help="stages: calls per step")
     args = p.parse_args(argv)
     if args.what == "throughput":
         throughput(args)
@@ -288,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         throughput(args)
         out = []
         for n in (1000, 10000):
-            cmd = [sys.executable, __file__, "rss", "--files", str(n), "--size", "64", "--workers", str(args.workers)]
+            cmd = [sys.executable, __file__, "rss", "--files", str(n), "--sizes", "tiny", "--workers", str(args.workers)]
             line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             out.append(json.loads(line))
             print(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +53,18 @@ def test_demo_cohort(demo_cohort: Path, tmp_path: Path) -> None:
     # MONAI data dicts, files exist, 16-bit grey MRI and 8-bit RGB endoscopy
     data = load_manifest(out, split="train")
     assert data and all(Path(d["image"]).is_file() and d["split"] == "train" for d in data)
-    from PIL import Image
+    from hicur_monai.transforms import LoadMedicalImage
 
     mri = next(d for d in data if d["modality"] == "mri")
-    with Image.open(mri["image"]) as im:
-        assert im.mode.startswith("I") and mri["value_max"] == 65535
+    with np.load(mri["image"]) as z:
+        arr, meta = z["image"], json.loads(str(z["hicur"]))
+        assert arr.dtype == np.uint16 and arr.shape == (1, mri_w := arr.shape[1], arr.shape[2]) and mri["value_max"] == 65535
+        assert meta["patient"] == mri["patient"] and "dicom" not in z.files
+    loaded = LoadMedicalImage()(mri["image"])  # the toolkit's one loader reads the NPZ outputs, channel first
+    assert tuple(loaded.shape) == arr.shape and mri_w > 0 and np.array_equal(loaded.numpy(), arr.astype(np.float32))
     endo = load_manifest(out, modality="endoscopy", status="accepted")
-    with Image.open(endo[0]["image"]) as im:
-        assert im.mode == "RGB"
+    with np.load(endo[0]["image"]) as z:
+        assert z["image"].dtype == np.uint8 and z["image"].shape[0] == 3
     # the summary is written and agrees with the rows
     js = json.loads((out / "manifest-summary.json").read_text())
     assert js["accepted_images_total"] == len(acc) == summary["accepted_images_total"]
@@ -85,24 +90,26 @@ def test_deidentification_real_dicoms(tmp_path: Path) -> None:
     assert any("Lestrade" in s or "CompressedSamples" in s for s in secrets)
     rules = write_rules(tmp_path / "rules.yaml", "version: 1\ndicom_modality: {OT: endoscopy}\n")
     out = tmp_path / "out"
-    curate([src], out, salt=SALT, rules=rules, workers=1, progress=False)
+    curate([src], out, salt=SALT, rules=rules, workers=1, progress=False, keep_dicom_header=True)
     df = _manifest(out)
     assert (df[df.row_type == "input"].status != "rejected").all(), df[["source_path", "reason", "detail"]]
     blobs = {}
     for p in out.rglob("*"):
-        if p.is_file() and p.suffix != ".parquet":
+        if p.suffix == ".npz":  # every member but the raw pixel payload (whose bytes are numbers, not text)
+            with zipfile.ZipFile(p) as z:
+                blobs[p] = b"".join([n.encode() + z.read(n) for n in z.namelist() if n != "image.npy"]
+                                    + [z.read("image.npy")[:128]])
+        elif p.is_file() and p.suffix != ".parquet":
             blobs[p] = p.read_bytes()
     blobs[out / "manifest.parquet(as csv)"] = df.to_csv().encode()
     for p in (out / "parts").rglob("*.parquet"):
         blobs[p] = pd.read_parquet(p).to_csv().encode()
     leaks = [(str(p.relative_to(out)), s) for p, b in blobs.items() for s in secrets | {SALT} if s.encode() in b]
     assert not leaks, leaks[:10]
-    # the de-identified header rides in the PNG; overlays and private tags are gone
-    from PIL import Image
-
+    # keep_dicom_header: the de-identified header rides in the image file; overlays and private tags are gone
     for d in load_manifest(out, status=None):
-        with Image.open(d["image"]) as im:
-            hdr = pydicom.Dataset.from_json(im.text["dicom"])
+        with np.load(d["image"]) as z:
+            hdr = pydicom.Dataset.from_json(str(z["dicom"]))
         assert hdr.PatientIdentityRemoved == "YES" and str(hdr.PatientID) == d["patient"]
         assert not any(0x6000 <= t.group <= 0x60FF or t.is_private for t in hdr.keys())
     # the overlay file's image is its pixel data, normalised, with no overlay plane burned in
@@ -114,14 +121,14 @@ def test_deidentification_real_dicoms(tmp_path: Path) -> None:
         lo, hi = np.percentile(px, [0.5, 99.5])
         expect = np.round(np.clip((px - lo) / (hi - lo), 0, 1) * 65535)
         row = df[(df.row_type == "image") & (df.source_path == f"src/ward/{ov[0].name}")].iloc[0]
-        with Image.open(out / row.output_path) as im:
-            got = np.asarray(im, dtype=np.float64)
+        with np.load(out / row.output_path) as z:
+            got = z["image"][0].T.astype(np.float64)  # (1, X, Y) -> (rows, columns)
         assert got.shape == expect.shape and np.abs(got - expect).max() <= 2
     # the copy in the identifying folder is recorded by keyed id only; it and its original are one kept + one duplicate
     inp = df[df.row_type == "input"]
     red = inp[inp.source_path.str.startswith("redacted:")]
     assert len(red) == 1
-    pair = inp[inp.file_sha256 == red.iloc[0].file_sha256]
+    pair = inp[inp.file_hash == red.iloc[0].file_hash]
     assert sorted(pair.status) == ["accepted", "duplicate"] and set(pair.reason) == {"", "exact_duplicate_file"}
 
 

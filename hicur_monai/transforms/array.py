@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import DtypeLike
-from monai.data import MetaTensor
-from monai.data.image_reader import PydicomReader
+from monai.data import MetaTensor, get_track_meta
+from monai.data.image_reader import NumpyReader, PydicomReader
 from monai.transforms import (
     LoadImage,
     RandomizableTransform,
@@ -39,6 +39,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "sniff_format",
     "LoadMedicalImage",
+    "NPZ_IMAGE_KEY",
     "ScaleIntensityByModality",
     "ExtractSlices",
     "slice_range_from_mask",
@@ -55,7 +56,11 @@ IMAGE_FORMATS: dict[str, str] = {
     "nrrd": "NrrdReader",
     "png": "PILReader",
     "jpeg": "PILReader",
+    "npz": "NumpyReader",
 }
+
+#: the array of a toolkit NPZ file (``hicur curate`` output): channel-first ``(C, X, Y)``, X = columns
+NPZ_IMAGE_KEY = "image"
 
 #: soft-tissue window (level, width) in Hounsfield units
 DEFAULT_CT_WINDOW: tuple[float, float] = (40.0, 400.0)
@@ -99,6 +104,8 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "dicom"
     if head.startswith(b"NRRD"):
         return "nrrd"
+    if head.startswith(b"PK\x03\x04") and p.name.lower().endswith(".npz"):
+        return "npz"
     if head.startswith(b"\x1f\x8b") and p.name.lower().endswith((".nii.gz", ".nii")):
         return "nifti"
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
@@ -110,7 +117,7 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "dicom"  # DICOM without preamble (legacy); the reader decides
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
-    raise ValueError(f"{p}: not a DICOM, NIfTI, NRRD, PNG or JPEG file")
+    raise ValueError(f"{p}: not a DICOM, NIfTI, NRRD, PNG, JPEG or toolkit NPZ file")
 
 
 class _PrunedPydicomReader(PydicomReader):
@@ -139,7 +146,8 @@ class LoadMedicalImage(Transform):
 
     One loader for every format of the toolkit: the format is sniffed from the content
     (:func:`sniff_format`) and the matching MONAI reader is used (PyDICOM for DICOM files
-    and series folders, NiBabel for NIfTI, pynrrd for NRRD, PIL for PNG/JPEG). The
+    and series folders, NiBabel for NIfTI, pynrrd for NRRD, PIL for PNG/JPEG, NumPy for
+    the NPZ files ``hicur curate`` writes: array ``image``, channel-first). The
     metadata gains ``"format"``. Spatial axes follow MONAI's convention (the first
     spatial axis is the image's x / column axis for 2D files).
 
@@ -158,9 +166,14 @@ class LoadMedicalImage(Transform):
 
     def _loader(self, reader: str) -> LoadImage:
         if reader not in self._loaders:
+            if reader == "PydicomReader":
+                rd: Any = _PrunedPydicomReader()
+            elif reader == "NumpyReader":
+                rd = NumpyReader(npz_keys=[NPZ_IMAGE_KEY], channel_dim=0)
+            else:
+                rd = reader
             self._loaders[reader] = LoadImage(
-                reader=_PrunedPydicomReader() if reader == "PydicomReader" else reader,
-                image_only=True, dtype=self.dtype, ensure_channel_first=self.ensure_channel_first,
+                reader=rd, image_only=True, dtype=self.dtype, ensure_channel_first=self.ensure_channel_first,
             )
         return self._loaders[reader]
 
@@ -239,13 +252,12 @@ class ScaleIntensityByModality(Transform):
             raise ValueError(f"{_source(img)}: no modality given to ScaleIntensityByModality")
         if mod == CT:
             return self._ct(img)
-        img_t = convert_to_tensor(img, track_meta=True)
+        img_t = convert_to_tensor(img, track_meta=get_track_meta())
         if mod == MRI:
             flat = img_t.detach().reshape(-1).float()
-            q = torch.tensor(self.mri_percentiles, dtype=flat.dtype) / 100.0
             if flat.numel() > 16_000_000:  # torch.quantile's size limit; a strided sample is plenty
                 flat = flat[:: flat.numel() // 8_000_000 + 1]
-            lo, hi = (float(v) for v in torch.quantile(flat, q))
+            lo, hi = _linear_quantiles(flat, [p / 100.0 for p in self.mri_percentiles])
             if hi <= lo:
                 raise ValueError(
                     f"{_source(img)}: MRI intensities are constant between the {self.mri_percentiles} percentiles "
@@ -255,6 +267,20 @@ class ScaleIntensityByModality(Transform):
         if mod == ENDOSCOPY:
             return torch.clamp(img_t / self.rgb_max, 0.0, 1.0)
         raise ValueError(f"{_source(img)}: no intensity rule for modality {mod!r}")  # pragma: no cover
+
+
+def _linear_quantiles(flat: torch.Tensor, qs: Sequence[float]) -> list[float]:
+    """``torch.quantile(flat, qs)`` (linear interpolation) from one NumPy sort: NumPy's vectorised
+    sort is several times faster than ``torch.quantile`` on the CPU (2 vs 8 ms for 512 x 512)."""
+    v = np.sort(flat.cpu().numpy(), kind="quicksort")
+    n = v.size
+    out = []
+    for q in qs:
+        pos = float(q) * (n - 1)
+        k = min(int(np.floor(pos)), n - 1)
+        a, b = float(v[k]), float(v[min(k + 1, n - 1)])
+        out.append(a + (b - a) * (pos - k))
+    return out
 
 
 def slice_range_from_mask(mask: torch.Tensor | np.ndarray, axis: int = -1, margin: int = 0) -> tuple[int, int]:

@@ -90,7 +90,7 @@ def deduplicate(df: pd.DataFrame, threshold: int = DEFAULT_NEAR_THRESHOLD) -> pd
     files: dict[str, str] = {}
     dup_inputs: dict[str, str] = {}
     for i in np.flatnonzero(is_input & (status == ACCEPTED)):
-        fh = df.at[i, "file_sha256"]
+        fh = df.at[i, "file_hash"]
         if fh in files:
             status[i], reason[i], dup_of[i] = DUPLICATE, "exact_duplicate_file", files[fh]
             detail[i] = "byte-identical to an earlier input file"
@@ -100,7 +100,7 @@ def deduplicate(df: pd.DataFrame, threshold: int = DEFAULT_NEAR_THRESHOLD) -> pd
     exact: dict[str, str] = {}
     near: dict[tuple[str, str], NearDuplicateIndex] = {}
     out_path = df["output_path"].to_numpy(dtype=object)
-    img_sha = df["image_sha256"].to_numpy(dtype=object)
+    img_sha = df["image_hash"].to_numpy(dtype=object)
     phash = df["phash"].to_numpy(dtype=object)
     group = df["group_id"].to_numpy(dtype=object)
     mods = df["modality"].to_numpy(dtype=object)

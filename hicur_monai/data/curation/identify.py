@@ -114,7 +114,7 @@ def identify_dicom(ds: Dataset, rules: Rules, match: RuleMatch | None) -> Identi
     if not patient_key and match and match.patient:
         patient_key = match.patient
     group_key = str(ds.get("SeriesInstanceUID", "") or "")
-    acq = {k: _jsonable(ds.get(k)) for k in ACQ_KEYWORDS if ds.get(k) not in (None, "")}
+    acq = {k: _jsonable(v) for k in ACQ_KEYWORDS if (v := ds.get(k)) not in (None, "")}
     acq["ContrastAgent"] = bool(str(ds.get("ContrastBolusAgent", "") or "").strip())
     return Identity(modality=modality, sequence=sequence, patient_key=patient_key, group_key=group_key,
                     slices=match.slices if match else None, acq=acq)

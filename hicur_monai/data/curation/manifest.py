@@ -53,16 +53,16 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "group_id": (pa.string(), "keyed id of the series (DICOM) or volume file; near duplicates are not sought within a group"),
     "slice_index": (pa.int32(), "index of the slice in the oriented volume (image rows of 3D inputs); null for 2D"),
     "n_images": (pa.int32(), "input rows: images written for this file"),
-    "output_path": (pa.string(), "image rows: the PNG, relative to the output folder"),
-    "file_sha256": (pa.string(), "input rows: SHA-256 of the input file's bytes"),
-    "image_sha256": (pa.string(), "image rows: SHA-256 of the written pixel array (dtype, shape and bytes)"),
+    "output_path": (pa.string(), "image rows: the image file (NPZ or PNG), relative to the output folder"),
+    "file_hash": (pa.string(), "input rows: xxh3-128 of the input file's bytes (hex)"),
+    "image_hash": (pa.string(), "image rows: xxh3-128 of the written pixel array (dtype, shape, row-major bytes; hex)"),
     "phash": (pa.string(), "image rows: 64-bit perceptual hash (imagehash.phash) of the normalised image, hex"),
     "width": (pa.int32(), "image width in pixels (first spatial axis, MONAI convention)"),
     "height": (pa.int32(), "image height in pixels"),
-    "channels": (pa.int32(), "1 (grey, 16-bit PNG) or 3 (RGB, 8-bit PNG)"),
+    "channels": (pa.int32(), "1 (grey, 16-bit) or 3 (RGB, 8-bit)"),
     "spacing_x": (pa.float64(), "pixel spacing along the width in mm (1.0 when unknown)"),
     "spacing_y": (pa.float64(), "pixel spacing along the height in mm"),
-    "value_max": (pa.int32(), "the PNG value of normalised intensity 1.0: 65535 (grey) or 255 (RGB)"),
+    "value_max": (pa.int32(), "the stored value of normalised intensity 1.0: 65535 (grey) or 255 (RGB)"),
     "acq_params": (pa.string(), "JSON of kept DICOM acquisition parameters (TR, TE, field strength, kVp, ...)"),
     "status": (pa.string(), "accepted, rejected or duplicate"),
     "reason": (pa.string(), "reason code for rejected / duplicate rows (see the reasons table)"),
@@ -211,7 +211,7 @@ def load_manifest(path: str | os.PathLike, status: str | None = "accepted", spli
         modality: keep rows of this modality.
 
     Returns:
-        ``[{"image": <absolute PNG path>, "modality", "sequence", "patient", "split", "slice_index",
+        ``[{"image": <absolute NPZ / PNG path>, "modality", "sequence", "patient", "split", "slice_index",
         "source_id", "channels", "value_max", "spacing": (x, y)}, ...]`` in manifest order.
 
     Raises:

@@ -35,7 +35,7 @@ from hicur_monai.data.curation.manifest import (
     write_manifest,
     write_part,
 )
-from hicur_monai.data.curation.process import CurateConfig, init_worker, run_in_worker
+from hicur_monai.data.curation.process import CurateConfig, init_worker, run_batch_in_worker, run_in_worker
 from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED
 from hicur_monai.data.curation.rules import load_rules
 from hicur_monai.utils.io import atomic_write_json
@@ -128,8 +128,11 @@ def curate(
     flush_every: int = 200,
     flush_seconds: float = 10.0,
     png_compress_level: int = 1,
+    image_format: str = "npz",
+    keep_dicom_header: bool = False,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Curate image folders into de-identified, de-duplicated 2D PNGs and a manifest.
+    """Curate image folders into de-identified, de-duplicated 2D images (NPZ or PNG) and a manifest.
 
     Args:
         sources: folders (or files) to curate.
@@ -145,7 +148,10 @@ def curate(
         redact_source_paths: never write source paths, only their keyed ids.
         progress: show the progress bar.
         flush_every, flush_seconds: commit rows to a part file this often.
-        png_compress_level: zlib level of the PNGs.
+        png_compress_level: zlib level of the PNGs (``image_format="png"``).
+        image_format: ``"npz"`` (uncompressed, default) or ``"png"``.
+        keep_dicom_header: store the PS3.15-de-identified DICOM header in each image file.
+        batch_size: files per worker task (fewer inter-process round trips).
 
     Returns:
         The summary (what ``manifest-summary.json`` holds), with ``"manifest"`` (path) added.
@@ -166,7 +172,8 @@ def curate(
     }
     _check_run_file(out, shard_t, info, resume)
     cfg = CurateConfig(out_dir=str(out), rules=parsed, salt=salt, shard=info["shard"], min_size=min_size,
-                       redact_source_paths=redact_source_paths, png_compress_level=png_compress_level)
+                       redact_source_paths=redact_source_paths, png_compress_level=png_compress_level,
+                       image_format=image_format, keep_dicom_header=keep_dicom_header)
     folder = _parts_dir(out, shard_t)
     done = _done_ids(folder) if resume else set()
     if resume:  # temp files of writes a kill interrupted (the files are redone)
@@ -199,7 +206,7 @@ def curate(
             for f in pending():
                 record(run_in_worker(f))
         else:
-            _run_pool(cfg, workers, pending(), record)
+            _run_pool(cfg, workers, pending(), record, batch_size)
         writer.flush()
     finally:
         bar.close()
@@ -220,6 +227,7 @@ def _preload() -> None:
     import monai.transforms  # noqa: F401
     import nibabel  # noqa: F401
     import PIL.PngImagePlugin  # noqa: F401
+    import xxhash  # noqa: F401
     from dicomanonymizer import simpledicomanonymizer  # noqa: F401
 
     import hicur_monai.transforms  # noqa: F401
@@ -228,26 +236,44 @@ def _preload() -> None:
     _base_actions()
 
 
-def _run_pool(cfg: CurateConfig, workers: int, items: Iterator[Found], record: Any) -> None:
+def _batches(items: Iterator[Found], size: int) -> Iterator[list[Found]]:
+    batch: list[Found] = []
+    for f in items:
+        batch.append(f)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_pool(cfg: CurateConfig, workers: int, items: Iterator[Found], record: Any, batch_size: int = 8) -> None:
+    """Process ``items`` in a pool, ``batch_size`` files per task, at most ``4 x workers`` tasks in flight.
+
+    A worker that dies (a decoder crash) breaks the pool: the files of every task in flight are
+    then redone one at a time, each alone in a fresh pool, and a file that kills its worker
+    again gets a ``worker_crashed`` row.
+    """
     _preload()
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     limit = 4 * workers
+    batches = _batches(items, max(1, batch_size))
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(cfg,))
 
     pool = new_pool()
-    inflight: dict[Future, Found] = {}
+    inflight: dict[Future, list[Found]] = {}
     retry: list[Found] = []
     exhausted = False
     try:
         while True:
             while not exhausted and not retry and len(inflight) < limit:
-                f = next(items, None)
-                if f is None:
+                batch = next(batches, None)
+                if batch is None:
                     exhausted = True
                     break
-                inflight[pool.submit(run_in_worker, f)] = f
+                inflight[pool.submit(run_batch_in_worker, batch)] = batch
             if not inflight and retry:  # after a crash: the suspects one at a time, alone in a fresh pool
                 f = retry.pop(0)
                 try:
@@ -262,14 +288,18 @@ def _run_pool(cfg: CurateConfig, workers: int, items: Iterator[Found], record: A
             finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             broken = False
             for fut in finished:
-                f = inflight.pop(fut)
+                batch = inflight.pop(fut)
                 try:
-                    record(fut.result())
+                    results = fut.result()
                 except BrokenProcessPool:
                     broken = True
-                    retry.append(f)
+                    retry.extend(batch)
+                    continue
+                for rows in results:
+                    record(rows)
             if broken:
-                retry.extend(inflight.values())
+                for batch in inflight.values():
+                    retry.extend(batch)
                 inflight.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = new_pool()

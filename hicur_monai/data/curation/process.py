@@ -2,17 +2,27 @@
 
 ``process_file`` turns one discovered path into manifest rows: one input row, plus one
 row per output image. It never raises: every failure becomes a rejected row with a reason
-code, and messages are scrubbed of the absolute path. Images are read with the toolkit's
-one loader (:class:`~hicur_monai.transforms.LoadMedicalImage`), normalised with
-:class:`~hicur_monai.transforms.ScaleIntensityByModality`, 3D volumes are oriented to LPS
-(so axial slices look like radiological-convention DICOM images) and cut with
-:class:`~hicur_monai.transforms.ExtractSlices`, and each 2D image is written atomically as
-a PNG: 16-bit grey (normalised value x 65535) for MRI/CT, 8-bit RGB for endoscopy.
+code, and messages are scrubbed of the absolute path.
+
+Every file is read once. DICOM: the header is parsed once (pixel data deferred) and that
+same dataset serves identification, the shape checks, the optional de-identified header
+and the pixel decode (:func:`~hicur_monai.transforms.array.decode_dicom`, the toolkit
+loader's own reader). 8-bit RGB PNG / JPEG frames are decoded once with PIL and written
+as decoded (for 8-bit input, ``ScaleIntensityByModality`` then quantisation back to 8 bits
+is the identity). Everything else (NIfTI / NRRD volumes, multi-frame and colour DICOM,
+16-bit or palette PNGs) goes through :class:`~hicur_monai.transforms.LoadMedicalImage`,
+is oriented to LPS (3D; so axial slices look like radiological-convention DICOM images)
+and cut with :class:`~hicur_monai.transforms.ExtractSlices`. Intensities are always
+normalised with :class:`~hicur_monai.transforms.ScaleIntensityByModality`.
+
+Each 2D image is written atomically as an uncompressed NPZ (``image``: channel-first
+``(C, X, Y)``, uint16 = normalised x 65535 for MRI/CT, uint8 RGB for endoscopy;
+``hicur``: JSON metadata; ``dicom``: the de-identified header when asked for), or as a
+PNG (``image_format="png"``). Content hashes are xxh3-128.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -38,7 +48,28 @@ from hicur_monai.data.curation.rules import Rules
 from hicur_monai.modality import ENDOSCOPY
 from hicur_monai.utils.io import atomic_open
 
-__all__ = ["CurateConfig", "process_file", "init_worker", "run_in_worker", "encode_png", "perceptual_hash"]
+__all__ = [
+    "CurateConfig",
+    "IMAGE_FORMATS",
+    "INPUT_FORMATS",
+    "process_file",
+    "process_batch",
+    "init_worker",
+    "run_in_worker",
+    "run_batch_in_worker",
+    "encode_png",
+    "encode_npz",
+    "perceptual_hash",
+    "content_hash",
+    "file_hash",
+]
+
+#: output formats of curated images
+IMAGE_FORMATS = ("npz", "png")
+#: input formats curation reads (``npz`` is an output format only)
+INPUT_FORMATS = ("dicom", "nifti", "nrrd", "png", "jpeg")
+#: pHash input: images are box-reduced to at most this many pixels on the short side first
+PHASH_PRESHRINK = 64
 
 
 @dataclass
@@ -54,7 +85,9 @@ class CurateConfig:
         max_side: largest accepted side (pixels / slices).
         max_voxels: largest accepted voxel count of one file.
         redact_source_paths: write ``redacted:<source_id>`` instead of every source path.
-        png_compress_level: zlib level of the written PNGs (1 = fast, 9 = small).
+        image_format: ``"npz"`` (uncompressed, default) or ``"png"``.
+        png_compress_level: zlib level of written PNGs (1 = fast, 9 = small).
+        keep_dicom_header: also store the PS3.15-de-identified DICOM header (DICOM JSON) in each image file.
     """
 
     out_dir: str
@@ -65,7 +98,13 @@ class CurateConfig:
     max_side: int = 8192
     max_voxels: int = 1 << 29
     redact_source_paths: bool = False
+    image_format: str = "npz"
     png_compress_level: int = 1
+    keep_dicom_header: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
 
 
 class _State:
@@ -76,6 +115,7 @@ class _State:
         self.pseudo = Pseudonymizer(cfg.salt)
         self.loader = LoadMedicalImage(dtype=np.float32)
         self.out = Path(cfg.out_dir)
+        self.folders: set[Path] = set()
 
 
 _STATE: _State | None = None
@@ -100,6 +140,17 @@ def run_in_worker(found: Found) -> list[dict[str, Any]]:
     return process_file(found, _STATE)
 
 
+def run_batch_in_worker(batch: list[Found]) -> list[list[dict[str, Any]]]:
+    """The pool's batched task: :func:`process_batch` with the worker's state."""
+    assert _STATE is not None, "init_worker was not called"
+    return process_batch(batch, _STATE)
+
+
+def process_batch(batch: list[Found], st: _State) -> list[list[dict[str, Any]]]:
+    """:func:`process_file` for several files (one inter-process round trip for all)."""
+    return [process_file(f, st) for f in batch]
+
+
 def _scrub(msg: str, found: Found) -> str:
     out = str(msg)
     for s in sorted({found.path, os.path.dirname(found.path)}, key=len, reverse=True):
@@ -109,12 +160,12 @@ def _scrub(msg: str, found: Found) -> str:
 
 
 def encode_png(arr: np.ndarray, text: dict[str, str], compress_level: int = 1) -> bytes:
-    """PNG bytes of a ``(X, Y)`` uint16 or ``(X, Y, 3)`` uint8 array (MONAI axis order), with text chunks."""
+    """PNG bytes of a ``(rows, columns)`` uint16 or ``(rows, columns, 3)`` uint8 display array, with text chunks."""
     import io
 
     from PIL import Image, PngImagePlugin
 
-    img = Image.fromarray(np.ascontiguousarray(arr.T if arr.ndim == 2 else arr.transpose(1, 0, 2)))
+    img = Image.fromarray(np.ascontiguousarray(arr))
     info = PngImagePlugin.PngInfo()
     for k, v in text.items():
         info.add_text(k, v)
@@ -123,43 +174,75 @@ def encode_png(arr: np.ndarray, text: dict[str, str], compress_level: int = 1) -
     return buf.getvalue()
 
 
-def perceptual_hash(norm: np.ndarray) -> str:
-    """64-bit pHash (hex) of a normalised ``(X, Y)`` or ``(X, Y, 3)`` image in [0, 1]."""
+def encode_npz(fh: Any, arr: np.ndarray, text: dict[str, str]) -> None:
+    """Write an uncompressed NPZ of a ``(rows, columns[, 3])`` display array to the open binary file ``fh``.
+
+    The ``image`` array is channel-first in MONAI's axis order, ``(C, X, Y)`` with X the
+    columns: the transposed view of the display array, which the NPY header declares
+    ``fortran_order``, so the display array's bytes are written as they are (no copy; what
+    ``np.savez`` writes for that view, without its two buffer copies). Each ``text`` entry
+    becomes a 0-d string array (``hicur``, ``dicom``). ``np.load`` / MONAI's ``NumpyReader`` read it.
+    """
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    from hicur_monai.transforms.array import NPZ_IMAGE_KEY
+
+    disp = np.ascontiguousarray(arr)
+    image = disp.T[None] if disp.ndim == 2 else disp.transpose(2, 1, 0)
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open(f"{NPZ_IMAGE_KEY}.npy", "w", force_zip64=True) as member:
+            npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(image))
+            member.write(memoryview(disp).cast("B"))
+        for key, value in text.items():
+            with zf.open(f"{key}.npy", "w") as member:
+                npy.write_array(member, np.array(value), allow_pickle=False)
+
+
+def perceptual_hash(display: Any) -> str:
+    """64-bit pHash (hex) of a display array (``(rows, columns)`` uint8 / uint16, ``(rows, columns, 3)`` uint8)
+    or of the PIL image it was decoded from.
+
+    16-bit values are taken as their high byte. The image is first box-reduced (PIL
+    ``Image.reduce``) to a short side of 64-127 pixels, then ``imagehash.phash`` resizes it
+    to 32 x 32 and keeps the low 8 x 8 DCT frequencies: the pre-reduction changes nothing
+    the 8 x 8 frequencies see and makes the hash's cost independent of the image size.
+    """
     import imagehash
     from PIL import Image
 
-    a = (np.clip(norm, 0, 1) * 255).astype(np.uint8)
-    a = a.T if a.ndim == 2 else a.transpose(1, 0, 2)
-    img = Image.fromarray(np.ascontiguousarray(a))
+    if isinstance(display, Image.Image):
+        img = display
+    else:
+        a = (display >> 8).astype(np.uint8) if display.dtype == np.uint16 else display
+        img = Image.fromarray(np.ascontiguousarray(a))
+    factor = min(img.size) // PHASH_PRESHRINK
+    if factor > 1:
+        img = img.reduce(factor)
     if img.mode != "L":
         img = img.convert("L")
     return str(imagehash.phash(img))
 
 
-def _file_sha256(path: str) -> str:
+def content_hash(display: np.ndarray) -> str:
+    """xxh3-128 (hex) of a display array's dtype, shape and C-order bytes."""
+    import xxhash
+
+    h = xxhash.xxh3_128(f"{display.dtype}{display.shape}".encode())
+    h.update(np.ascontiguousarray(display))
+    return h.hexdigest()
+
+
+def file_hash(path: str) -> str:
+    """xxh3-128 (hex) of a file's bytes (read in 1 MiB blocks)."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _probe(path: str, fmt: str) -> tuple[tuple[int, ...], int | None]:
-    """Spatial shape and channel count from the header only (no pixel decode)."""
-    if fmt == "nifti":
-        import nibabel as nib
-
-        shape = tuple(int(s) for s in nib.load(path).shape)
-        return shape, None
-    if fmt in ("png", "jpeg"):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            ch = len(im.getbands())
-            return (int(im.size[0]), int(im.size[1])), ch
-    if fmt == "nrrd":
-        import nrrd
-
-        hdr = nrrd.read_header(path)
-        return tuple(int(s) for s in hdr["sizes"]), None
-    return (), None
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _reading_reason(msg: str) -> str:
@@ -173,6 +256,13 @@ def _reading_reason(msg: str) -> str:
     return "unreadable"
 
 
+def _read_reject(err: Exception, found: Found) -> CurationReject:
+    reason = _reading_reason(str(err))
+    detail = {"non_finite": "image contains NaN or infinite values", "truncated": "file is cut short"}.get(
+        reason, _scrub(f"{type(err).__name__}: {err}", found))
+    return CurationReject(reason, detail)
+
+
 def _dicom_truncated(ds: Any, path: str) -> bool:
     if "PixelData" not in ds:
         return False
@@ -182,6 +272,20 @@ def _dicom_truncated(ds: Any, path: str) -> bool:
     if tell is None or length in (None, 0xFFFFFFFF):
         return False
     return tell + length > os.path.getsize(path)
+
+
+@dataclass
+class _Slice:
+    """One output image: the display array (``(rows, columns)`` uint16 or ``(rows, columns, 3)`` uint8)."""
+
+    index: int | None
+    display: np.ndarray | None  # None: constant slice (rejected)
+    value_max: int
+    width: int
+    height: int
+    channels: int
+    spacing: tuple[float, float]
+    phash: str | None = None  # precomputed from the decoded PIL image (same value, no copy)
 
 
 def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
@@ -201,7 +305,7 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
         if os.path.getsize(found.path) == 0:
             raise CurationReject("empty_file", "0 bytes")
         try:
-            row["file_sha256"] = _file_sha256(found.path)
+            row["file_hash"] = file_hash(found.path)
         except PermissionError:
             raise CurationReject("permission_denied", "no read permission") from None
         from hicur_monai.transforms import sniff_format
@@ -209,37 +313,15 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
         try:
             fmt = sniff_format(found.path)
         except ValueError:
-            raise CurationReject("not_an_image", "content is not DICOM, NIfTI, NRRD, PNG or JPEG") from None
+            fmt = ""
+        if fmt not in INPUT_FORMATS:
+            raise CurationReject("not_an_image", "content is not DICOM, NIfTI, NRRD, PNG or JPEG")
         row["format"] = fmt
-        header_text: str | None = None
-        frames_axis_len: int | None = None
-        samples = 1
         if fmt == "dicom":
-            try:
-                ds = read_header(found.path)
-            except Exception as err:  # noqa: BLE001 - pydicom raises many types on bad files
-                raise CurationReject(_reading_reason(str(err)), f"DICOM header: {type(err).__name__}") from None
-            ident = identify_dicom(ds, cfg.rules, match)
-            if not ident.patient_key:  # no PatientID / PatientName: the rule's or the folder's patient
-                ident.patient_key = default_patient_key(found.rel)
-            secrets = path_sensitive_values(ds)
-            low = found.rel.lower()
-            if any(s.lower() in low for s in secrets):
-                src = f"redacted:{sid}"  # the path itself carries an identifier of this file
-                base["source_path"] = row["source_path"] = src
-            if _dicom_truncated(ds, found.path):
-                raise CurationReject("truncated", "pixel data runs past the end of the file")
-            rows_, cols_ = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg)
-            frames_axis_len = frames if frames > 1 else None
-            patient = pseudo.patient(ident.patient_key)
-            deidentify_dataset(ds, pseudo, patient)
-            header_text = header_json(ds)
-            bits = int(ds.get("BitsStored", 8) or 8)
-            samples = int(ds.get("SamplesPerPixel", 1) or 1)
-            rgb_max = float(2**bits - 1) if ident.modality == ENDOSCOPY else 255.0
-            del ds
+            ident, patient, slices, header_text = _dicom(found, st, match, row, base)
+        elif fmt in ("png", "jpeg"):
+            ident, patient, slices = _picture(found, st, fmt, match, row)
+            header_text = None
         else:
             try:
                 shape, channels = _probe(found.path, fmt)
@@ -250,19 +332,13 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
                 shape = shape[:3]
             check_shape(shape, cfg)
             patient = pseudo.patient(ident.patient_key)
-            rgb_max = 255.0
-        row.update(patient=patient, modality=ident.modality, sequence=ident.sequence or "",
-                   group_id=pseudo.group(ident.group_key or found.rel),
-                   acq_params=json.dumps(ident.acq, sort_keys=True) if ident.acq else "")
-        try:
-            img = st.loader(found.path)
-        except ValueError as err:
-            reason = _reading_reason(str(err))
-            raise CurationReject(reason, _scrub(str(err), found) if reason == "unreadable" else
-                                 ("image contains NaN or infinite values" if reason == "non_finite" else "file is cut short")) from None
-        images = _images(found, st, ident, img, fmt, frames_axis_len, samples, rgb_max, base, patient, row, header_text)
-        row.update(status=ACCEPTED, n_images=len([r for r in images if r["status"] == ACCEPTED]))
-        if not any(r["status"] == ACCEPTED for r in images):
+            _identity_columns(row, ident, patient, found, pseudo)
+            slices = _general(found, st, ident, fmt, None, 1, 255.0)
+            header_text = None
+        images = _write(slices, st, ident, fmt, base, patient, row, header_text)
+        n_ok = sum(1 for r in images if r["status"] == ACCEPTED)
+        row.update(status=ACCEPTED, n_images=n_ok)
+        if not n_ok:
             row.update(status=REJECTED, reason="constant_image", detail="every slice is constant")
     except CurationReject as rej:
         row.update(status=REJECTED, reason=rej.reason, detail=_scrub(rej.detail, found))
@@ -273,8 +349,173 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
     return [row, *images]
 
 
-def _images(found: Found, st: _State, ident: Identity, img: Any, fmt: str, frames: int | None, samples: int, rgb_max: float,
-            base: dict[str, Any], patient: str, in_row: dict[str, Any], header_text: str | None) -> list[dict[str, Any]]:
+def _identity_columns(row: dict[str, Any], ident: Identity, patient: str, found: Found, pseudo: Pseudonymizer) -> None:
+    row.update(patient=patient, modality=ident.modality, sequence=ident.sequence or "",
+               group_id=pseudo.group(ident.group_key or found.rel),
+               acq_params=json.dumps(ident.acq, sort_keys=True) if ident.acq else "")
+
+
+def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict[str, Any]
+           ) -> tuple[Identity, str, list[_Slice], str | None]:
+    """A DICOM file: one header parse for identification, checks, decoding and the optional header."""
+    cfg, pseudo = st.cfg, st.pseudo
+    try:
+        ds = read_header(found.path)
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types on bad files
+        raise CurationReject(_reading_reason(str(err)), f"DICOM header: {type(err).__name__}") from None
+    ident = identify_dicom(ds, cfg.rules, match)
+    if not ident.patient_key:  # no PatientID / PatientName: the rule's or the folder's patient
+        ident.patient_key = default_patient_key(found.rel)
+    secrets = path_sensitive_values(ds)
+    low = found.rel.lower()
+    if any(s.lower() in low for s in secrets):
+        base["source_path"] = row["source_path"] = f"redacted:{base['source_id']}"  # the path names a patient
+    if _dicom_truncated(ds, found.path):
+        raise CurationReject("truncated", "pixel data runs past the end of the file")
+    rows_, cols_ = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg)
+    patient = pseudo.patient(ident.patient_key)
+    _identity_columns(row, ident, patient, found, pseudo)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    rgb_max = float(2**bits - 1) if ident.modality == ENDOSCOPY else 255.0
+    slices: list[_Slice] | None = None
+    if samples == 1 and frames == 1:
+        slices = _dicom_grey(found, st, ds, ident)  # the common case: decode from the parsed dataset
+    header_text = None
+    if cfg.keep_dicom_header:
+        deidentify_dataset(ds, pseudo, patient)
+        header_text = header_json(ds)
+    del ds
+    if slices is None:
+        slices = _general(found, st, ident, "dicom", frames if frames > 1 else None, samples, rgb_max)
+    return ident, patient, slices, header_text
+
+
+def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Slice]:
+    """A single-frame grey DICOM image decoded from its already-parsed dataset.
+
+    The pixels are pydicom's ``pixel_array`` with the DICOM rescale (slope, intercept) applied,
+    as MONAI's ``PydicomReader`` gives them, kept in display order ``(rows, columns)``: the
+    modality normalisation is element-wise (CT) or global (MRI percentiles), so it does not
+    depend on the axis order, and the transposition MONAI's axis convention needs is left to
+    the writer (a view).
+    """
+    from hicur_monai.transforms import ScaleIntensityByModality
+
+    try:
+        px = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - the decoders raise many types
+        raise _read_reject(err, found) from None
+    if px.ndim != 2:
+        raise CurationReject("wrong_dimensionality", f"decoded array of shape {tuple(px.shape)}; expected a 2D image")
+    check_image(px[None], ident.modality, st.cfg)  # integer pixels: finite by construction; constant is checked
+    img = px.astype(np.float32)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope not in (None, "") and float(slope) != 1.0:
+        img *= np.float32(slope)
+    if intercept not in (None, "") and float(intercept) != 0.0:
+        img += np.float32(intercept)
+    img = img[None]
+    from monai.data import get_track_meta, set_track_meta
+
+    track = get_track_meta()
+    set_track_meta(False)  # plain tensors: no metadata to carry for a 2D slice, and no MetaTensor overhead
+    try:
+        norm = ScaleIntensityByModality(ident.modality)(img)
+    except ValueError:
+        raise CurationReject("constant_image", "intensities are constant between the scaling percentiles") from None
+    finally:
+        set_track_meta(track)
+    norm = norm.detach().cpu().numpy() if hasattr(norm, "detach") else np.asarray(norm)
+    ps = ds.get("PixelSpacing")
+    spacing = (float(ps[1]), float(ps[0])) if ps is not None and len(ps) == 2 and min(map(float, ps)) > 0 else (1.0, 1.0)
+    rows, cols = (int(s) for s in px.shape)
+    return [_slice_of(None, norm[0], cols, rows, 1, spacing)]
+
+
+def _spacing(affine: np.ndarray) -> tuple[float, float]:
+    n = affine.shape[0] - 1
+    sp = np.linalg.norm(affine[:n, :n], axis=0)
+    return (float(sp[0]) if sp.size > 0 and sp[0] > 0 else 1.0, float(sp[1]) if sp.size > 1 and sp[1] > 0 else 1.0)
+
+
+def _slice_of(index: int | None, disp: np.ndarray, width: int, height: int, channels: int,
+              spacing: tuple[float, float]) -> _Slice:
+    """A normalised display-order slice (``(rows, columns)`` or ``(rows, columns, 3)``) -> uint16 / uint8.
+
+    The values are ``ScaleIntensityByModality``'s, which clips to [0, 1]; they are rounded to
+    the nearest of 65535 (grey) or 255 (RGB) steps. A slice that is constant once quantised is
+    kept as ``display=None`` (an ``empty_slice`` row).
+    """
+    vmax = 65535 if disp.ndim == 2 else 255
+    q = np.multiply(disp, np.float32(vmax), dtype=np.float32, order="C")
+    np.rint(q, out=q)
+    out = q.astype(np.uint16 if vmax == 65535 else np.uint8)
+    return _Slice(index, None if is_constant(out) else out, vmax, width, height, channels, spacing)
+
+
+def _quantised(index: int | None, a: np.ndarray, spacing: tuple[float, float]) -> _Slice:
+    """A normalised ``(C, X, Y)`` slice in [0, 1] -> its display array (uint16 grey or uint8 RGB)."""
+    channels, width, height = (int(s) for s in a.shape)
+    disp = a[0].T if channels == 1 else a[:3].transpose(2, 1, 0)
+    return _slice_of(index, disp, width, height, channels, spacing)
+
+
+def _picture(found: Found, st: _State, fmt: str, match: Any, row: dict[str, Any]
+             ) -> tuple[Identity, str, list[_Slice]]:
+    """A PNG / JPEG file: one open for the header checks and the decode."""
+    from PIL import Image
+
+    cfg, pseudo = st.cfg, st.pseudo
+    try:
+        im = Image.open(found.path)
+    except Exception as err:  # noqa: BLE001
+        raise CurationReject(_reading_reason(str(err)), f"{fmt} header: {type(err).__name__}") from None
+    with im:
+        shape, channels = (int(im.size[0]), int(im.size[1])), len(im.getbands())
+        ident = identify_by_rules(fmt, found.rel, match, channels)
+        check_shape(shape, cfg)
+        patient = pseudo.patient(ident.patient_key)
+        _identity_columns(row, ident, patient, found, pseudo)
+        if ident.modality != ENDOSCOPY or im.mode not in ("RGB", "RGBA"):
+            im.close()
+            return ident, patient, _general(found, st, ident, fmt, None, 1, 255.0)
+        try:
+            a = np.asarray(im)
+        except Exception as err:  # noqa: BLE001
+            raise _read_reject(err, found) from None
+        if a.ndim != 3 or a.dtype != np.uint8:
+            raise CurationReject("wrong_dimensionality", f"decoded array of shape {a.shape}; expected an RGB image")
+        if a.shape[2] == 4:
+            a = np.ascontiguousarray(a[..., :3])
+        check_image(a.transpose(2, 1, 0), ident.modality, cfg)
+        ph = perceptual_hash(im if im.mode == "RGB" else Image.fromarray(a))  # check_image: not constant
+    # 8-bit RGB: ScaleIntensityByModality (x / 255, clipped) and quantisation back to 8 bits (x 255, rounded)
+    # give back the input values exactly (tests/test_curation.py checks it): the decoded array is the output
+    sl = _Slice(None, a, 255, int(a.shape[1]), int(a.shape[0]), 3, (1.0, 1.0), ph)
+    return ident, patient, [sl]
+
+
+def _probe(path: str, fmt: str) -> tuple[tuple[int, ...], int | None]:
+    """Spatial shape and channel count from the header only (no pixel decode)."""
+    if fmt == "nifti":
+        import nibabel as nib
+
+        shape = tuple(int(s) for s in nib.load(path).shape)
+        return shape, None
+    if fmt == "nrrd":
+        import nrrd
+
+        hdr = nrrd.read_header(path)
+        return tuple(int(s) for s in hdr["sizes"]), None
+    return (), None
+
+
+def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | None, samples: int,
+             rgb_max: float) -> list[_Slice]:
+    """Any image through the toolkit loader: volumes are oriented to LPS and sliced; all is normalised."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Orientation
@@ -282,7 +523,10 @@ def _images(found: Found, st: _State, ident: Identity, img: Any, fmt: str, frame
     from hicur_monai.transforms import ExtractSlices, ScaleIntensityByModality, slice_range_from_mask
 
     cfg = st.cfg
-    t = img
+    try:
+        t = st.loader(found.path)
+    except ValueError as err:
+        raise _read_reject(err, found) from None
     # DICOM colour images may come as (1, 3, X, Y) or (1, X, Y, 3): make them (3, X, Y)
     if fmt == "dicom" and t.ndim == 4 and t.shape[0] == 1 and samples in (3, 4) and frames is None:
         a = t.as_tensor()[0]
@@ -293,15 +537,14 @@ def _images(found: Found, st: _State, ident: Identity, img: Any, fmt: str, frame
         t = t[..., 0]
         spatial = spatial[:2]
     check_image(t, ident.modality, cfg)
-    mod = ident.modality
-    norm = ScaleIntensityByModality(mod, rgb_max=rgb_max)
+    norm = ScaleIntensityByModality(ident.modality, rgb_max=rgb_max)
     try:
         t = norm(t)
     except ValueError:
         raise CurationReject("constant_image", "intensities are constant between the scaling percentiles") from None
-    slices: list[tuple[int | None, Any]]
+    pieces: list[tuple[int | None, Any]]
     if len(spatial) == 2:
-        slices = [(None, t)]
+        pieces = [(None, t)]
     else:
         axis = 2
         if frames is not None:  # multi-frame DICOM: cut along the frame axis
@@ -331,40 +574,50 @@ def _images(found: Found, st: _State, ident: Identity, img: Any, fmt: str, frame
             start, stop = spec.fixed_range(stop)
         if stop <= start:
             raise CurationReject("no_slices_in_range", f"slice range [{start}, {stop}) is empty")
-        slices = [(int(s.meta["slice_index"]), s) for s in ExtractSlices(axis=axis, start=start, stop=stop)(t)]
-    seq = ident.sequence or "all"
-    folder = st.out / "images" / mod / seq / patient
-    rows: list[dict[str, Any]] = []
-    for k, s in slices:
+        pieces = [(int(s.meta["slice_index"]), s) for s in ExtractSlices(axis=axis, start=start, stop=stop)(t)]
+    out = []
+    for k, s in pieces:
         a = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
         aff = s.affine.numpy() if isinstance(s, MetaTensor) else np.eye(3)
-        sp = np.linalg.norm(aff[: aff.shape[0] - 1, : aff.shape[0] - 1], axis=0)
+        out.append(_quantised(k, a, _spacing(aff)))
+    return out
+
+
+def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: dict[str, Any], patient: str,
+           in_row: dict[str, Any], header_text: str | None) -> list[dict[str, Any]]:
+    """Hash, pHash and write every slice (atomically); one manifest row each."""
+    cfg = st.cfg
+    mod = ident.modality
+    folder = st.out / "images" / mod / (ident.sequence or "all") / patient
+    if folder not in st.folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        st.folders.add(folder)
+    ext = cfg.image_format
+    rows: list[dict[str, Any]] = []
+    for sl in slices:
+        k = sl.index
         r = new_row(row_type="image", **base, format=fmt, patient=patient, modality=mod, sequence=ident.sequence or "",
                     group_id=in_row["group_id"], slice_index=k, acq_params=in_row["acq_params"],
-                    width=int(a.shape[1]), height=int(a.shape[2]), channels=int(a.shape[0]),
-                    spacing_x=float(sp[0]) if sp.size > 0 and sp[0] > 0 else 1.0,
-                    spacing_y=float(sp[1]) if sp.size > 1 and sp[1] > 0 else 1.0)
-        if is_constant(a):
+                    width=sl.width, height=sl.height, channels=1 if sl.channels == 1 else 3,
+                    spacing_x=sl.spacing[0], spacing_y=sl.spacing[1])
+        if sl.display is None:
             r.update(status=REJECTED, reason="empty_slice", detail="constant slice")
             rows.append(r)
             continue
-        if a.shape[0] == 1:
-            arr = np.round(np.clip(a[0], 0, 1) * 65535).astype(np.uint16)
-            r["value_max"] = 65535
-        else:
-            arr = np.round(np.clip(a[:3].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
-            r["value_max"] = 255
-        name = f"{base['source_id']}.png" if k is None else f"{base['source_id']}_s{k:04d}.png"
+        r["value_max"] = sl.value_max
+        name = f"{base['source_id']}.{ext}" if k is None else f"{base['source_id']}_s{k:04d}.{ext}"
         rel_out = (folder / name).relative_to(st.out).as_posix()
         text = {"hicur": json.dumps({"source_id": base["source_id"], "patient": patient, "modality": mod,
-                                     "sequence": ident.sequence or "", "slice_index": k, "value_max": r["value_max"]})}
+                                     "sequence": ident.sequence or "", "slice_index": k, "value_max": sl.value_max,
+                                     "spacing": list(sl.spacing)})}
         if header_text is not None:
             text["dicom"] = header_text
-        h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
-        h.update(arr.tobytes())
-        r.update(output_path=rel_out, image_sha256=h.hexdigest(), phash=perceptual_hash(arr / float(r["value_max"])),
-                 status=ACCEPTED)
+        r.update(output_path=rel_out, image_hash=content_hash(sl.display),
+                 phash=sl.phash or perceptual_hash(sl.display), status=ACCEPTED)
         with atomic_open(st.out / rel_out, "wb", fsync=False) as fh:  # made durable by the part commit
-            fh.write(encode_png(arr, text, cfg.png_compress_level))
+            if ext == "npz":
+                encode_npz(fh, sl.display, text)
+            else:
+                fh.write(encode_png(sl.display, text, cfg.png_compress_level))
         rows.append(r)
     return rows

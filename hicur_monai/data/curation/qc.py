@@ -55,7 +55,7 @@ def check_image(img: Any, modality: str, cfg: Any) -> None:
         raise CurationReject("wrong_dimensionality", f"{modality} must be single-channel, got {channels} channels")
     check_shape(spatial, cfg)
     a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-    if not np.isfinite(a).all():
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise CurationReject("non_finite", "image contains NaN or infinite values")
     if is_constant(a):
         raise CurationReject("constant_image", "every pixel has the same value")
