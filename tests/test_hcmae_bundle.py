@@ -65,6 +65,30 @@ def test_bundle_configs_parse_with_overlays(repo_root):
     assert (p["preset"], p["img_size"], p["batch_size"]) == ("base", 384, 128)
 
 
+def test_memory_lean_switches_optimizer_checkpointing_and_heap(repo_root):
+    from monai.bundle import ConfigParser
+
+    from hicur_monai.training import AdamWInBackward
+
+    for lean in (False, True):
+        p = ConfigParser()
+        p.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "base.json")])
+        p.update({"memory_lean": lean, "preset": "tiny", "img_size": 64, "device": "$torch.device('cpu')"})
+        net = p.get_parsed_content("network_def")
+        assert net.config.grad_checkpointing is lean
+        assert p.get_parsed_content("heap_mmap_threshold") == (262144 if lean else None)
+        p.update({"network": net, "train#optimizer#params": "$@network.parameters()"})
+        p.parse()
+        opt = p.get_parsed_content("train#optimizer")
+        assert isinstance(opt, AdamWInBackward) is lean
+        assert isinstance(opt, torch.optim.AdamW) or lean
+    # DDP overlay: the in-backward step would act on un-reduced gradients, so it is off there
+    p = ConfigParser()
+    p.read_config([str(BUNDLE / c) for c in ("train.json", "base.json", "multi_gpu_train.json")])
+    p.update({"memory_lean": True})
+    assert p.get_parsed_content("optimizer_in_backward") is False
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 

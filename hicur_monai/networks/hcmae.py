@@ -114,7 +114,9 @@ class HCMAEConfig:
         proj_hidden_dim, proj_dim: CMAE projector / predictor sizes (768-1536-256).
         ema_momentum_start, ema_momentum: cosine schedule of the EMA target momentum (cmae).
         max_shift: largest pixel shift of the CMAE positive view.
-        grad_checkpointing: activation checkpointing in both encoders.
+        grad_checkpointing: activation checkpointing (per block) in both encoders and the
+            MAE decoder: ~0.5 GB instead of ~2.3 GB of saved activations for Base at 384 px,
+            batch 2, for one extra forward pass.
         drop_path_rate: stochastic depth in both encoders.
     """
 
@@ -389,7 +391,11 @@ class HCMAE(nn.Module):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, length + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos
-        x = self.decoder_norm(self.decoder_blocks(x))
+        if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+            x = checkpoint_seq(self.decoder_blocks, x)
+        else:
+            x = self.decoder_blocks(x)
+        x = self.decoder_norm(x)
         return self.decoder_pred(x)[:, 1:]
 
     def vit_encode(self, imgs: torch.Tensor, vit: VisionTransformer | None = None) -> torch.Tensor:

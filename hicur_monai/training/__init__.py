@@ -14,9 +14,11 @@ from hicur_monai.training.handlers import (
     denormalize,
     latest_checkpoint,
 )
-from hicur_monai.training.optim import param_groups
+from hicur_monai.training.memory import limit_heap_retention
+from hicur_monai.training.optim import AdamWInBackward, adamw, is_in_backward, param_groups
 
 __all__ = [
+    "AdamWInBackward",
     "AtomicCheckpointSaver",
     "EncoderExport",
     "LossHistory",
@@ -25,10 +27,13 @@ __all__ = [
     "MaskedImageTrainer",
     "PretrainSampled",
     "ReconstructionFigure",
+    "adamw",
     "SelectSliced",
     "denormalize",
     "extract_features",
+    "is_in_backward",
     "latest_checkpoint",
+    "limit_heap_retention",
     "linear_probe",
     "load_features",
     "mask_generator",

@@ -19,6 +19,8 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
+from hicur_monai.training.optim import is_in_backward
+
 __all__ = ["MaskedImageTrainer", "MaskedImageEvaluator", "mask_generator", "unwrap"]
 
 LOSS_KEYS = ("loss", "loss_mae", "loss_fcmae", "loss_contrastive")
@@ -53,7 +55,9 @@ class MaskedImageTrainer(SupervisedTrainer):
         amp: bf16 autocast on CUDA (no grad scaler needed for bf16).
         total_iterations: iterations of the whole run for the EMA momentum schedule
             (default ``max_epochs * epoch_length``).
-        grad_clip: clip the gradient norm to this value (``None``: no clipping).
+        grad_clip: clip the gradient norm to this value (``None``: no clipping; not
+            possible with an optimiser that steps inside backward, e.g.
+            :class:`~hicur_monai.training.optim.AdamWInBackward`).
         **kwargs: other :class:`~monai.engines.SupervisedTrainer` arguments (handlers, ...).
 
     The iteration output holds ``image`` and the scalar losses (``loss``, ``loss_mae``,
@@ -90,6 +94,17 @@ class MaskedImageTrainer(SupervisedTrainer):
         self.use_bf16 = bool(amp)
         self.total_iterations = total_iterations
         self.grad_clip = grad_clip
+        if is_in_backward(optimizer):
+            if grad_clip:
+                raise ValueError(
+                    "grad_clip needs all gradients at once; the optimiser steps inside backward "
+                    "(AdamWInBackward): use a plain AdamW or grad_clip=None"
+                )
+            if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+                raise ValueError(
+                    "an optimiser that steps inside backward (AdamWInBackward) would update on the local, "
+                    "not yet all-reduced gradients under DDP/DataParallel: use a plain AdamW there"
+                )
 
     def _progress(self, engine: Any) -> float:
         total = self.total_iterations or (engine.state.max_epochs or 1) * (engine.state.epoch_length or 1)
@@ -103,7 +118,7 @@ class MaskedImageTrainer(SupervisedTrainer):
         gen = mask_generator(self.seed, engine.state.iteration)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16 and images.is_cuda):
             out = net(images, task="pretrain", generator=gen)
-        out["loss"].backward()
+        out["loss"].backward()  # with AdamWInBackward the parameters are updated here
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
         engine.optimizer.step()

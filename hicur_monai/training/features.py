@@ -4,7 +4,7 @@
 ConvNeXt pooled features) over a dataset and writes one file holding the row ids, the
 feature matrices and the per-row fields a probe can predict (modality, MRI sequence,
 tumour present in the slice). :func:`linear_probe` fits a scikit-learn logistic
-regression on one feature matrix with a patient-grouped train/test split;
+regression on one feature matrix, cross-validated over patients;
 :func:`probe_report` compares pretrained against randomly initialised features.
 """
 
@@ -89,19 +89,62 @@ def _target(data: dict[str, Any], target: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown probe target {target!r}; use tumour, modality or sequence")
 
 
+def _group_folds(patients: np.ndarray, folds: int) -> np.ndarray:
+    """Fold index per row: sorted patients are dealt round-robin into ``folds`` folds."""
+    order = sorted(set(patients.tolist()))
+    fold_of = {p: i % folds for i, p in enumerate(order)}
+    return np.asarray([fold_of[p] for p in patients])
+
+
+def _choose_c(x: np.ndarray, y: np.ndarray, patients: np.ndarray, Cs: Sequence[float], max_iter: int) -> float:
+    """The ``C`` of ``Cs`` with the lowest patient-grouped cross-validated log-loss (3 inner folds)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    if len(Cs) == 1:
+        return float(Cs[0])
+    classes = np.unique(y)
+    losses, used = np.zeros(len(Cs)), 0
+    n_groups = len(set(patients.tolist()))
+    for tr, va in GroupKFold(n_splits=min(3, n_groups)).split(x, y, patients):
+        if len(np.unique(y[tr])) < len(classes):
+            continue  # this inner split lacks a class: it cannot score every C fairly
+        scaler = StandardScaler().fit(x[tr])
+        xtr, xva = scaler.transform(x[tr]), scaler.transform(x[va])
+        for i, c in enumerate(Cs):
+            clf = LogisticRegression(C=float(c), max_iter=max_iter).fit(xtr, y[tr])
+            losses[i] += log_loss(y[va], clf.predict_proba(xva), labels=clf.classes_)
+        used += 1
+    return float(Cs[int(np.argmin(losses))]) if used else 1.0
+
+
 def linear_probe(
     data: dict[str, Any],
     target: str = "tumour",
     feature: str = "vit_cls",
-    test_every: int = 3,
-    max_iter: int = 2000,
-    C: float = 1.0,
+    folds: int = 3,
+    Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
+    max_iter: int = 3000,
 ) -> dict[str, Any]:
-    """Logistic regression on frozen features, patients split into train/test (every ``test_every``-th sorted patient tests).
+    """Logistic regression on frozen features, cross-validated over patients.
+
+    Sorted patients are dealt into ``folds`` folds (fewer when there are fewer than two
+    patients per fold); each fold is predicted by a probe fitted
+    on the others, so every row is predicted once by a probe that never saw its patient.
+    Inside each training part the inverse regularisation ``C`` is chosen from ``Cs`` by a
+    second patient-grouped cross-validation (log-loss), so a feature set is not judged by
+    one arbitrary regularisation strength. Features are standardised on the training part.
 
     Returns:
-        ``accuracy``, ``balanced_accuracy`` (and ``auc`` for binary targets) on the test
-        patients, ``majority_accuracy`` (predicting the most common train class), and sizes.
+        pooled out-of-fold ``accuracy``, ``balanced_accuracy`` (and ``auc`` for binary
+        targets), ``majority_accuracy`` (most common class of the whole set),
+        ``fold_balanced_accuracy`` (per fold), the chosen ``C`` per fold, and sizes.
+
+    Raises:
+        KeyError: the feature is not in the file.
+        ValueError: too few patients or classes for the folds.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
@@ -114,27 +157,44 @@ def linear_probe(
     y, keep = _target(data, target)
     patients = np.asarray([str(p) for p in data["fields"]["patient"]])
     x, y, patients = x[keep], y[keep], patients[keep]
-    order = sorted(set(patients.tolist()))
-    test_p = {p for i, p in enumerate(order) if i % test_every == test_every - 1}
-    is_test = np.asarray([p in test_p for p in patients])
-    if is_test.sum() == 0 or (~is_test).sum() == 0 or len(set(y[~is_test].tolist())) < 2:
-        raise ValueError(f"linear probe on {target!r}: not enough patients / classes for a train/test split ({len(order)} patients)")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C))
-    clf.fit(x[~is_test], y[~is_test])
-    pred = clf.predict(x[is_test])
-    values, counts = np.unique(y[~is_test], return_counts=True)
+    n_patients = len(set(patients.tolist()))
+    folds = min(int(folds), n_patients // 2)  # at least two patients per fold
+    if folds < 2 or len(set(y.tolist())) < 2:
+        raise ValueError(
+            f"linear probe on {target!r}: {n_patients} patients and {len(set(y.tolist()))} classes "
+            "are too few (need >= 4 patients and 2 classes)"
+        )
+    fold = _group_folds(patients, folds)
+    classes = np.unique(y)
+    pred = np.empty_like(y)
+    proba = np.zeros((len(y), len(classes)))
+    fold_bacc, chosen_c = [], []
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        if len(set(y[tr].tolist())) < len(classes):
+            raise ValueError(f"linear probe on {target!r}: fold {k}'s training patients lack a class")
+        c = _choose_c(x[tr], y[tr], patients[tr], Cs, max_iter)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter)).fit(x[tr], y[tr])
+        pred[te] = clf.predict(x[te])
+        proba[te] = clf.predict_proba(x[te])
+        fold_bacc.append(float(balanced_accuracy_score(y[te], pred[te])))
+        chosen_c.append(c)
+    values, counts = np.unique(y, return_counts=True)
     res: dict[str, Any] = {
         "target": target,
         "feature": feature,
-        "n_train": int((~is_test).sum()),
-        "n_test": int(is_test.sum()),
-        "classes": [str(v) for v in values],
-        "accuracy": float((pred == y[is_test]).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(y[is_test], pred)),
-        "majority_accuracy": float((y[is_test] == values[counts.argmax()]).mean()),
+        "n": int(len(y)),
+        "n_patients": n_patients,
+        "folds": folds,
+        "classes": [str(v) for v in classes],
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "majority_accuracy": float(counts.max() / counts.sum()),
+        "fold_balanced_accuracy": fold_bacc,
+        "C": chosen_c,
     }
-    if len(values) == 2 and len(set(y[is_test].tolist())) == 2:
-        res["auc"] = float(roc_auc_score(y[is_test], clf.predict_proba(x[is_test])[:, 1]))
+    if len(classes) == 2:
+        res["auc"] = float(roc_auc_score(y, proba[:, 1]))
     return res
 
 
@@ -157,8 +217,9 @@ def probe_report(
             row: dict[str, Any] = {"target": t, "feature": f}
             for name, d in data.items():
                 r = linear_probe(d, t, f, **probe_kwargs)
-                row[name] = {k: r[k] for k in ("accuracy", "balanced_accuracy", "auc", "majority_accuracy") if k in r}
-                row["n_train"], row["n_test"], row["classes"] = r["n_train"], r["n_test"], r["classes"]
+                keys = ("accuracy", "balanced_accuracy", "auc", "majority_accuracy", "fold_balanced_accuracy", "C")
+                row[name] = {k: r[k] for k in keys if k in r}
+                row["n"], row["n_patients"], row["classes"] = r["n"], r["n_patients"], r["classes"]
             report["probes"].append(row)
             log.info("probe %s/%s: pretrained %s | random %s", t, f, row["pretrained"], row["random_init"])
     if output_file is not None:

@@ -1,0 +1,72 @@
+"""Process memory helpers for CPU training: heap retention and memory figures.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. glibc raises its mmap
+threshold dynamically (up to 32 MiB) once a large block is freed, after which tensors
+below that size are carved from the heap, and memory freed in the middle of the heap
+stays resident: between training steps the process keeps ~0.5-1 GB of freed activation
+memory (measured for HCMAE-Base on CPU). :func:`limit_heap_retention` fixes the threshold
+(``mallopt(M_MMAP_THRESHOLD)``), so every block above it is mapped on allocation and
+returned to the system when freed, at the cost of page faults on each large allocation.
+The same effect is available without code through the environment variable
+``MALLOC_MMAP_THRESHOLD_=<bytes>``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import resource
+
+__all__ = ["limit_heap_retention", "rss_gb", "peak_rss_gb"]
+
+log = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
+
+
+def limit_heap_retention(mmap_threshold: int | None = 256 * 1024) -> bool:
+    """Make ``malloc`` map blocks above ``mmap_threshold`` bytes (and unmap them on free).
+
+    Args:
+        mmap_threshold: bytes; ``None`` or ``0`` leaves the C library's default alone.
+
+    Returns:
+        ``True`` when the setting was applied (glibc), ``False`` when nothing was done
+        (other C libraries, or ``mmap_threshold`` unset).
+
+    Raises:
+        ValueError: ``mmap_threshold`` is negative or above glibc's maximum (32 MiB on 64-bit).
+    """
+    if not mmap_threshold:
+        return False
+    mmap_threshold = int(mmap_threshold)
+    if not 0 < mmap_threshold <= 32 * 1024 * 1024:
+        raise ValueError(f"mmap_threshold must be in (0, 32 MiB], got {mmap_threshold}")
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        log.warning("limit_heap_retention: no glibc mallopt in this process; left the allocator alone")
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, mmap_threshold) != 1:
+        log.warning("limit_heap_retention: mallopt(M_MMAP_THRESHOLD, %d) failed", mmap_threshold)
+        return False
+    return True
+
+
+def rss_gb() -> float:
+    """Current resident set size of this process in GB (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except OSError:
+        return 0.0
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process so far in GB (``getrusage``; KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
