@@ -6,7 +6,7 @@ CT / MRI / endoscopy mix of the original 755K set: 48 / 34 / 18 %; realistic siz
 CT 512 x 512, MR 256-512, endoscopy 1280 x 1024), then measures:
 
 * ``throughput``: images/s of the full pipeline (``curate``: identify, de-identify, QC,
-  normalise, hash, pHash, NPZ / PNG write, manifest, de-duplication) vs. images/s of the bare
+  normalise, hash, pHash, NPY / PNG write, manifest, de-duplication) vs. images/s of the bare
   read + decode of the same files (pydicom ``pixel_array`` / PIL) with the same number of
   processes -- the physical limit on this machine -- and their ratio; plus the projected
   wall time for 755K images on a 16-core machine (linear scaling in cores assumed).
@@ -305,7 +305,7 @@ def stages(args: argparse.Namespace) -> dict:
         _quantised,
         _State,
         content_hash,
-        encode_npz,
+        encode_npy,
         encode_png,
         file_hash,
         init_worker,
@@ -349,11 +349,11 @@ def stages(args: argparse.Namespace) -> dict:
             st.out, st.folders = root / f"out{next(fresh)}", set()
             process_file(found[path], st)
 
-        out_npz = root / "x.npz"
+        fresh_npy = iter(range(10**6))
 
-        def write_npz(a: np.ndarray) -> None:
-            with open(out_npz, "wb") as fh:
-                encode_npz(fh, a, {"hicur": "{}"})
+        def write_npy(a: np.ndarray) -> None:  # a new file each time, as in a run
+            with open(root / f"x{next(fresh_npy)}.npy", "wb") as fh:
+                encode_npy(fh, a)
 
         steps = {
             "CT: pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(f).pixel_array,
@@ -365,7 +365,7 @@ def stages(args: argparse.Namespace) -> dict:
             "CT: quantise to uint16": lambda: _quantised(None, normed, (1.0, 1.0)),
             "CT: content_hash (xxh3-128)": lambda: content_hash(disp),
             "CT: perceptual_hash": lambda: perceptual_hash(disp),
-            "CT: write NPZ (uncompressed)": lambda: write_npz(disp),
+            "CT: write NPY (uncompressed)": lambda: write_npy(disp),
             "CT: encode_png (16-bit, level 1)": lambda: encode_png(disp, {}, 1),
             "CT: deidentify_dataset (--keep-dicom-header)": lambda: deidentify_dataset(read_header(f), pseudo, "P0"),
             "CT: header_json (--keep-dicom-header)": lambda: header_json(ds0),
@@ -376,7 +376,7 @@ def stages(args: argparse.Namespace) -> dict:
             "endoscopy: PIL decode (bare)": lambda: np.asarray(Image.open(e)),
             "endoscopy: perceptual_hash": lambda: perceptual_hash(rgb),
             "endoscopy: content_hash": lambda: content_hash(rgb),
-            "endoscopy: write NPZ (uncompressed)": lambda: write_npz(rgb),
+            "endoscopy: write NPY (uncompressed)": lambda: write_npy(rgb),
             "endoscopy: encode_png (8-bit RGB, level 1)": lambda: encode_png(rgb, {}, 1),
             "endoscopy: process_file (whole per-file pipeline)": lambda: curate_one(e),
         }
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", choices=sorted(SIZES), default="realistic",
                    help="in-plane sizes of the corpus (realistic: CT 512, MR 256-512, endoscopy 1280x1024)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--image-format", choices=("npz", "png"), default="npz")
+    p.add_argument("--image-format", choices=("npy", "png"), default="npy")
     p.add_argument("--keep-dicom-header", action="store_true")
     p.add_argument("--batch-size", type=int, default=8, help="files per worker task")
     p.add_argument("--repeats", type=int, default=20, help="stages: calls per step")

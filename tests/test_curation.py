@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +55,14 @@ def test_demo_cohort(demo_cohort: Path, tmp_path: Path) -> None:
     from hicur_monai.transforms import LoadMedicalImage
 
     mri = next(d for d in data if d["modality"] == "mri")
-    with np.load(mri["image"]) as z:
-        arr, meta = z["image"], json.loads(str(z["hicur"]))
-        assert arr.dtype == np.uint16 and arr.shape == (1, mri_w := arr.shape[1], arr.shape[2]) and mri["value_max"] == 65535
-        assert meta["patient"] == mri["patient"] and "dicom" not in z.files
-    loaded = LoadMedicalImage()(mri["image"])  # the toolkit's one loader reads the NPZ outputs, channel first
-    assert tuple(loaded.shape) == arr.shape and mri_w > 0 and np.array_equal(loaded.numpy(), arr.astype(np.float32))
+    arr = np.load(mri["image"], mmap_mode="r")  # NPY: memory-mappable
+    assert arr.dtype == np.uint16 and arr.ndim == 3 and arr.shape[0] == 1 and mri["value_max"] == 65535
+    assert not Path(mri["image"] + ".dicom.json").exists()  # headers only on request
+    loaded = LoadMedicalImage()(mri["image"])  # the toolkit's one loader reads the outputs, channel first
+    assert tuple(loaded.shape) == arr.shape and np.array_equal(loaded.numpy(), np.asarray(arr, np.float32))
     endo = load_manifest(out, modality="endoscopy", status="accepted")
-    with np.load(endo[0]["image"]) as z:
-        assert z["image"].dtype == np.uint8 and z["image"].shape[0] == 3
+    rgb = np.load(endo[0]["image"])
+    assert rgb.dtype == np.uint8 and rgb.shape[0] == 3
     # the summary is written and agrees with the rows
     js = json.loads((out / "manifest-summary.json").read_text())
     assert js["accepted_images_total"] == len(acc) == summary["accepted_images_total"]
@@ -95,10 +93,11 @@ def test_deidentification_real_dicoms(tmp_path: Path) -> None:
     assert (df[df.row_type == "input"].status != "rejected").all(), df[["source_path", "reason", "detail"]]
     blobs = {}
     for p in out.rglob("*"):
-        if p.suffix == ".npz":  # every member but the raw pixel payload (whose bytes are numbers, not text)
-            with zipfile.ZipFile(p) as z:
-                blobs[p] = b"".join([n.encode() + z.read(n) for n in z.namelist() if n != "image.npy"]
-                                    + [z.read("image.npy")[:128]])
+        if p.suffix == ".npy":  # the NPY header; the pixel payload's bytes are numbers, not text
+            with open(p, "rb") as fh:
+                np.lib.format.read_magic(fh)
+                np.lib.format.read_array_header_1_0(fh)
+                blobs[p] = p.read_bytes()[: fh.tell()]
         elif p.is_file() and p.suffix != ".parquet":
             blobs[p] = p.read_bytes()
     blobs[out / "manifest.parquet(as csv)"] = df.to_csv().encode()
@@ -106,10 +105,9 @@ def test_deidentification_real_dicoms(tmp_path: Path) -> None:
         blobs[p] = pd.read_parquet(p).to_csv().encode()
     leaks = [(str(p.relative_to(out)), s) for p, b in blobs.items() for s in secrets | {SALT} if s.encode() in b]
     assert not leaks, leaks[:10]
-    # keep_dicom_header: the de-identified header rides in the image file; overlays and private tags are gone
+    # keep_dicom_header: the de-identified header is beside the image; overlays and private tags are gone
     for d in load_manifest(out, status=None):
-        with np.load(d["image"]) as z:
-            hdr = pydicom.Dataset.from_json(str(z["dicom"]))
+        hdr = pydicom.Dataset.from_json(Path(d["image"] + ".dicom.json").read_text())
         assert hdr.PatientIdentityRemoved == "YES" and str(hdr.PatientID) == d["patient"]
         assert not any(0x6000 <= t.group <= 0x60FF or t.is_private for t in hdr.keys())
     # the overlay file's image is its pixel data, normalised, with no overlay plane burned in
@@ -121,8 +119,7 @@ def test_deidentification_real_dicoms(tmp_path: Path) -> None:
         lo, hi = np.percentile(px, [0.5, 99.5])
         expect = np.round(np.clip((px - lo) / (hi - lo), 0, 1) * 65535)
         row = df[(df.row_type == "image") & (df.source_path == f"src/ward/{ov[0].name}")].iloc[0]
-        with np.load(out / row.output_path) as z:
-            got = z["image"][0].T.astype(np.float64)  # (1, X, Y) -> (rows, columns)
+        got = np.load(out / row.output_path)[0].T.astype(np.float64)  # (1, X, Y) -> (rows, columns)
         assert got.shape == expect.shape and np.abs(got - expect).max() <= 2
     # the copy in the identifying folder is recorded by keyed id only; it and its original are one kept + one duplicate
     inp = df[df.row_type == "input"]
@@ -223,3 +220,40 @@ def test_docs_list_every_column_and_reason() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "curation.md").read_text()
     missing = [c for c in COLUMNS if f"`{c}`" not in doc] + [r for r in REASONS if f"`{r}`" not in doc]
     assert not missing, f"docs/curation.md does not document {missing}"
+
+
+def test_fast_paths_equal_the_shared_transforms(tmp_path: Path) -> None:
+    """Single-frame DICOM and 8-bit RGB frames skip the generic loader; their outputs are what
+    LoadMedicalImage + ScaleIntensityByModality + quantisation give."""
+    import shutil
+
+    import torch
+    from pydicom.data import get_testdata_file
+
+    from hicur_monai.transforms import LoadMedicalImage, ScaleIntensityByModality
+
+    rgb = np.random.default_rng(5).integers(0, 256, (3, 40, 50), dtype=np.uint8)
+    norm = ScaleIntensityByModality("endoscopy")(torch.from_numpy(rgb).float()).numpy()
+    assert np.array_equal(np.rint(norm * 255).astype(np.uint8), rgb)  # 8-bit RGB: the identity
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), src / "a" / name)
+    from PIL import Image
+
+    Image.fromarray(endoscopy_frame(3)).save(src / "a" / "frame.png")
+    rules = write_rules(tmp_path / "r.yaml", "version: 1\nrules:\n  - glob: 'src/a/MR_small.dcm'\n    sequence: T2\n"
+                                             "  - glob: 'src/a/frame.png'\n    modality: endoscopy\n")
+    out = tmp_path / "out"
+    curate([src], out, salt=SALT, rules=rules, workers=1, progress=False)
+    img = _manifest(out).query("row_type == 'image'").set_index("source_path")
+    assert (img.status == "accepted").all(), img[["reason", "detail"]]
+    for name, mod in (("CT_small.dcm", "ct"), ("MR_small.dcm", "mri"), ("frame.png", "endoscopy")):
+        ref = ScaleIntensityByModality(mod)(LoadMedicalImage()(src / "a" / name)).numpy()
+        vmax = 255 if mod == "endoscopy" else 65535
+        got = np.load(out / img.loc[f"src/a/{name}", "output_path"]).astype(np.float64)
+        assert got.shape == ref.shape, name
+        assert np.abs(got - np.rint(ref * vmax)).max() <= 1, name  # float32 rounding at most one step
+    ct = img.loc["src/a/CT_small.dcm"]
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert (ct.spacing_x, ct.spacing_y) == (float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]))

@@ -190,7 +190,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(a, b)
     assert b[b.row_type == "input"].source_id.is_unique and summary["inputs"]["total"] == 36 + 6
     assert not list(killed.rglob(".*.tmp"))
-    written = {p.relative_to(killed).as_posix() for p in (killed / "images").rglob("*.npz")}
+    written = {p.relative_to(killed).as_posix() for p in (killed / "images").rglob("*.npy")}
     assert written == set(b.loc[b.row_type == "image", "output_path"])
 
 

@@ -110,3 +110,35 @@ def test_truncated_dicom(tmp_path: Path):
 def test_output_is_float_tensor():
     img = LoadMedicalImage()(get_testdata_file("MR_small.dcm"))
     assert isinstance(img, torch.Tensor) and img.dtype == torch.float32
+
+
+def test_npy_arrays_channel_first(tmp_path: Path):
+    """NPY arrays (what ``hicur curate`` writes: (C, X, Y), any memory order) load channel first, by content."""
+    grey = np.arange(40 * 30, dtype=np.uint16).reshape(30, 40)  # (rows, columns)
+    np.save(tmp_path / "grey.npy", grey.T[None])  # Fortran-ordered view, as curation stores it
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    np.save(tmp_path / "frame.data", rgb.transpose(2, 1, 0))  # np.save adds .npy; rename to a wrong extension
+    (tmp_path / "frame.data.npy").rename(tmp_path / "frame.bin")
+    assert sniff_format(tmp_path / "grey.npy") == sniff_format(tmp_path / "frame.bin") == "npy"
+    img = LoadMedicalImage()(tmp_path / "grey.npy")
+    assert img.meta["format"] == "npy" and img.shape == (1, 40, 30)
+    np.testing.assert_array_equal(img[0].numpy(), grey.T.astype(np.float32))
+    col = LoadMedicalImage()(tmp_path / "frame.bin")
+    assert col.shape == (3, 24, 20)
+    np.testing.assert_array_equal(col.numpy(), rgb.transpose(2, 1, 0).astype(np.float32))
+
+
+def test_mri_percentiles_equal_torch_quantile():
+    """ScaleIntensityByModality's MRI percentiles (one NumPy sort) are torch.quantile's, interpolation included."""
+    from hicur_monai.transforms import ScaleIntensityByModality
+    from hicur_monai.transforms.array import _linear_quantiles
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 1000, 65_537):
+        flat = torch.from_numpy(rng.normal(100, 30, n).astype(np.float32))
+        want = torch.quantile(flat, torch.tensor([0.005, 0.995])).tolist()
+        np.testing.assert_allclose(_linear_quantiles(flat, [0.005, 0.995]), want, rtol=1e-6, atol=1e-4)
+    vol = rng.normal(500, 100, (1, 32, 32, 8)).astype(np.float32)
+    out = ScaleIntensityByModality("mri")(torch.from_numpy(vol))
+    lo, hi = (float(v) for v in torch.quantile(torch.from_numpy(vol).reshape(-1), torch.tensor([0.005, 0.995])))
+    np.testing.assert_allclose(out.numpy(), np.clip((vol - lo) / (hi - lo), 0, 1), atol=1e-5)

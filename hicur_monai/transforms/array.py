@@ -39,7 +39,6 @@ __all__ = [
     "IMAGE_FORMATS",
     "sniff_format",
     "LoadMedicalImage",
-    "NPZ_IMAGE_KEY",
     "ScaleIntensityByModality",
     "ExtractSlices",
     "slice_range_from_mask",
@@ -56,11 +55,8 @@ IMAGE_FORMATS: dict[str, str] = {
     "nrrd": "NrrdReader",
     "png": "PILReader",
     "jpeg": "PILReader",
-    "npz": "NumpyReader",
+    "npy": "NumpyReader",
 }
-
-#: the array of a toolkit NPZ file (``hicur curate`` output): channel-first ``(C, X, Y)``, X = columns
-NPZ_IMAGE_KEY = "image"
 
 #: soft-tissue window (level, width) in Hounsfield units
 DEFAULT_CT_WINDOW: tuple[float, float] = (40.0, 400.0)
@@ -104,8 +100,8 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "dicom"
     if head.startswith(b"NRRD"):
         return "nrrd"
-    if head.startswith(b"PK\x03\x04") and p.name.lower().endswith(".npz"):
-        return "npz"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
     if head.startswith(b"\x1f\x8b") and p.name.lower().endswith((".nii.gz", ".nii")):
         return "nifti"
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
@@ -117,7 +113,7 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "dicom"  # DICOM without preamble (legacy); the reader decides
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
-    raise ValueError(f"{p}: not a DICOM, NIfTI, NRRD, PNG, JPEG or toolkit NPZ file")
+    raise ValueError(f"{p}: not a DICOM, NIfTI, NRRD, PNG, JPEG or NPY file")
 
 
 class _PrunedPydicomReader(PydicomReader):
@@ -147,7 +143,7 @@ class LoadMedicalImage(Transform):
     One loader for every format of the toolkit: the format is sniffed from the content
     (:func:`sniff_format`) and the matching MONAI reader is used (PyDICOM for DICOM files
     and series folders, NiBabel for NIfTI, pynrrd for NRRD, PIL for PNG/JPEG, NumPy for
-    the NPZ files ``hicur curate`` writes: array ``image``, channel-first). The
+    NPY arrays, which are channel-first ``(C, X, Y[, Z])`` as ``hicur curate`` writes them). The
     metadata gains ``"format"``. Spatial axes follow MONAI's convention (the first
     spatial axis is the image's x / column axis for 2D files).
 
@@ -169,7 +165,7 @@ class LoadMedicalImage(Transform):
             if reader == "PydicomReader":
                 rd: Any = _PrunedPydicomReader()
             elif reader == "NumpyReader":
-                rd = NumpyReader(npz_keys=[NPZ_IMAGE_KEY], channel_dim=0)
+                rd = NumpyReader(channel_dim=0)
             else:
                 rd = reader
             self._loaders[reader] = LoadImage(

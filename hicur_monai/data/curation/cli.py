@@ -25,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "curate", help="curate image folders into a de-identified, de-duplicated training set",
-        description="Curate DICOM / NIfTI / NRRD / PNG / JPEG folders into 2D images (NPZ or PNG) and a manifest. "
+        description="Curate DICOM / NIfTI / NRRD / PNG / JPEG folders into 2D images (NPY or PNG) and a manifest. "
                     "`hicur curate merge --out DIR` joins the manifests of --shard runs.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SRC", help="folders or files to curate (or: merge)")
@@ -40,8 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, default=32, help="smallest accepted in-plane side in pixels (default 32)")
     p.add_argument("--redact-source-paths", action="store_true",
                    help="write keyed ids instead of source paths (when folder names carry identifiers)")
-    p.add_argument("--image-format", choices=("npz", "png"), default="npz",
-                   help="output images: uncompressed NPZ (default; fastest) or PNG (smaller, ~10x the CPU per image)")
+    p.add_argument("--image-format", choices=("npy", "png"), default="npy",
+                   help="output images: uncompressed NPY (default; fastest) or PNG (smaller, ~10x the CPU per image)")
     p.add_argument("--keep-dicom-header", action="store_true",
                    help="store the PS3.15-de-identified DICOM header (DICOM JSON) in each image file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

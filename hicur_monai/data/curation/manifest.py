@@ -53,7 +53,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "group_id": (pa.string(), "keyed id of the series (DICOM) or volume file; near duplicates are not sought within a group"),
     "slice_index": (pa.int32(), "index of the slice in the oriented volume (image rows of 3D inputs); null for 2D"),
     "n_images": (pa.int32(), "input rows: images written for this file"),
-    "output_path": (pa.string(), "image rows: the image file (NPZ or PNG), relative to the output folder"),
+    "output_path": (pa.string(), "image rows: the image file (NPY or PNG), relative to the output folder"),
     "file_hash": (pa.string(), "input rows: xxh3-128 of the input file's bytes (hex)"),
     "image_hash": (pa.string(), "image rows: xxh3-128 of the written pixel array (dtype, shape, row-major bytes; hex)"),
     "phash": (pa.string(), "image rows: 64-bit perceptual hash (imagehash.phash) of the normalised image, hex"),
@@ -211,7 +211,7 @@ def load_manifest(path: str | os.PathLike, status: str | None = "accepted", spli
         modality: keep rows of this modality.
 
     Returns:
-        ``[{"image": <absolute NPZ / PNG path>, "modality", "sequence", "patient", "split", "slice_index",
+        ``[{"image": <absolute NPY / PNG path>, "modality", "sequence", "patient", "split", "slice_index",
         "source_id", "channels", "value_max", "spacing": (x, y)}, ...]`` in manifest order.
 
     Raises:

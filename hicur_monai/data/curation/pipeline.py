@@ -128,11 +128,11 @@ def curate(
     flush_every: int = 200,
     flush_seconds: float = 10.0,
     png_compress_level: int = 1,
-    image_format: str = "npz",
+    image_format: str = "npy",
     keep_dicom_header: bool = False,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Curate image folders into de-identified, de-duplicated 2D images (NPZ or PNG) and a manifest.
+    """Curate image folders into de-identified, de-duplicated 2D images (NPY or PNG) and a manifest.
 
     Args:
         sources: folders (or files) to curate.
@@ -149,8 +149,8 @@ def curate(
         progress: show the progress bar.
         flush_every, flush_seconds: commit rows to a part file this often.
         png_compress_level: zlib level of the PNGs (``image_format="png"``).
-        image_format: ``"npz"`` (uncompressed, default) or ``"png"``.
-        keep_dicom_header: store the PS3.15-de-identified DICOM header in each image file.
+        image_format: ``"npy"`` (uncompressed, default) or ``"png"``.
+        keep_dicom_header: store the PS3.15-de-identified DICOM header beside each image (``<image>.dicom.json``).
         batch_size: files per worker task (fewer inter-process round trips).
 
     Returns:

@@ -6,19 +6,21 @@ code, and messages are scrubbed of the absolute path.
 
 Every file is read once. DICOM: the header is parsed once (pixel data deferred) and that
 same dataset serves identification, the shape checks, the optional de-identified header
-and the pixel decode (:func:`~hicur_monai.transforms.array.decode_dicom`, the toolkit
-loader's own reader). 8-bit RGB PNG / JPEG frames are decoded once with PIL and written
-as decoded (for 8-bit input, ``ScaleIntensityByModality`` then quantisation back to 8 bits
-is the identity). Everything else (NIfTI / NRRD volumes, multi-frame and colour DICOM,
-16-bit or palette PNGs) goes through :class:`~hicur_monai.transforms.LoadMedicalImage`,
-is oriented to LPS (3D; so axial slices look like radiological-convention DICOM images)
-and cut with :class:`~hicur_monai.transforms.ExtractSlices`. Intensities are always
-normalised with :class:`~hicur_monai.transforms.ScaleIntensityByModality`.
+and the pixel decode (single-frame grey images: pydicom's ``pixel_array`` with the DICOM
+rescale, as MONAI's ``PydicomReader`` does). 8-bit RGB PNG / JPEG frames are decoded once
+with PIL and written as decoded (for 8-bit input, ``ScaleIntensityByModality`` then
+quantisation back to 8 bits is the identity). Everything else (NIfTI / NRRD volumes,
+multi-frame and colour DICOM, 16-bit or palette PNGs) goes through
+:class:`~hicur_monai.transforms.LoadMedicalImage`, is oriented to LPS (3D; so axial slices
+look like radiological-convention DICOM images) and cut with
+:class:`~hicur_monai.transforms.ExtractSlices`. Intensities are always normalised with
+:class:`~hicur_monai.transforms.ScaleIntensityByModality`.
 
-Each 2D image is written atomically as an uncompressed NPZ (``image``: channel-first
-``(C, X, Y)``, uint16 = normalised x 65535 for MRI/CT, uint8 RGB for endoscopy;
-``hicur``: JSON metadata; ``dicom``: the de-identified header when asked for), or as a
-PNG (``image_format="png"``). Content hashes are xxh3-128.
+Each 2D image is written atomically as an uncompressed NPY array, channel-first ``(C, X, Y)``
+(MONAI's axis order): uint16 = normalised x 65535 for MRI/CT, uint8 RGB for endoscopy; with
+``keep_dicom_header`` the de-identified header goes beside it (``<image>.dicom.json``). Or
+as a PNG (``image_format="png"``, header and metadata in text chunks). Content hashes are
+xxh3-128.
 """
 
 from __future__ import annotations
@@ -58,15 +60,15 @@ __all__ = [
     "run_in_worker",
     "run_batch_in_worker",
     "encode_png",
-    "encode_npz",
+    "encode_npy",
     "perceptual_hash",
     "content_hash",
     "file_hash",
 ]
 
 #: output formats of curated images
-IMAGE_FORMATS = ("npz", "png")
-#: input formats curation reads (``npz`` is an output format only)
+IMAGE_FORMATS = ("npy", "png")
+#: input formats curation reads (``npy`` is an output format only)
 INPUT_FORMATS = ("dicom", "nifti", "nrrd", "png", "jpeg")
 #: pHash input: images are box-reduced to at most this many pixels on the short side first
 PHASH_PRESHRINK = 64
@@ -85,9 +87,10 @@ class CurateConfig:
         max_side: largest accepted side (pixels / slices).
         max_voxels: largest accepted voxel count of one file.
         redact_source_paths: write ``redacted:<source_id>`` instead of every source path.
-        image_format: ``"npz"`` (uncompressed, default) or ``"png"``.
+        image_format: ``"npy"`` (uncompressed, default) or ``"png"``.
         png_compress_level: zlib level of written PNGs (1 = fast, 9 = small).
-        keep_dicom_header: also store the PS3.15-de-identified DICOM header (DICOM JSON) in each image file.
+        keep_dicom_header: also store the PS3.15-de-identified DICOM header (DICOM JSON) beside each image
+            (``<image>.dicom.json``; in a ``dicom`` text chunk for PNG).
     """
 
     out_dir: str
@@ -98,7 +101,7 @@ class CurateConfig:
     max_side: int = 8192
     max_voxels: int = 1 << 29
     redact_source_paths: bool = False
-    image_format: str = "npz"
+    image_format: str = "npy"
     png_compress_level: int = 1
     keep_dicom_header: bool = False
 
@@ -114,8 +117,7 @@ class _State:
         self.cfg = cfg
         self.pseudo = Pseudonymizer(cfg.salt)
         self.loader = LoadMedicalImage(dtype=np.float32)
-        self.out = Path(cfg.out_dir)
-        self.folders: set[Path] = set()
+        self.folders: set[str] = set()
 
 
 _STATE: _State | None = None
@@ -174,30 +176,15 @@ def encode_png(arr: np.ndarray, text: dict[str, str], compress_level: int = 1) -
     return buf.getvalue()
 
 
-def encode_npz(fh: Any, arr: np.ndarray, text: dict[str, str]) -> None:
-    """Write an uncompressed NPZ of a ``(rows, columns[, 3])`` display array to the open binary file ``fh``.
+def encode_npy(fh: Any, arr: np.ndarray) -> None:
+    """Write a ``(rows, columns[, 3])`` display array as NPY to the open binary file ``fh``.
 
-    The ``image`` array is channel-first in MONAI's axis order, ``(C, X, Y)`` with X the
-    columns: the transposed view of the display array, which the NPY header declares
-    ``fortran_order``, so the display array's bytes are written as they are (no copy; what
-    ``np.savez`` writes for that view, without its two buffer copies). Each ``text`` entry
-    becomes a 0-d string array (``hicur``, ``dicom``). ``np.load`` / MONAI's ``NumpyReader`` read it.
+    The stored array is channel-first in MONAI's axis order, ``(C, X, Y)`` with X the columns:
+    the transposed view of the display array, which the NPY header declares ``fortran_order``,
+    so the display array's bytes go to the file as they are (``np.save``; no copy).
     """
-    import zipfile
-
-    from numpy.lib import format as npy
-
-    from hicur_monai.transforms.array import NPZ_IMAGE_KEY
-
     disp = np.ascontiguousarray(arr)
-    image = disp.T[None] if disp.ndim == 2 else disp.transpose(2, 1, 0)
-    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open(f"{NPZ_IMAGE_KEY}.npy", "w", force_zip64=True) as member:
-            npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(image))
-            member.write(memoryview(disp).cast("B"))
-        for key, value in text.items():
-            with zf.open(f"{key}.npy", "w") as member:
-                npy.write_array(member, np.array(value), allow_pickle=False)
+    np.save(fh, disp.T[None] if disp.ndim == 2 else disp.transpose(2, 1, 0), allow_pickle=False)
 
 
 def perceptual_hash(display: Any) -> str:
@@ -215,8 +202,9 @@ def perceptual_hash(display: Any) -> str:
     if isinstance(display, Image.Image):
         img = display
     else:
-        a = (display >> 8).astype(np.uint8) if display.dtype == np.uint16 else display
-        img = Image.fromarray(np.ascontiguousarray(a))
+        if display.dtype == np.uint16:  # the high byte: a strided view of the little-endian bytes
+            display = np.ascontiguousarray(display).astype("<u2", copy=False).view(np.uint8)[..., 1::2]
+        img = Image.fromarray(np.ascontiguousarray(display))
     factor = min(img.size) // PHASH_PRESHRINK
     if factor > 1:
         img = img.reduce(factor)
@@ -263,15 +251,15 @@ def _read_reject(err: Exception, found: Found) -> CurationReject:
     return CurationReject(reason, detail)
 
 
-def _dicom_truncated(ds: Any, path: str) -> bool:
+def _dicom_truncated(ds: Any, size: int) -> bool:
     if "PixelData" not in ds:
         return False
-    raw = ds.get_item("PixelData")  # the raw (deferred) element: its offset and length, not its value
+    raw = ds.get_item("PixelData", keep_deferred=True)  # the raw element: its offset and length, not its value
     tell = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
     if tell is None or length in (None, 0xFFFFFFFF):
         return False
-    return tell + length > os.path.getsize(path)
+    return tell + length > size
 
 
 @dataclass
@@ -289,7 +277,23 @@ class _Slice:
 
 
 def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
-    """Curate one path into manifest rows (never raises)."""
+    """Curate one path into manifest rows (never raises).
+
+    pydicom's value validation is off while it runs: it only warns (and curation silences
+    reader warnings, which can name files), and its regular expressions cost more than the rest
+    of the header handling.
+    """
+    from pydicom import config as dicom_config
+
+    mode = dicom_config.settings.reading_validation_mode
+    dicom_config.settings.reading_validation_mode = dicom_config.IGNORE
+    try:
+        return _process_file(found, st)
+    finally:
+        dicom_config.settings.reading_validation_mode = mode
+
+
+def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
     cfg, pseudo = st.cfg, st.pseudo
     sid = pseudo.source_id(found.rel)
     src = f"redacted:{sid}" if cfg.redact_source_paths else found.rel
@@ -302,7 +306,8 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
         match = cfg.rules.match(found.rel)
         if match is not None and match.exclude:
             raise CurationReject("excluded_by_rule", f"rule {match.rule}: {match.exclude}")
-        if os.path.getsize(found.path) == 0:
+        size = os.path.getsize(found.path)
+        if size == 0:
             raise CurationReject("empty_file", "0 bytes")
         try:
             row["file_hash"] = file_hash(found.path)
@@ -370,7 +375,7 @@ def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict
     low = found.rel.lower()
     if any(s.lower() in low for s in secrets):
         base["source_path"] = row["source_path"] = f"redacted:{base['source_id']}"  # the path names a patient
-    if _dicom_truncated(ds, found.path):
+    if _dicom_truncated(ds, os.path.getsize(found.path)):
         raise CurationReject("truncated", "pixel data runs past the end of the file")
     rows_, cols_ = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -402,6 +407,8 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     depend on the axis order, and the transposition MONAI's axis convention needs is left to
     the writer (a view).
     """
+    import torch
+
     from hicur_monai.transforms import ScaleIntensityByModality
 
     try:
@@ -411,13 +418,16 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     if px.ndim != 2:
         raise CurationReject("wrong_dimensionality", f"decoded array of shape {tuple(px.shape)}; expected a 2D image")
     check_image(px[None], ident.modality, st.cfg)  # integer pixels: finite by construction; constant is checked
-    img = px.astype(np.float32)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope not in (None, "") and float(slope) != 1.0:
-        img *= np.float32(slope)
-    if intercept not in (None, "") and float(intercept) != 0.0:
-        img += np.float32(intercept)
-    img = img[None]
+    slope = float(slope) if slope not in (None, "") else 1.0
+    intercept = float(intercept) if intercept not in (None, "") else 0.0
+    if slope != 1.0:
+        img = np.multiply(px, np.float32(slope), dtype=np.float32)
+        if intercept != 0.0:
+            img += np.float32(intercept)
+    else:  # the usual case (CT: intercept only; MR: neither): one pass
+        img = np.add(px, np.float32(intercept), dtype=np.float32)
+    img = torch.from_numpy(img[None])  # a tensor in, a tensor out: no conversions inside the transform
     from monai.data import get_track_meta, set_track_meta
 
     track = get_track_meta()
@@ -432,7 +442,7 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     ps = ds.get("PixelSpacing")
     spacing = (float(ps[1]), float(ps[0])) if ps is not None and len(ps) == 2 and min(map(float, ps)) > 0 else (1.0, 1.0)
     rows, cols = (int(s) for s in px.shape)
-    return [_slice_of(None, norm[0], cols, rows, 1, spacing)]
+    return [_slice_of(None, norm[0], cols, rows, 1, spacing, owned=True)]
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float]:
@@ -442,15 +452,18 @@ def _spacing(affine: np.ndarray) -> tuple[float, float]:
 
 
 def _slice_of(index: int | None, disp: np.ndarray, width: int, height: int, channels: int,
-              spacing: tuple[float, float]) -> _Slice:
+              spacing: tuple[float, float], owned: bool = False) -> _Slice:
     """A normalised display-order slice (``(rows, columns)`` or ``(rows, columns, 3)``) -> uint16 / uint8.
 
     The values are ``ScaleIntensityByModality``'s, which clips to [0, 1]; they are rounded to
     the nearest of 65535 (grey) or 255 (RGB) steps. A slice that is constant once quantised is
-    kept as ``display=None`` (an ``empty_slice`` row).
+    kept as ``display=None`` (an ``empty_slice`` row). ``owned``: ``disp`` may be overwritten.
     """
     vmax = 65535 if disp.ndim == 2 else 255
-    q = np.multiply(disp, np.float32(vmax), dtype=np.float32, order="C")
+    if owned and disp.dtype == np.float32 and disp.flags.c_contiguous:
+        q = np.multiply(disp, np.float32(vmax), out=disp)  # the transform's fresh output: scaled in place
+    else:
+        q = np.multiply(disp, np.float32(vmax), dtype=np.float32, order="C")
     np.rint(q, out=q)
     out = q.astype(np.uint16 if vmax == 65535 else np.uint8)
     return _Slice(index, None if is_constant(out) else out, vmax, width, height, channels, spacing)
@@ -588,9 +601,10 @@ def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: di
     """Hash, pHash and write every slice (atomically); one manifest row each."""
     cfg = st.cfg
     mod = ident.modality
-    folder = st.out / "images" / mod / (ident.sequence or "all") / patient
+    rel_folder = f"images/{mod}/{ident.sequence or 'all'}/{patient}"
+    folder = os.path.join(cfg.out_dir, rel_folder)
     if folder not in st.folders:
-        folder.mkdir(parents=True, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         st.folders.add(folder)
     ext = cfg.image_format
     rows: list[dict[str, Any]] = []
@@ -606,18 +620,23 @@ def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: di
             continue
         r["value_max"] = sl.value_max
         name = f"{base['source_id']}.{ext}" if k is None else f"{base['source_id']}_s{k:04d}.{ext}"
-        rel_out = (folder / name).relative_to(st.out).as_posix()
-        text = {"hicur": json.dumps({"source_id": base["source_id"], "patient": patient, "modality": mod,
-                                     "sequence": ident.sequence or "", "slice_index": k, "value_max": sl.value_max,
-                                     "spacing": list(sl.spacing)})}
-        if header_text is not None:
-            text["dicom"] = header_text
+        rel_out = f"{rel_folder}/{name}"
+        path = os.path.join(folder, name)
         r.update(output_path=rel_out, image_hash=content_hash(sl.display),
                  phash=sl.phash or perceptual_hash(sl.display), status=ACCEPTED)
-        with atomic_open(st.out / rel_out, "wb", fsync=False) as fh:  # made durable by the part commit
-            if ext == "npz":
-                encode_npz(fh, sl.display, text)
-            else:
+        if ext == "npy":
+            if header_text is not None:  # the header first: an image never exists without it
+                with atomic_open(path + ".dicom.json", "w", fsync=False) as fh:
+                    fh.write(header_text)
+            with atomic_open(path, "wb", fsync=False) as fh:  # made durable by the part commit
+                encode_npy(fh, sl.display)
+        else:
+            text = {"hicur": json.dumps({"source_id": base["source_id"], "patient": patient, "modality": mod,
+                                         "sequence": ident.sequence or "", "slice_index": k,
+                                         "value_max": sl.value_max, "spacing": list(sl.spacing)})}
+            if header_text is not None:
+                text["dicom"] = header_text
+            with atomic_open(path, "wb", fsync=False) as fh:
                 fh.write(encode_png(sl.display, text, cfg.png_compress_level))
         rows.append(r)
     return rows
