@@ -386,7 +386,7 @@ def stages(args: argparse.Namespace) -> dict:
             print(f"{name:52s} {res[name]:8.2f} ms CPU")
     sub = res["CT: deidentify_dataset (--keep-dicom-header)"]  # includes a read_header
     print(f"(deidentify_dataset includes a read_header: {sub - res['CT: read_header (deferred pixels)']:.2f} ms "
-          "of its own; decode_dicom includes one too)")
+          "of its own)")
     for kind in ("CT", "MR", "endoscopy"):
         bare = next(v for k, v in res.items() if k.startswith(kind) and "(bare)" in k)
         full = res[f"{kind}: process_file (whole per-file pipeline)"]

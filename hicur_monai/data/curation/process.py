@@ -72,6 +72,8 @@ IMAGE_FORMATS = ("npy", "png")
 INPUT_FORMATS = ("dicom", "nifti", "nrrd", "png", "jpeg")
 #: pHash input: images are box-reduced to at most this many pixels on the short side first
 PHASH_PRESHRINK = 64
+#: files up to this size are read into memory once (hash and DICOM parse); larger ones are streamed
+READ_WHOLE_BYTES = 64 << 20
 
 
 @dataclass
@@ -222,6 +224,12 @@ def content_hash(display: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _bytes_hash(data: bytes) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(data)
+
+
 def file_hash(path: str) -> str:
     """xxh3-128 (hex) of a file's bytes (read in 1 MiB blocks)."""
     import xxhash
@@ -252,14 +260,18 @@ def _read_reject(err: Exception, found: Found) -> CurationReject:
 
 
 def _dicom_truncated(ds: Any, size: int) -> bool:
+    """Whether the pixel data is shorter than its declared length (read in memory, or deferred)."""
     if "PixelData" not in ds:
         return False
-    raw = ds.get_item("PixelData", keep_deferred=True)  # the raw element: its offset and length, not its value
-    tell = getattr(raw, "value_tell", None)
+    raw = ds.get_item("PixelData", keep_deferred=True)  # the raw element: its offset and length
     length = getattr(raw, "length", None)
-    if tell is None or length in (None, 0xFFFFFFFF):
+    if length in (None, 0xFFFFFFFF):
         return False
-    return tell + length > size
+    value = getattr(raw, "value", None)
+    if value is not None:
+        return len(value) < length
+    tell = getattr(raw, "value_tell", None)
+    return tell is not None and tell + length > size
 
 
 @dataclass
@@ -309,8 +321,14 @@ def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
         size = os.path.getsize(found.path)
         if size == 0:
             raise CurationReject("empty_file", "0 bytes")
+        content: bytes | None = None
         try:
-            row["file_hash"] = file_hash(found.path)
+            if size <= READ_WHOLE_BYTES:  # read once: hashed and (DICOM) parsed from memory
+                with open(found.path, "rb") as fh:
+                    content = fh.read()
+                row["file_hash"] = _bytes_hash(content)
+            else:
+                row["file_hash"] = file_hash(found.path)
         except PermissionError:
             raise CurationReject("permission_denied", "no read permission") from None
         from hicur_monai.transforms import sniff_format
@@ -323,7 +341,7 @@ def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
             raise CurationReject("not_an_image", "content is not DICOM, NIfTI, NRRD, PNG or JPEG")
         row["format"] = fmt
         if fmt == "dicom":
-            ident, patient, slices, header_text = _dicom(found, st, match, row, base)
+            ident, patient, slices, header_text = _dicom(found, st, match, row, base, content)
         elif fmt in ("png", "jpeg"):
             ident, patient, slices = _picture(found, st, fmt, match, row)
             header_text = None
@@ -360,12 +378,17 @@ def _identity_columns(row: dict[str, Any], ident: Identity, patient: str, found:
                acq_params=json.dumps(ident.acq, sort_keys=True) if ident.acq else "")
 
 
-def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict[str, Any]
+def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict[str, Any], content: bytes | None
            ) -> tuple[Identity, str, list[_Slice], str | None]:
-    """A DICOM file: one header parse for identification, checks, decoding and the optional header."""
+    """A DICOM file: one parse (from ``content`` when the file was read whole, else with the pixel
+    data deferred) for identification, checks, decoding and the optional header."""
+    import io
+
+    import pydicom
+
     cfg, pseudo = st.cfg, st.pseudo
     try:
-        ds = read_header(found.path)
+        ds = read_header(found.path) if content is None else pydicom.dcmread(io.BytesIO(content), force=False)
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on bad files
         raise CurationReject(_reading_reason(str(err)), f"DICOM header: {type(err).__name__}") from None
     ident = identify_dicom(ds, cfg.rules, match)
