@@ -43,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-format", choices=("npy", "png"), default="npy",
                    help="output images: uncompressed NPY (default; fastest) or PNG (smaller, ~10x the CPU per image)")
     p.add_argument("--keep-dicom-header", action="store_true",
-                   help="store the PS3.15-de-identified DICOM header (DICOM JSON) in each image file")
+                   help="store the PS3.15-de-identified DICOM header (DICOM JSON) beside each image "
+                        "(<image>.dicom.json; a text chunk of PNGs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
     p.set_defaults(func=_dispatch)
