@@ -96,23 +96,36 @@ def test_loads_hcmae_exported_convnext(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_few_steps_reduce_the_loss():
+def _sparse_toy(n: int = 8, size: int = 32):
+    """Images with one 4x4 bright square each (1.6% foreground, like a small tumour)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, size, size, generator=g) * 0.5
+    y = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        r, c = torch.randint(4, size - 8, (2,), generator=g).tolist()
+        y[i, :, r : r + 4, c : c + 4] = 1
+    return x + 2 * y, y, torch.randn(n, 5, 64, generator=g)
+
+
+def _train_dice(prior, steps: int) -> float:
     from monai.losses import DiceFocalLoss
 
     torch.manual_seed(0)
-    net = FusionSegNet(preset="tiny")
-    x = torch.randn(4, 3, 32, 32)
-    y = torch.zeros(4, 1, 32, 32)
-    y[:, :, 10:20, 12:22] = 1
-    x[:, :, 10:20, 12:22] += 2
-    states = torch.randn(4, 5, 64)
-    loss_fn = DiceFocalLoss(sigmoid=True, gamma=2.0, alpha=0.25, lambda_focal=2.0)
+    cfg = FusionSegConfig.from_preset("tiny")
+    cfg.output_prior = prior
+    net = FusionSegNet(config=cfg)
+    x, y, states = _sparse_toy()
+    loss_fn = DiceFocalLoss(sigmoid=True, gamma=2.0, alpha=0.25, lambda_focal=2.0)  # the original's loss
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
+    for _ in range(steps):
         opt.zero_grad()
-        loss = loss_fn(net(x, states), y)
-        loss.backward()
+        out = net(x, states)
+        loss_fn(out, y).backward()
         opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0] * 0.97
+    pred = (out.detach() > 0).float()
+    return float(2 * (pred * y).sum() / (pred.sum() + y.sum()))
+
+
+def test_the_original_loss_learns_a_sparse_foreground():
+    """Small bright squares (1.6% of the pixels) are found after 35 steps of the original's loss."""
+    assert _train_dice(0.01, steps=35) > 0.5

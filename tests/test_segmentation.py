@@ -17,6 +17,7 @@ from hicur_monai.segmentation import (
     TextEncoderStates,
     VolumeSliceInferer,
     comparison_table,
+    dice_by_sequence,
     inference_items,
     segmentation_items,
 )
@@ -128,6 +129,23 @@ def test_comparison_table(tmp_path):
     assert "| fusion | 0.9000 | 2.5000 |" in table and (tmp_path / "t.md").read_text() == table
     with pytest.raises(FileNotFoundError, match="no metrics.csv"):
         comparison_table({"x": tmp_path / "nothing"})
+
+
+def test_comparison_table_adds_the_3d_dice_per_sequence(tmp_path):
+    (tmp_path / "metrics.csv").write_text("val_mean_dice_3d,0.5\n")
+    (tmp_path / "val_mean_dice_3d_raw.csv").write_text(
+        "filename,class0,mean\n"
+        "d/mri/A/T1.nii.gz,0.2,0.2\nd/mri/B/T1.nii.gz,0.4,0.4\n"
+        "d/mri/A/T1C.nii.gz,0.9,0.9\nd/mri/A/T2.nii.gz,0.8,0.8\nd/other/scan.nii.gz,0.1,0.1\n"
+    )
+    assert dice_by_sequence(tmp_path / "val_mean_dice_3d_raw.csv") == pytest.approx(
+        {"dice_3d_T1": 0.3, "dice_3d_T2": 0.8, "dice_3d_T1C": 0.9})
+    table = comparison_table({"fusion": tmp_path})
+    assert "| val_mean_dice_3d | dice_3d_T1 | dice_3d_T2 | dice_3d_T1C |" in table
+    assert "| fusion | 0.5000 | 0.3000 | 0.8000 | 0.9000 |" in table
+    (tmp_path / "val_mean_dice_3d_raw.csv").write_text("filename,class0,mean\nd/T2.nii.gz,0.8,oops\n")
+    with pytest.raises(ValueError, match="T2.nii.gz"):
+        dice_by_sequence(tmp_path / "val_mean_dice_3d_raw.csv")
 
 
 def test_metadata_is_valid(meta_schema, repo_root):

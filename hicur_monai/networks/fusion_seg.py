@@ -38,6 +38,7 @@ from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetrUpBlock
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
+from hicur_monai.networks.init import set_output_prior
 from hicur_monai.registry import NETWORKS
 
 __all__ = [
@@ -80,7 +81,10 @@ class FusionSegConfig:
         moe: use a mixture-of-experts FFN (top-k of n experts) instead of the plain FFN.
         moe_experts, moe_top_k: the MoE size.
         encoder_weights: ``convnext_encoder.pt`` from ``HCMAE.export_encoders`` (``None``: random init).
-        norm_name: MONAI norm of the decoder blocks.
+        norm_name: MONAI norm of the decoder blocks (``"batch"`` for small inputs: at 64 px the stride-32
+            map is 2x2, too few pixels for instance statistics).
+        output_prior: initial foreground probability of the (sigmoid) head, see
+            :func:`hicur_monai.networks.init.set_output_prior`; ``None`` for a softmax head.
         drop_path_rate: stochastic depth of the ConvNeXt encoder.
     """
 
@@ -98,6 +102,7 @@ class FusionSegConfig:
     moe_top_k: int = 2
     encoder_weights: str | None = None
     norm_name: str = "instance"
+    output_prior: float | None = 0.01
     drop_path_rate: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -283,6 +288,7 @@ class FusionSegNet(nn.Module):
         # stride 2 -> 1: a transposed convolution, then the 1x1 head (no convolution block at full resolution)
         self.final_up = nn.ConvTranspose2d(cfg.stem_dim, cfg.stem_dim, kernel_size=2, stride=2)
         self.head = UnetOutBlock(2, cfg.stem_dim, cfg.out_channels)
+        set_output_prior(self.head, cfg.output_prior)
 
     @property
     def moe_aux_loss(self) -> torch.Tensor:

@@ -16,7 +16,7 @@ from hicur_monai.segmentation.coarse import (
 from hicur_monai.segmentation.data import inference_items, read_datalist, segmentation_items
 from hicur_monai.segmentation.figures import ContourFigure, contour_sheet, pick_slices
 from hicur_monai.segmentation.inferer import VolumeSliceInferer
-from hicur_monai.segmentation.metrics import PerSliceMetric, comparison_table, read_metrics_csv
+from hicur_monai.segmentation.metrics import PerSliceMetric, comparison_table, dice_by_sequence, read_metrics_csv
 
 __all__ = [
     "SEGMENTATION_INSTRUCTION",
@@ -27,6 +27,7 @@ __all__ = [
     "TextEncoderStates",
     "VolumeSliceInferer",
     "comparison_table",
+    "dice_by_sequence",
     "contour_sheet",
     "image_hash",
     "inference_items",

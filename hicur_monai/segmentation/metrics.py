@@ -8,7 +8,8 @@ over the slices the ground truth marks as tumour (the original's annotated slice
 handlers in the bundle.
 
 :func:`comparison_table` reads the ``metrics.csv`` that MONAI's ``MetricsSaver`` wrote for
-each model and writes one Markdown table (fusion vs baseline).
+each model and writes one Markdown table (fusion vs baseline), with the 3D Dice per MRI sequence
+(:func:`dice_by_sequence`) when the per-volume file names name the sequence.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 import torch
 from monai.metrics import CumulativeIterationMetric, compute_dice, compute_iou
 
+from hicur_monai.modality import canonical_sequence
 from hicur_monai.utils.io import atomic_write_text
 
-__all__ = ["PerSliceMetric", "comparison_table", "read_metrics_csv"]
+__all__ = ["PerSliceMetric", "comparison_table", "dice_by_sequence", "read_metrics_csv"]
 
 
 class PerSliceMetric(CumulativeIterationMetric):
@@ -80,6 +82,35 @@ def read_metrics_csv(path: str | os.PathLike) -> dict[str, float]:
     return out
 
 
+def _sequence_of(filename: str) -> str | None:
+    """``T1``/``T2``/``T1C`` when a file's name (without its image extensions) names a sequence."""
+    stem = Path(filename).name.split(".")[0]
+    try:
+        return canonical_sequence(stem)
+    except ValueError:
+        return None
+
+
+def dice_by_sequence(raw_csv: str | os.PathLike) -> dict[str, float]:
+    """Mean per-volume 3D Dice by MRI sequence, from ``MetricsSaver``'s ``val_mean_dice_3d_raw.csv``.
+
+    Volumes are grouped by the sequence their file name names (``T1.nii.gz``, ``t1c.nrrd``...); volumes
+    whose name names none are left out. Returns ``{"dice_3d_T1": ..., ...}`` for the sequences found.
+    """
+    groups: dict[str, list[float]] = {}
+    lines = Path(raw_csv).read_text().splitlines()
+    delimiter = "\t" if lines and "\t" in lines[0] else ","
+    for row in csv.DictReader(lines, delimiter=delimiter):
+        seq = _sequence_of(row.get("filename") or "")
+        if seq is None:
+            continue
+        try:
+            groups.setdefault(seq, []).append(float(row["mean"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{raw_csv}: volume {row.get('filename')!r} has no numeric 'mean' column") from e
+    return {f"dice_3d_{seq}": sum(v) / len(v) for seq, v in sorted(groups.items(), key=lambda kv: len(kv[0]))}
+
+
 def comparison_table(runs: Mapping[str, str | os.PathLike], output_file: str | os.PathLike | None = None) -> str:
     """One Markdown table of the evaluation metrics of several models.
 
@@ -94,6 +125,9 @@ def comparison_table(runs: Mapping[str, str | os.PathLike], output_file: str | o
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no metrics.csv for model {model!r}; run its evaluation first")
         rows[model] = read_metrics_csv(p)
+        raw = p.parent / "val_mean_dice_3d_raw.csv"
+        if raw.is_file():
+            rows[model].update(dice_by_sequence(raw))
         names += [k for k in rows[model] if k not in names]
     header = "| model | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     body = ""
