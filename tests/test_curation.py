@@ -257,3 +257,39 @@ def test_fast_paths_equal_the_shared_transforms(tmp_path: Path) -> None:
     ct = img.loc["src/a/CT_small.dcm"]
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     assert (ct.spacing_x, ct.spacing_y) == (float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]))
+
+
+def test_png_output_equals_npy_output(tmp_path: Path) -> None:
+    """--image-format png writes the same pixels as the NPY default, with metadata and header in text chunks."""
+    import shutil
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from hicur_monai.transforms import LoadMedicalImage
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "a" / "ct.dcm")
+    Image.fromarray(endoscopy_frame(4)).save(src / "a" / "frame.png")
+    rules = write_rules(tmp_path / "r.yaml", "version: 1\nrules:\n  - glob: 'src/a/frame.png'\n    modality: endoscopy\n")
+    outs = {}
+    for fmt in ("npy", "png"):
+        outs[fmt] = tmp_path / fmt
+        curate([src], outs[fmt], salt=SALT, rules=rules, workers=1, progress=False, image_format=fmt,
+               keep_dicom_header=True)
+    a, b = (_manifest(outs[f]).query("row_type == 'image'").set_index("source_path") for f in ("npy", "png"))
+    assert list(a.index) == list(b.index) and (a.status == "accepted").all()
+    assert (a.image_hash == b.image_hash).all() and (a.phash == b.phash).all()
+    loader = LoadMedicalImage()
+    for name in a.index:
+        x, y = loader(outs["npy"] / a.loc[name, "output_path"]), loader(outs["png"] / b.loc[name, "output_path"])
+        assert x.shape == y.shape and torch_equal(x, y), name
+    with Image.open(outs["png"] / b.loc["src/a/ct.dcm", "output_path"]) as im:
+        assert json.loads(im.text["hicur"])["value_max"] == 65535
+        assert pydicom.Dataset.from_json(im.text["dicom"]).PatientIdentityRemoved == "YES"
+    assert (outs["npy"] / (a.loc["src/a/ct.dcm", "output_path"] + ".dicom.json")).is_file()
+
+
+def torch_equal(x, y) -> bool:
+    return bool((x.as_tensor() == y.as_tensor()).all())
