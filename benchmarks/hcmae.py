@@ -130,10 +130,10 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     if args.config in HEAP_LIMITED:
         limit_heap_retention(256 * 1024)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     dev = args.device
     net, opt = _build(args.config, args.preset, dev)
-    build_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    build_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     size = net.config.img_size
     imgs = torch.rand(args.batch, 3, size, size, device=dev)
     gen = torch.Generator().manual_seed(0)
@@ -175,7 +175,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             step()
         out["flops_per_step"] = fc.get_total_flops()
     else:
-        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
         out["import_rss_gb"] = base_rss  # the process before the model existed (torch, timm, MONAI imported)
         out["build_rss_gb"] = build_rss  # peak after building the model and optimiser (weights only)
         out["state_gb"] = _state_bytes(net, opt) / 1e9  # weights + optimiser state (+ grads still held), tensor bytes

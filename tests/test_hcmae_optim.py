@@ -106,3 +106,23 @@ def test_trainer_refuses_grad_clip_and_ddp_with_in_backward():
         MaskedImageTrainer("cpu", 1, [torch.zeros(1, 2)], torch.nn.DataParallel(net), opt)
     with pytest.raises(ValueError, match="no trainable"):
         AdamWInBackward([p for p in net.parameters() if not p.requires_grad] or [torch.nn.Parameter(torch.zeros(1), False)])
+
+
+def test_limit_heap_retention_returns_freed_tensor_memory():
+    import sys
+
+    from hicur_monai.training.memory import limit_heap_retention, peak_rss_gb, rss_gb
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc mallopt and /proc are Linux-only")
+    assert limit_heap_retention(None) is False
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        limit_heap_retention(-1)
+    assert limit_heap_retention(256 * 1024) is True
+    before = rss_gb()
+    blocks = [torch.ones(256 * 1024) for _ in range(100)]  # 100 x 1 MiB, each above the threshold
+    held = rss_gb()
+    del blocks
+    after = rss_gb()
+    assert held - before > 0.09 and held - after > 0.09, (before, held, after)
+    assert peak_rss_gb() >= held - 0.01

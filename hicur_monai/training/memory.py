@@ -69,4 +69,4 @@ def rss_gb() -> float:
 
 def peak_rss_gb() -> float:
     """Peak resident set size of this process so far in GB (``getrusage``; KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
