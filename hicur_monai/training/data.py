@@ -95,6 +95,7 @@ def pretrain_items(
         raise ValueError(f"split must be train, val, test or None, got {split!r}")
     if manifest:
         from hicur_monai.data.curation.manifest import load_manifest
+        from hicur_monai.transforms.array import STORED_MAX_KEY
 
         rows = load_manifest(manifest, status="accepted", split=split)
         items = []
@@ -102,6 +103,11 @@ def pretrain_items(
             item = dict(r)
             item["row"] = str(r.get("source_id") or f"manifest/{i}")
             item.pop("slice_index", None)  # the manifest's images are already 2D
+            # curated pixels are already normalised: ScaleIntensityByModalityd divides by this instead of re-windowing
+            smax = item.get(STORED_MAX_KEY)
+            if smax is None or not smax > 0:
+                raise ValueError(f"{manifest}: accepted image row {i} ({item['row']}) has no positive "
+                                 f"{STORED_MAX_KEY!r} (got {smax!r}); re-run `hicur curate` to rebuild the manifest")
             items.append(item)
         return _limit(items, limit)
     if dataset_dir is None:

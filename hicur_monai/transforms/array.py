@@ -46,7 +46,18 @@ __all__ = [
     "RandColorJitter",
     "DEFAULT_CT_WINDOW",
     "DEFAULT_MRI_PERCENTILES",
+    "STORED_MAX_KEY",
+    "STORED_GREY_MAX",
+    "STORED_RGB_MAX",
 ]
+
+#: data-dict key (and curation manifest column) of the stored value of normalised intensity 1.0: an image
+#: that carries it was already normalised (``hicur curate`` wrote it quantised) and is only divided by it
+STORED_MAX_KEY = "value_max"
+#: stored value of normalised 1.0 in curated grey (MRI / CT) images: uint16
+STORED_GREY_MAX = 65535
+#: stored value of normalised 1.0 in curated RGB (endoscopy) images: uint8
+STORED_RGB_MAX = 255
 
 #: format name -> MONAI reader class name
 IMAGE_FORMATS: dict[str, str] = {
@@ -216,6 +227,10 @@ class ScaleIntensityByModality(Transform):
     * ``mri``: robust percentile scaling over the whole volume (0.5-99.5 by default), clipped.
     * ``endoscopy``: 8-bit RGB divided by ``rgb_max`` (255), clipped.
 
+    An image that is already normalised and stored quantised (``hicur curate``'s outputs: uint16
+    grey x :data:`STORED_GREY_MAX`, uint8 RGB x :data:`STORED_RGB_MAX`) is not scaled again by
+    its modality's rule: called with ``stored_max``, any modality is divided by it and clipped.
+
     Args:
         modality: fixed modality; when ``None`` it must be given at call time.
         ct_window: (level, width) in HU.
@@ -242,7 +257,19 @@ class ScaleIntensityByModality(Transform):
         self.rgb_max = float(rgb_max)
         self._ct = ScaleIntensityRange(a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0, clip=True)
 
-    def __call__(self, img: torch.Tensor | np.ndarray, modality: str | None = None) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor | np.ndarray, modality: str | None = None,
+                 stored_max: float | None = None) -> torch.Tensor:
+        """Scale ``img`` by its modality's rule, or by ``stored_max`` (an already-normalised, quantised image).
+
+        Raises:
+            ValueError: no modality, a non-positive ``stored_max``, or a constant MRI image.
+        """
+        if stored_max is not None:
+            smax = float(stored_max)
+            if not smax > 0:
+                raise ValueError(f"{_source(img)}: stored_max must be > 0, got {stored_max!r}")
+            img_t = convert_to_tensor(img, track_meta=get_track_meta())
+            return torch.clamp(img_t.float() / smax, 0.0, 1.0)
         mod = canonical_modality(modality) if modality else self.modality
         if mod is None:
             raise ValueError(f"{_source(img)}: no modality given to ScaleIntensityByModality")

@@ -19,6 +19,7 @@ from hicur_monai.modality import ENDOSCOPY, canonical_modality
 from hicur_monai.transforms.array import (
     DEFAULT_CT_WINDOW,
     DEFAULT_MRI_PERCENTILES,
+    STORED_MAX_KEY,
     EnsureRGB,
     ExtractSlices,
     LoadMedicalImage,
@@ -69,7 +70,11 @@ class LoadMedicalImaged(MapTransform):
 class ScaleIntensityByModalityd(MapTransform):
     """Dictionary twin of :class:`~hicur_monai.transforms.array.ScaleIntensityByModality`.
 
-    The modality is read from ``data[modality_key]`` unless ``modality`` fixes it.
+    The modality is read from ``data[modality_key]`` unless ``modality`` fixes it. An item with
+    a value under ``stored_max_key`` (default ``"value_max"``, the curation manifest's column,
+    which :func:`~hicur_monai.training.data.pretrain_items` carries into the items it builds from a
+    manifest) holds an already-normalised image stored quantised: it is divided by that value,
+    whatever its modality, instead of being windowed again.
     """
 
     def __init__(
@@ -80,14 +85,21 @@ class ScaleIntensityByModalityd(MapTransform):
         ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
         mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
         rgb_max: float = 255.0,
+        stored_max_key: str | None = STORED_MAX_KEY,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality_key = modality_key
+        self.stored_max_key = stored_max_key
         self.scaler = ScaleIntensityByModality(modality, ct_window, mri_percentiles, rgb_max)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        stored = d.get(self.stored_max_key) if self.stored_max_key else None
+        if stored is not None and not (isinstance(stored, float) and stored != stored):  # NaN: not given
+            for key in self.key_iterator(d):
+                d[key] = self.scaler(d[key], stored_max=stored)
+            return d
         modality = self.scaler.modality or d.get(self.modality_key)
         if modality is None:
             raise KeyError(f"ScaleIntensityByModalityd: data has no {self.modality_key!r} key and no fixed modality")

@@ -48,6 +48,7 @@ from hicur_monai.data.curation.qc import check_image, check_shape, is_constant
 from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED, CurationReject
 from hicur_monai.data.curation.rules import Rules
 from hicur_monai.modality import ENDOSCOPY
+from hicur_monai.transforms.array import STORED_GREY_MAX, STORED_RGB_MAX
 from hicur_monai.utils.io import atomic_open
 
 __all__ = [
@@ -482,13 +483,13 @@ def _slice_of(index: int | None, disp: np.ndarray, width: int, height: int, chan
     the nearest of 65535 (grey) or 255 (RGB) steps. A slice that is constant once quantised is
     kept as ``display=None`` (an ``empty_slice`` row). ``owned``: ``disp`` may be overwritten.
     """
-    vmax = 65535 if disp.ndim == 2 else 255
+    vmax = STORED_GREY_MAX if disp.ndim == 2 else STORED_RGB_MAX
     if owned and disp.dtype == np.float32 and disp.flags.c_contiguous:
         q = np.multiply(disp, np.float32(vmax), out=disp)  # the transform's fresh output: scaled in place
     else:
         q = np.multiply(disp, np.float32(vmax), dtype=np.float32, order="C")
     np.rint(q, out=q)
-    out = q.astype(np.uint16 if vmax == 65535 else np.uint8)
+    out = q.astype(np.uint16 if disp.ndim == 2 else np.uint8)
     return _Slice(index, None if is_constant(out) else out, vmax, width, height, channels, spacing)
 
 
@@ -530,7 +531,7 @@ def _picture(found: Found, st: _State, fmt: str, match: Any, row: dict[str, Any]
         ph = perceptual_hash(im if im.mode == "RGB" else Image.fromarray(a))  # check_image: not constant
     # 8-bit RGB: ScaleIntensityByModality (x / 255, clipped) and quantisation back to 8 bits (x 255, rounded)
     # give back the input values exactly (tests/test_curation.py checks it): the decoded array is the output
-    sl = _Slice(None, a, 255, int(a.shape[1]), int(a.shape[0]), 3, (1.0, 1.0), ph)
+    sl = _Slice(None, a, STORED_RGB_MAX, int(a.shape[1]), int(a.shape[0]), 3, (1.0, 1.0), ph)
     return ident, patient, [sl]
 
 
