@@ -5,7 +5,7 @@ names, IDs and dates in the headers, grouped in series, plus RGB endoscopy JPEG 
 CT / MRI / endoscopy mix of the original 755K set: 48 / 34 / 18 %; realistic sizes by default:
 CT 512 x 512, MR 256-512, endoscopy 1280 x 1024), then measures:
 
-* ``throughput``: images/s of the full pipeline (``curate``: identify, de-identify, QC,
+* ``throughput`` (``--rounds`` interleaved rounds, medians reported): images/s of the full pipeline (``curate``: identify, de-identify, QC,
   normalise, hash, pHash, NPY / PNG write, manifest, de-duplication) vs. images/s of the bare
   read + decode of the same files (pydicom ``pixel_array`` / PIL) with the same number of
   processes -- the physical limit on this machine -- and their ratio; plus the projected
@@ -15,7 +15,7 @@ CT 512 x 512, MR 256-512, endoscopy 1280 x 1024), then measures:
 
 Usage (from the repository root)::
 
-    python benchmarks/curation.py throughput --files 300 --workers 2
+    python benchmarks/curation.py throughput --files 600 --workers 2 --rounds 3
     python benchmarks/curation.py throughput --files 300 --workers 2 --image-format png --keep-dicom-header
     python benchmarks/curation.py rss --files 1000 --sizes tiny --workers 2
     python benchmarks/curation.py rss --files 10000 --sizes tiny --workers 2
@@ -190,11 +190,19 @@ def _curate_kwargs(args: argparse.Namespace) -> dict:
 
 
 def throughput(args: argparse.Namespace) -> dict:
+    """Bare read + decode and the full pipeline, interleaved ``--repeats-throughput`` times on the same files.
+
+    Each round runs the bare decode then the full pipeline (into a fresh output folder), so a change
+    in the machine's load affects both alike; the per-round ratios and their median are reported.
+    """
+    import statistics
+
     import torch
 
     from hicur_monai.data.curation import curate
 
     torch.set_num_threads(1)
+    rounds = max(1, args.rounds)
     with tempfile.TemporaryDirectory(prefix="hicur-bench-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
@@ -202,9 +210,6 @@ def throughput(args: argparse.Namespace) -> dict:
         files = sorted(str(p) for p in src.rglob("*") if p.is_file())
         print(f"corpus ({args.sizes}): {describe_corpus(src)}; written in {time.perf_counter() - t:.1f} s")
         bare_decode(files[:50], args.workers)  # warm the page cache and the imports
-        c = _cpu()
-        t_bare = bare_decode(files, args.workers)
-        c_bare = _cpu() - c
         import hicur_monai.transforms  # noqa: F401  (imported before the fork, as curate does)
         from hicur_monai.data.curation.pipeline import _preload
 
@@ -213,43 +218,65 @@ def throughput(args: argparse.Namespace) -> dict:
         t_loader = bare_decode(files, args.workers, _load_toolkit)
         c_loader = _cpu() - c
         (root / "rules.yaml").write_text(RULES)
-        c = _cpu()
-        t = time.perf_counter()
-        summary = curate([src], root / "out", salt=SALT, rules=root / "rules.yaml", workers=args.workers,
-                         progress=False, **_curate_kwargs(args))
-        t_full = time.perf_counter() - t
-        c_full = _cpu() - c
-        out_mb = sum(p.stat().st_size for p in (root / "out" / "images").rglob("*") if p.is_file()) / 2**20
+        runs = []
+        for r in range(rounds):
+            c = _cpu()
+            t_bare = bare_decode(files, args.workers)
+            c_bare = _cpu() - c
+            out = root / f"out{r}"
+            c = _cpu()
+            t = time.perf_counter()
+            summary = curate([src], out, salt=SALT, rules=root / "rules.yaml", workers=args.workers,
+                             progress=False, **_curate_kwargs(args))
+            t_full = time.perf_counter() - t
+            c_full = _cpu() - c
+            n_img = summary["images"]["total"]
+            run = {"bare_images_per_s": len(files) / t_bare, "pipeline_images_per_s": n_img / t_full,
+                   "bare_cpu_ms": 1000 * c_bare / len(files), "pipeline_cpu_ms": 1000 * c_full / n_img}
+            run["ratio"] = run["pipeline_images_per_s"] / run["bare_images_per_s"]
+            run["ratio_cpu"] = run["bare_cpu_ms"] / run["pipeline_cpu_ms"]
+            runs.append(run)
+            print(f"round {r + 1}/{rounds}: bare {run['bare_images_per_s']:7.1f} images/s, pipeline "
+                  f"{run['pipeline_images_per_s']:7.1f} images/s -> ratio {run['ratio']:.3f}; CPU per image bare "
+                  f"{run['bare_cpu_ms']:.2f} ms, pipeline {run['pipeline_cpu_ms']:.2f} ms -> ratio {run['ratio_cpu']:.3f}"
+                  f"; load {os.getloadavg()[0]:.2f}")
+            if r < rounds - 1:
+                shutil.rmtree(out)
+        out_mb = sum(p.stat().st_size for p in (out / "images").rglob("*") if p.is_file()) / 2**20
         in_mb = sum(os.path.getsize(f) for f in files) / 2**20
-    n_img = summary["images"]["total"]
-    bare_rate, full_rate = len(files) / t_bare, n_img / t_full
+
+    def med(key: str) -> float:
+        return statistics.median(x[key] for x in runs)
+
+    bare_rate, full_rate = med("bare_images_per_s"), med("pipeline_images_per_s")
     loader_rate = len(files) / t_loader
-    cpu_bare, cpu_loader, cpu_full = len(files) / c_bare, len(files) / c_loader, n_img / c_full
-    per_core = cpu_full  # images per CPU-second: what one core sustains without competing jobs
+    cpu_loader_ms = 1000 * c_loader / len(files)
+    per_core = 1000 / med("pipeline_cpu_ms")  # images per CPU-second: what one core sustains without competing jobs
     proj_s = ORIGINAL_IMAGES / (per_core * 16)
     res = {
-        "files": len(files), "images": n_img, "sizes": args.sizes, "workers": args.workers,
+        "files": len(files), "images": n_img, "sizes": args.sizes, "workers": args.workers, "rounds": rounds,
         "image_format": args.image_format, "keep_dicom_header": args.keep_dicom_header,
-        "bare_decode_images_per_s": round(bare_rate, 1), "pipeline_images_per_s": round(full_rate, 1),
-        "ratio": round(full_rate / bare_rate, 3), "loader_images_per_s": round(loader_rate, 1),
-        "ratio_vs_loader": round(full_rate / loader_rate, 3),
+        "ratios": [round(x["ratio"], 3) for x in runs], "ratio_median": round(med("ratio"), 3),
+        "ratios_cpu": [round(x["ratio_cpu"], 3) for x in runs], "ratio_cpu_median": round(med("ratio_cpu"), 3),
+        "bare_decode_images_per_s_median": round(bare_rate, 1), "pipeline_images_per_s_median": round(full_rate, 1),
+        "loader_images_per_s": round(loader_rate, 1), "ratio_vs_loader": round(full_rate / loader_rate, 3),
         "projected_755k_on_16_cores_h": round(proj_s / 3600, 2),
         "accepted": summary["images"]["accepted"], "duplicates": summary["images"]["duplicate"],
-        "cpu_ms_per_image": {"bare": round(1000 / cpu_bare, 2), "loader": round(1000 / cpu_loader, 2),
-                             "pipeline": round(1000 / cpu_full, 2)},
-        "ratio_cpu": round(cpu_full / cpu_bare, 3), "ratio_cpu_vs_loader": round(cpu_full / cpu_loader, 3),
+        "cpu_ms_per_image_median": {"bare": round(med("bare_cpu_ms"), 2), "loader": round(cpu_loader_ms, 2),
+                                    "pipeline": round(med("pipeline_cpu_ms"), 2)},
         "input_mb": round(in_mb, 1), "output_mb": round(out_mb, 1),
         "load_average": os.getloadavg(),
     }
-    print(f"bare read+decode : {bare_rate:8.1f} images/s ({args.workers} processes)")
-    print(f"toolkit loader   : {loader_rate:8.1f} images/s (LoadMedicalImage = MONAI readers, {args.workers} processes)")
-    print(f"full pipeline    : {full_rate:8.1f} images/s ({args.workers} workers, {args.image_format}"
+    print(f"bare read+decode : {bare_rate:8.1f} images/s (median of {rounds}, {args.workers} processes)")
+    print(f"toolkit loader   : {loader_rate:8.1f} images/s (LoadMedicalImage = MONAI readers, {args.workers} processes, "
+          "once)")
+    print(f"full pipeline    : {full_rate:8.1f} images/s (median of {rounds}, {args.workers} workers, {args.image_format}"
           f"{', DICOM headers kept' if args.keep_dicom_header else ''})")
-    print(f"ratio            : {res['ratio']:.3f} vs bare decode (target >= 0.5); "
-          f"{res['ratio_vs_loader']:.3f} vs the toolkit loader")
-    print(f"CPU per image    : bare {1000 / cpu_bare:.2f} ms, loader {1000 / cpu_loader:.2f} ms, "
-          f"pipeline {1000 / cpu_full:.2f} ms  -> ratio {res['ratio_cpu']:.3f} vs bare, "
-          f"{res['ratio_cpu_vs_loader']:.3f} vs loader (load-independent)")
+    print(f"ratio            : per round {res['ratios']}, median {res['ratio_median']:.3f} vs bare decode "
+          f"(target >= 0.5); {res['ratio_vs_loader']:.3f} vs the toolkit loader")
+    print(f"CPU per image    : bare {med('bare_cpu_ms'):.2f} ms, loader {cpu_loader_ms:.2f} ms, pipeline "
+          f"{med('pipeline_cpu_ms'):.2f} ms -> CPU ratio per round {res['ratios_cpu']}, median "
+          f"{res['ratio_cpu_median']:.3f} (load-independent)")
     print(f"disk             : input {in_mb:.1f} MB, curated images {out_mb:.1f} MB")
     print(f"projection       : 755K images on 16 cores ~ {proj_s / 3600:.2f} h "
           f"({per_core:.1f} images per CPU-second, linear scaling over 16 cores assumed)")
@@ -346,7 +373,7 @@ def stages(args: argparse.Namespace) -> dict:
         fresh = iter(range(10**6))
 
         def curate_one(path: str) -> None:  # into a fresh folder: real runs write new files, not over old ones
-            st.out, st.folders = root / f"out{next(fresh)}", set()
+            st.cfg.out_dir, st.folders = str(root / f"out{next(fresh)}"), set()
             process_file(found[path], st)
 
         fresh_npy = iter(range(10**6))
@@ -405,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-dicom-header", action="store_true")
     p.add_argument("--batch-size", type=int, default=8, help="files per worker task")
     p.add_argument("--repeats", type=int, default=20, help="stages: calls per step")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="throughput: interleaved rounds of bare decode + full pipeline (median reported)")
     args = p.parse_args(argv)
     if args.what == "throughput":
         throughput(args)

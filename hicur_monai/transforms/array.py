@@ -277,19 +277,45 @@ class ScaleIntensityByModality(Transform):
             return self._ct(img)
         img_t = convert_to_tensor(img, track_meta=get_track_meta())
         if mod == MRI:
-            flat = img_t.detach().reshape(-1).float()
-            if flat.numel() > 16_000_000:  # torch.quantile's size limit; a strided sample is plenty
-                flat = flat[:: flat.numel() // 8_000_000 + 1]
-            lo, hi = _linear_quantiles(flat, [p / 100.0 for p in self.mri_percentiles])
-            if hi <= lo:
-                raise ValueError(
-                    f"{_source(img)}: MRI intensities are constant between the {self.mri_percentiles} percentiles "
-                    f"({lo:g}); cannot scale an empty or constant image"
-                )
-            return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img_t)
+            return self.apply_window(img_t, *self.mri_window(img_t))
         if mod == ENDOSCOPY:
             return torch.clamp(img_t / self.rgb_max, 0.0, 1.0)
         raise ValueError(f"{_source(img)}: no intensity rule for modality {mod!r}")  # pragma: no cover
+
+
+    @staticmethod
+    def apply_window(img: torch.Tensor | np.ndarray, lower: float, upper: float) -> torch.Tensor:
+        """``lower`` -> 0, ``upper`` -> 1, linearly, clipped (MONAI's ``ScaleIntensityRange``)."""
+        return ScaleIntensityRange(a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True)(img)
+
+    def mri_window(self, img: torch.Tensor | np.ndarray) -> tuple[float, float]:
+        """The MRI rule's ``(lower, upper)`` intensities: the ``mri_percentiles`` of the whole image.
+
+        Integer images of values in ``[0, 65535]`` (e.g. a DICOM ``pixel_array``) take their order
+        statistics from a histogram (linear time) instead of a sort; the values are the same, since
+        such integers are exact in float32.
+
+        Raises:
+            ValueError: the image is constant between the percentiles.
+        """
+        if isinstance(img, torch.Tensor):
+            flat = img.detach().reshape(-1)
+        else:
+            flat = np.ravel(np.asarray(img))
+        if flat.shape[0] > 16_000_000:  # torch.quantile's size limit; a strided sample is plenty
+            flat = flat[:: flat.shape[0] // 8_000_000 + 1]
+        qs = [p / 100.0 for p in self.mri_percentiles]
+        arr = flat.cpu().numpy() if isinstance(flat, torch.Tensor) else flat
+        if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2 and arr.size and int(arr.min()) >= 0:
+            lo, hi = _linear_quantiles_from_counts(np.bincount(arr), qs)
+        else:
+            lo, hi = _linear_quantiles(torch.as_tensor(flat).float(), qs)
+        if hi <= lo:
+            raise ValueError(
+                f"{_source(img)}: MRI intensities are constant between the {self.mri_percentiles} percentiles "
+                f"({lo:g}); cannot scale an empty or constant image"
+            )
+        return lo, hi
 
 
 def _linear_quantiles(flat: torch.Tensor, qs: Sequence[float]) -> list[float]:
@@ -303,6 +329,19 @@ def _linear_quantiles(flat: torch.Tensor, qs: Sequence[float]) -> list[float]:
         k = min(int(np.floor(pos)), n - 1)
         a, b = float(v[k]), float(v[min(k + 1, n - 1)])
         out.append(a + (b - a) * (pos - k))
+    return out
+
+
+def _linear_quantiles_from_counts(counts: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """:func:`_linear_quantiles` of the values ``0..len(counts)-1`` repeated ``counts`` times (a histogram)."""
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    out = []
+    for q in qs:
+        pos = float(q) * (n - 1)
+        k = min(int(np.floor(pos)), n - 1)
+        a, b = np.searchsorted(cum, [k, min(k + 1, n - 1)], side="right")  # the k-th and (k+1)-th sorted values
+        out.append(float(a) + (float(b) - float(a)) * (pos - k))
     return out
 
 

@@ -91,19 +91,56 @@ class _PartWriter:
             self.flush()
 
     def flush(self) -> None:
+        # no sync of the images here: a killed process loses nothing already written (the page cache
+        # survives it), and after a power cut --resume re-checks every committed image (_done_ids)
         if self.rows:
-            os.sync()  # group commit: the images these rows list reach the disk before the rows do
-            write_part(self.folder / f"part-{self.seq:06d}.parquet", self.rows)
+            write_part(self.folder / f"part-{self.seq:06d}.parquet", self.rows)  # atomic, fsynced
             self.seq += 1
         self.rows, self.files, self.last = [], 0, time.monotonic()
 
 
-def _done_ids(folder: Path) -> set[str]:
+def _int(v: Any, default: int) -> int:
+    return default if v is None or v != v else int(v)  # None / NaN (a nullable column read by pandas)
+
+
+def _image_file_ok(path: Path, min_bytes: int) -> bool:
+    try:
+        return path.stat().st_size >= max(1, min_bytes)
+    except OSError:
+        return False
+
+
+def _done_ids(folder: Path, out: Path | None = None, keep_dicom_header: bool = False) -> set[str]:
+    """Source ids whose rows a committed part holds and whose images are on disk.
+
+    Image files are written without a per-file fsync; a committed part can therefore list an
+    image that a power cut (not a killed process) left missing or empty. Such files are not
+    done: their rows are made again (identical; the final pass keeps one copy of each row)
+    and their images rewritten. An image counts as present when it exists with at least its
+    pixel bytes (``width x height x channels x`` 1 or 2 bytes) and, with ``keep_dicom_header``,
+    its non-empty header beside it.
+    """
     parts = sorted(folder.glob("part-*.parquet"))
     if not parts:
         return set()
-    df = read_parts(parts, columns=["row_type", "source_id"])
-    return set(df.loc[df["row_type"] == "input", "source_id"])
+    df = read_parts(parts, columns=["row_type", "source_id", "status", "output_path", "width", "height", "channels",
+                                    "value_max"])
+    done = set(df.loc[df["row_type"] == "input", "source_id"])
+    if out is None:
+        return done
+    img = df[(df["row_type"] == "image") & (df["output_path"].fillna("") != "")]
+    bad: set[str] = set()
+    for r in img.itertuples(index=False):
+        path = out / r.output_path
+        nbytes = 2 if _int(r.value_max, 0) > 255 else 1
+        pixels = _int(r.width, 0) * _int(r.height, 0) * _int(r.channels, 1) * nbytes
+        need = pixels if path.suffix == ".npy" else 1  # a PNG is compressed: present and non-empty
+        if not _image_file_ok(path, need) or (keep_dicom_header and path.suffix == ".npy"
+                                               and not _image_file_ok(Path(f"{path}.dicom.json"), 1)):
+            bad.add(r.source_id)
+    if bad:
+        log.warning("resume: %d committed files have missing or short images and are redone", len(bad))
+    return done - bad
 
 
 def _progress(total: int | None, enabled: bool) -> Any:
@@ -175,7 +212,7 @@ def curate(
                        redact_source_paths=redact_source_paths, png_compress_level=png_compress_level,
                        image_format=image_format, keep_dicom_header=keep_dicom_header)
     folder = _parts_dir(out, shard_t)
-    done = _done_ids(folder) if resume else set()
+    done = _done_ids(folder, out, keep_dicom_header) if resume else set()
     if resume:  # temp files of writes a kill interrupted (the files are redone)
         for tmp in out.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)

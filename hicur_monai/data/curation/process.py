@@ -47,7 +47,7 @@ from hicur_monai.data.curation.manifest import new_row
 from hicur_monai.data.curation.qc import check_image, check_shape, is_constant
 from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED, CurationReject
 from hicur_monai.data.curation.rules import Rules
-from hicur_monai.modality import ENDOSCOPY
+from hicur_monai.modality import CT, ENDOSCOPY, MRI
 from hicur_monai.transforms.array import STORED_GREY_MAX, STORED_RGB_MAX
 from hicur_monai.utils.io import atomic_open
 
@@ -121,6 +121,7 @@ class _State:
         self.pseudo = Pseudonymizer(cfg.salt)
         self.loader = LoadMedicalImage(dtype=np.float32)
         self.folders: set[str] = set()
+        self.tables: dict[tuple[str, float, float], np.ndarray] = {}  # CT lookup tables
 
 
 _STATE: _State | None = None
@@ -429,12 +430,8 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     as MONAI's ``PydicomReader`` gives them, kept in display order ``(rows, columns)``: the
     modality normalisation is element-wise (CT) or global (MRI percentiles), so it does not
     depend on the axis order, and the transposition MONAI's axis convention needs is left to
-    the writer (a view).
+    the writer (a view). CT goes through a lookup table (:func:`_ct_table`).
     """
-    import torch
-
-    from hicur_monai.transforms import ScaleIntensityByModality
-
     try:
         px = ds.pixel_array
     except Exception as err:  # noqa: BLE001 - the decoders raise many types
@@ -445,28 +442,100 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     slope = float(slope) if slope not in (None, "") else 1.0
     intercept = float(intercept) if intercept not in (None, "") else 0.0
+    rows, cols = (int(s) for s in px.shape)
+    if ident.modality == CT and px.dtype.kind in "ui" and px.dtype.itemsize <= 2:
+        # CT's rule is element-wise: the quantised output is a function of the stored value, tabulated once per
+        # (dtype, slope, intercept) by the same steps below applied to every possible stored value
+        lut = _ct_table(st, px.dtype, slope, intercept)
+        index = px.view(np.uint16 if px.dtype.itemsize == 2 else np.uint8)
+        out = np.take(lut, index)  # a gather: 2x faster than lut[index] for 16-bit indices
+        disp = None if is_constant(out) else out
+        return [_Slice(None, disp, STORED_GREY_MAX, cols, rows, 1, _pixel_spacing(ds))]
+    if (ident.modality == MRI and slope == 1.0 and intercept == 0.0 and px.dtype.kind in "ui"
+            and px.dtype.itemsize <= 2 and (px.dtype.kind == "u" or int(px.min()) >= 0)):
+        # MRI's window depends on the image (its percentiles, from a histogram of the integer pixels), then the
+        # rule is element-wise: the values 0..max are scaled by the shared transform once and looked up
+        index = px.view(np.uint16 if px.dtype.itemsize == 2 else np.uint8)  # non-negative: same bit pattern
+        lut = _mri_table(index)
+        out = np.take(lut, index)
+        disp = None if is_constant(out) else out
+        return [_Slice(None, disp, STORED_GREY_MAX, cols, rows, 1, _pixel_spacing(ds))]
+    norm = _rescale_normalise(px, slope, intercept, ident.modality)
+    return [_slice_of(None, norm[0], cols, rows, 1, _pixel_spacing(ds), owned=True)]
+
+
+def _rescale_normalise(px: np.ndarray, slope: float, intercept: float, modality: str) -> np.ndarray:
+    """DICOM rescale (float32) then :class:`~hicur_monai.transforms.ScaleIntensityByModality`: ``(1, rows, columns)``."""
+    import torch
+    from monai.data import get_track_meta, set_track_meta
+
+    from hicur_monai.transforms import ScaleIntensityByModality
+
     if slope != 1.0:
         img = np.multiply(px, np.float32(slope), dtype=np.float32)
         if intercept != 0.0:
             img += np.float32(intercept)
     else:  # the usual case (CT: intercept only; MR: neither): one pass
         img = np.add(px, np.float32(intercept), dtype=np.float32)
-    img = torch.from_numpy(img[None])  # a tensor in, a tensor out: no conversions inside the transform
-    from monai.data import get_track_meta, set_track_meta
-
+    t = torch.from_numpy(img[None])  # a tensor in, a tensor out: no conversions inside the transform
     track = get_track_meta()
     set_track_meta(False)  # plain tensors: no metadata to carry for a 2D slice, and no MetaTensor overhead
     try:
-        norm = ScaleIntensityByModality(ident.modality)(img)
+        norm = ScaleIntensityByModality(modality)(t)
     except ValueError:
         raise CurationReject("constant_image", "intensities are constant between the scaling percentiles") from None
     finally:
         set_track_meta(track)
-    norm = norm.detach().cpu().numpy() if hasattr(norm, "detach") else np.asarray(norm)
+    return norm.detach().cpu().numpy() if hasattr(norm, "detach") else np.asarray(norm)
+
+
+def _ct_table(st: _State, dtype: np.dtype, slope: float, intercept: float) -> np.ndarray:
+    """uint16 output of every stored value of ``dtype`` (indexed by the value's unsigned bit pattern).
+
+    Each entry is what the direct path gives for that value: DICOM rescale, the shared CT window
+    (``ScaleIntensityByModality("ct")``), quantisation to :data:`STORED_GREY_MAX` steps.
+    """
+    key = (np.dtype(dtype).str, slope, intercept)
+    lut = st.tables.get(key)
+    if lut is None:
+        unsigned = np.uint16 if np.dtype(dtype).itemsize == 2 else np.uint8
+        values = np.arange(np.iinfo(unsigned).max + 1, dtype=unsigned).view(dtype)  # bit pattern -> value
+        norm = _rescale_normalise(values[None], slope, intercept, CT)
+        lut = _quantise(norm[0], owned=True)[0].reshape(-1)  # (1, N) grey array -> the N table entries
+        st.tables[key] = lut
+    return lut
+
+
+def _mri_table(index: np.ndarray) -> np.ndarray:
+    """uint16 output of the values ``0..index.max()`` under the MRI rule with ``index``'s own window.
+
+    Same values as ``ScaleIntensityByModality("mri")`` on the float image then quantisation: the
+    window (percentiles) is the transform's :meth:`~hicur_monai.transforms.ScaleIntensityByModality.mri_window`
+    and each table entry goes through its :meth:`~hicur_monai.transforms.ScaleIntensityByModality.apply_window`.
+    """
+    import torch
+    from monai.data import get_track_meta, set_track_meta
+
+    from hicur_monai.transforms import ScaleIntensityByModality
+
+    try:
+        lo, hi = ScaleIntensityByModality(MRI).mri_window(index)
+    except ValueError:
+        raise CurationReject("constant_image", "intensities are constant between the scaling percentiles") from None
+    values = torch.arange(int(index.max()) + 1, dtype=torch.float32)[None]
+    track = get_track_meta()
+    set_track_meta(False)
+    try:
+        norm = ScaleIntensityByModality.apply_window(values, lo, hi)
+    finally:
+        set_track_meta(track)
+    norm = norm.numpy() if hasattr(norm, "numpy") else np.asarray(norm)
+    return _quantise(np.ascontiguousarray(norm, dtype=np.float32), owned=True)[0].reshape(-1)
+
+
+def _pixel_spacing(ds: Any) -> tuple[float, float]:
     ps = ds.get("PixelSpacing")
-    spacing = (float(ps[1]), float(ps[0])) if ps is not None and len(ps) == 2 and min(map(float, ps)) > 0 else (1.0, 1.0)
-    rows, cols = (int(s) for s in px.shape)
-    return [_slice_of(None, norm[0], cols, rows, 1, spacing, owned=True)]
+    return (float(ps[1]), float(ps[0])) if ps is not None and len(ps) == 2 and min(map(float, ps)) > 0 else (1.0, 1.0)
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float]:
@@ -483,14 +552,20 @@ def _slice_of(index: int | None, disp: np.ndarray, width: int, height: int, chan
     the nearest of 65535 (grey) or 255 (RGB) steps. A slice that is constant once quantised is
     kept as ``display=None`` (an ``empty_slice`` row). ``owned``: ``disp`` may be overwritten.
     """
+    out, vmax = _quantise(disp, owned)
+    return _Slice(index, None if is_constant(out) else out, vmax, width, height, channels, spacing)
+
+
+def _quantise(disp: np.ndarray, owned: bool = False) -> tuple[np.ndarray, int]:
+    """Normalised ``[0, 1]`` values -> (uint16 x :data:`STORED_GREY_MAX` if 2D, else uint8 x :data:`STORED_RGB_MAX`,
+    that maximum), rounded to the nearest step. ``owned``: ``disp`` may be overwritten."""
     vmax = STORED_GREY_MAX if disp.ndim == 2 else STORED_RGB_MAX
     if owned and disp.dtype == np.float32 and disp.flags.c_contiguous:
         q = np.multiply(disp, np.float32(vmax), out=disp)  # the transform's fresh output: scaled in place
     else:
         q = np.multiply(disp, np.float32(vmax), dtype=np.float32, order="C")
     np.rint(q, out=q)
-    out = q.astype(np.uint16 if disp.ndim == 2 else np.uint8)
-    return _Slice(index, None if is_constant(out) else out, vmax, width, height, channels, spacing)
+    return q.astype(np.uint16 if disp.ndim == 2 else np.uint8), vmax
 
 
 def _quantised(index: int | None, a: np.ndarray, spacing: tuple[float, float]) -> _Slice:
