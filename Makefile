@@ -39,7 +39,7 @@ demo: install
 	$(PY) -m hicur_monai.vlm.demo --data $(DEMO_DATA) --out $(DEMO_OUT)/vl_alignment \
 	  --vit-encoder $(DEMO_OUT)/hcmae_pretrain/models/vit_encoder.pt
 	$(VENV)/bin/hicur judge demo --out $(DEMO_OUT)/evaluation
-	$(VENV)/bin/hicur segment demo --data $(DEMO_DATA) --out $(DEMO_OUT)/segmentation --epochs 3 --max-patients 6
+	$(VENV)/bin/hicur segment demo --data $(DEMO_DATA) --out $(DEMO_OUT)/segmentation
 	$(PY) -m monai.bundle run --config_file "['bundles/npc_prognosis/configs/train.json','bundles/npc_prognosis/configs/evaluate.json']" \
 	  --dataset_dir $(DEMO_DATA) --output_dir $(DEMO_OUT)/prognosis --truth $(DEMO_DATA)/clinical/truth.json \
 	  --n_boot 100 --n_boot_calibration 20 --deepsurv#n_seeds 1
@@ -51,7 +51,8 @@ browser-deps:
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver) || \
 	  echo "browser-deps: chromium could not be installed; the browser test will be skipped"
 
-test: install browser-deps
+# the MONAI Label server test needs the label environment (built once: about 12 min, 8 GB)
+test: install browser-deps $(LABEL_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -66,10 +67,14 @@ clean:
 # MONAI Label (pins numpy < 2 and an older pydicom) in its own environment, with the hicur_monai
 # package (editable, no dependencies: the app needs only torch, monai, timm, nibabel from here).
 LABEL_VENV ?= .venv-label
-label:
+LABEL_STAMP := $(LABEL_VENV)/.hicur-label-installed
+$(LABEL_STAMP): setup.cfg
 	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
 	$(LABEL_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(LABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
 	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(LABEL_STAMP)
+
+label: $(LABEL_STAMP)
 	@echo "Export the app: $(VENV)/bin/hicur label-app APP --model runs/npc_segmentation/models/model.pt; start it:"
 	@echo "  PATH=$(LABEL_VENV)/bin:\$$PATH $(LABEL_VENV)/bin/monailabel start_server --app APP --studies STUDIES --host 127.0.0.1 --port 8000 --conf zoo_source github --conf sam2 false"
