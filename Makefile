@@ -7,6 +7,8 @@ STAMP := $(VENV)/.hicur-installed
 DEMO_DATA ?= demo_data
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
+LABEL_VENV ?= .venv-label
+LABEL_STAMP := $(LABEL_VENV)/.hicur-label-installed
 
 .PHONY: install demo demo-data test test-fast lint clean browser-deps label
 
@@ -66,8 +68,6 @@ clean:
 
 # MONAI Label (pins numpy < 2 and an older pydicom) in its own environment, with the hicur_monai
 # package (editable, no dependencies: the app needs only torch, monai, timm, nibabel from here).
-LABEL_VENV ?= .venv-label
-LABEL_STAMP := $(LABEL_VENV)/.hicur-label-installed
 $(LABEL_STAMP): setup.cfg
 	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
 	$(LABEL_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
