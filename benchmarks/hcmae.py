@@ -129,7 +129,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.config in HEAP_LIMITED:
-        limit_heap_retention(256 * 1024)
+        limit_heap_retention(args.heap_threshold)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     dev = args.device
     net, opt = _build(args.config, args.preset, dev)
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {CONFIGS}")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--heap-threshold", type=int, default=256 * 1024,
+                    help="mmap threshold (bytes) of the heap-limited configs (the bundle's heap_mmap_threshold)")
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args(argv)
 
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in CONFIGS:
             ap.error(f"unknown config {name!r}; choose from {CONFIGS}")
         cmd = [sys.executable, __file__, "--config", name] + [
-            f"--{k}={getattr(args, k.replace('-', '_'))}" for k in ("preset", "batch", "steps", "warmup", "threads", "device")
+            f"--{k}={getattr(args, k.replace('-', '_'))}" for k in ("preset", "batch", "steps", "warmup", "threads", "device", "heap-threshold")
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
