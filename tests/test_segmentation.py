@@ -135,8 +135,8 @@ def test_comparison_table_adds_the_3d_dice_per_sequence(tmp_path):
     (tmp_path / "metrics.csv").write_text("val_mean_dice_3d,0.5\n")
     (tmp_path / "val_mean_dice_3d_raw.csv").write_text(
         "filename,class0,mean\n"
-        "d/mri/A/T1.nii.gz,0.2,0.2\nd/mri/B/T1.nii.gz,0.4,0.4\n"
-        "d/mri/A/T1C.nii.gz,0.9,0.9\nd/mri/A/T2.nii.gz,0.8,0.8\nd/other/scan.nii.gz,0.1,0.1\n"
+        "d/mri/A/T2.nii.gz,0.8,0.8\nd/mri/A/T1.nii.gz,0.2,0.2\nd/mri/B/T1.nii.gz,0.4,0.4\n"
+        "d/mri/A/T1C.nii.gz,0.9,0.9\nd/other/scan.nii.gz,0.1,0.1\n"
     )
     assert dice_by_sequence(tmp_path / "val_mean_dice_3d_raw.csv") == pytest.approx(
         {"dice_3d_T1": 0.3, "dice_3d_T2": 0.8, "dice_3d_T1C": 0.9})

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from monai.metrics import CumulativeIterationMetric, compute_dice, compute_iou
 
-from hicur_monai.modality import canonical_sequence
+from hicur_monai.modality import SEQUENCES, canonical_sequence
 from hicur_monai.utils.io import atomic_write_text
 
 __all__ = ["PerSliceMetric", "comparison_table", "dice_by_sequence", "read_metrics_csv"]
@@ -108,7 +108,7 @@ def dice_by_sequence(raw_csv: str | os.PathLike) -> dict[str, float]:
             groups.setdefault(seq, []).append(float(row["mean"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{raw_csv}: volume {row.get('filename')!r} has no numeric 'mean' column") from e
-    return {f"dice_3d_{seq}": sum(v) / len(v) for seq, v in sorted(groups.items(), key=lambda kv: len(kv[0]))}
+    return {f"dice_3d_{seq}": sum(groups[seq]) / len(groups[seq]) for seq in SEQUENCES if seq in groups}
 
 
 def comparison_table(runs: Mapping[str, str | os.PathLike], output_file: str | os.PathLike | None = None) -> str:
