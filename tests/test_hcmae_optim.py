@@ -108,21 +108,36 @@ def test_trainer_refuses_grad_clip_and_ddp_with_in_backward():
         AdamWInBackward([p for p in net.parameters() if not p.requires_grad] or [torch.nn.Parameter(torch.zeros(1), False)])
 
 
-def test_limit_heap_retention_returns_freed_tensor_memory():
-    import sys
+_HEAP_CHILD = """
+import json, torch
+from hicur_monai.training.memory import limit_heap_retention, peak_rss_gb, rss_gb
+assert limit_heap_retention(None) is False
+try:
+    limit_heap_retention(-1)
+    raise SystemExit("a negative threshold was accepted")
+except ValueError as e:
+    assert "mmap_threshold" in str(e)
+applied = limit_heap_retention(256 * 1024)
+before = rss_gb()
+blocks = [torch.ones(256 * 1024) for _ in range(100)]  # 100 x 1 MiB, each above the threshold
+held = rss_gb()
+del blocks
+after = rss_gb()
+print(json.dumps({"applied": applied, "before": before, "held": held, "after": after, "peak": peak_rss_gb()}))
+"""
 
-    from hicur_monai.training.memory import limit_heap_retention, peak_rss_gb, rss_gb
+
+def test_limit_heap_retention_returns_freed_tensor_memory():
+    """In a fresh process (the setting is process-wide: it must not leak into the other tests)."""
+    import json
+    import subprocess
+    import sys
 
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc mallopt and /proc are Linux-only")
-    assert limit_heap_retention(None) is False
-    with pytest.raises(ValueError, match="mmap_threshold"):
-        limit_heap_retention(-1)
-    assert limit_heap_retention(256 * 1024) is True
-    before = rss_gb()
-    blocks = [torch.ones(256 * 1024) for _ in range(100)]  # 100 x 1 MiB, each above the threshold
-    held = rss_gb()
-    del blocks
-    after = rss_gb()
-    assert held - before > 0.09 and held - after > 0.09, (before, held, after)
-    assert peak_rss_gb() >= held - 0.01
+    proc = subprocess.run([sys.executable, "-c", _HEAP_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["applied"] is True
+    assert r["held"] - r["before"] > 0.09 and r["held"] - r["after"] > 0.09, r
+    assert r["peak"] >= r["held"] - 0.01
