@@ -174,12 +174,12 @@ PATH_SENSITIVE = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumbe
 
 def path_sensitive_values(ds: Dataset) -> set[str]:
     """Values of :data:`PATH_SENSITIVE` (and person-name components), for the source-path check."""
+    from hicur_monai.data.curation.dicom_values import values
+
     out: set[str] = set()
     for kw in PATH_SENSITIVE:
-        v = ds.get(kw)
-        vals = v if isinstance(v, MultiValue) else [v]
-        for x in vals:
-            sx = str(x or "").strip()
+        for x in values(ds, kw) or ():
+            sx = x.strip()
             if len(sx) >= 3:
                 out.add(sx)
                 out.update(p for p in sx.replace("^", " ").split() if len(p) >= 3)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from hicur_monai.data.curation.dicom_values import integer, number, text, values
 from hicur_monai.data.curation.reasons import CurationReject
 from hicur_monai.data.curation.rules import RuleMatch, Rules, SliceSpec
 from hicur_monai.modality import ENDOSCOPY, MRI
@@ -68,15 +69,15 @@ def _jsonable(v: Any) -> Any:
 
 
 def _mri_sequence(ds: Dataset, rules: Rules) -> str:
-    text = " ".join(str(ds.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "SequenceName"))
-    matched, seq = rules.sequence_from_text(text)
+    desc = " ".join(text(ds, k) for k in ("SeriesDescription", "ProtocolName", "SequenceName"))
+    matched, seq = rules.sequence_from_text(desc)
     if matched:
         if seq is None:
             raise CurationReject("unsupported_sequence", "series description names a sequence the toolkit does not use")
         return seq
     # no telling description: the parameters (spin echo / gradient echo weighting)
-    tr, te = _num(ds.get("RepetitionTime")), _num(ds.get("EchoTime"))
-    contrast = bool(str(ds.get("ContrastBolusAgent", "") or "").strip())
+    tr, te = number(ds, "RepetitionTime"), number(ds, "EchoTime")
+    contrast = bool(text(ds, "ContrastBolusAgent").strip())
     if tr is not None and te is not None:
         if tr <= 1000 and te <= 30:
             return "T1C" if contrast else "T1"
@@ -88,34 +89,41 @@ def _mri_sequence(ds: Dataset, rules: Rules) -> str:
 def identify_dicom(ds: Dataset, rules: Rules, match: RuleMatch | None) -> Identity:
     """Identity from a DICOM header (before de-identification); a matching rule may fill gaps.
 
+    Header values are read with :mod:`.dicom_values` (pydicom's strings, without converting the elements).
+
     Raises:
         CurationReject: ``no_pixel_data``, ``localizer``, ``burned_in_annotation``, ``unknown_modality``,
             ``unknown_sequence`` or ``unsupported_sequence``.
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise CurationReject("no_pixel_data", f"DICOM object of modality {ds.get('Modality', '?')} has no pixel data")
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        raise CurationReject("no_pixel_data", f"DICOM object of modality {text(ds, 'Modality') or '?'} has no pixel data")
+    if text(ds, "BurnedInAnnotation").upper() == "YES":
         raise CurationReject("burned_in_annotation", "the header declares burned-in annotation")
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    image_type = [v.upper() for v in (values(ds, "ImageType") or [])]
     if "LOCALIZER" in image_type:
         raise CurationReject("localizer", "ImageType says LOCALIZER")
-    dicom_mod = str(ds.get("Modality", "") or "").upper()
+    dicom_mod = text(ds, "Modality").upper()
     modality = rules.dicom_modality.get(dicom_mod) or (match.modality if match else None)
     if modality is None:
         raise CurationReject("unknown_modality", f"DICOM modality {dicom_mod or '(missing)'} is not in the modality map")
     sequence = None
     if modality == MRI:
         sequence = match.sequence if match and match.sequence else _mri_sequence(ds, rules)
-    if modality == ENDOSCOPY and int(ds.get("SamplesPerPixel", 1) or 1) != 3:
+    if modality == ENDOSCOPY and (integer(ds, "SamplesPerPixel", 1) or 1) != 3:
         raise CurationReject("wrong_dimensionality", "endoscopy images must be RGB (SamplesPerPixel 3)")
-    patient_key = str(ds.get("PatientID", "") or "").strip()
+    patient_key = text(ds, "PatientID").strip()
     if not patient_key:
-        patient_key = f"{ds.get('PatientName', '')}|{ds.get('PatientBirthDate', '')}".strip("|")
+        patient_key = f"{text(ds, 'PatientName')}|{text(ds, 'PatientBirthDate')}".strip("|")
     if not patient_key and match and match.patient:
         patient_key = match.patient
-    group_key = str(ds.get("SeriesInstanceUID", "") or "")
-    acq = {k: _jsonable(v) for k in ACQ_KEYWORDS if (v := ds.get(k)) not in (None, "")}
-    acq["ContrastAgent"] = bool(str(ds.get("ContrastBolusAgent", "") or "").strip())
+    group_key = text(ds, "SeriesInstanceUID")
+    acq: dict[str, Any] = {}
+    for k in ACQ_KEYWORDS:
+        vals = values(ds, k)
+        if vals is None or vals == [""]:
+            continue
+        acq[k] = _jsonable(vals[0]) if len(vals) == 1 else [_jsonable(v) for v in vals]
+    acq["ContrastAgent"] = bool(text(ds, "ContrastBolusAgent").strip())
     return Identity(modality=modality, sequence=sequence, patient_key=patient_key, group_key=group_key,
                     slices=match.slices if match else None, acq=acq)
 

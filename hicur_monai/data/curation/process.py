@@ -25,9 +25,11 @@ xxh3-128.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from hicur_monai.data.curation.deid import (
     path_sensitive_values,
     read_header,
 )
+from hicur_monai.data.curation.dicom_values import integer, number, values
 from hicur_monai.data.curation.discover import Found
 from hicur_monai.data.curation.identify import Identity, default_patient_key, identify_by_rules, identify_dicom
 from hicur_monai.data.curation.manifest import new_row
@@ -62,6 +65,7 @@ __all__ = [
     "run_batch_in_worker",
     "encode_png",
     "encode_npy",
+    "npy_header",
     "perceptual_hash",
     "content_hash",
     "file_hash",
@@ -71,8 +75,8 @@ __all__ = [
 IMAGE_FORMATS = ("npy", "png")
 #: input formats curation reads (``npy`` is an output format only)
 INPUT_FORMATS = ("dicom", "nifti", "nrrd", "png", "jpeg")
-#: pHash input: images are box-reduced to at most this many pixels on the short side first
-PHASH_PRESHRINK = 64
+#: pHash input: images are box-averaged to this many pixels on each side first (imagehash's own DCT size)
+PHASH_SIZE = 32
 #: files up to this size are read into memory once (hash and DICOM parse); larger ones are streamed
 READ_WHOLE_BYTES = 64 << 20
 
@@ -180,38 +184,106 @@ def encode_png(arr: np.ndarray, text: dict[str, str], compress_level: int = 1) -
     return buf.getvalue()
 
 
-def encode_npy(fh: Any, arr: np.ndarray) -> None:
-    """Write a ``(rows, columns[, 3])`` display array as NPY to the open binary file ``fh``.
+def npy_header(display: np.ndarray) -> bytes:
+    """The NPY (format 1.0) header :func:`encode_npy` writes for a C-contiguous display array.
 
     The stored array is channel-first in MONAI's axis order, ``(C, X, Y)`` with X the columns:
-    the transposed view of the display array, which the NPY header declares ``fortran_order``,
-    so the display array's bytes go to the file as they are (``np.save``; no copy).
+    the transposed view of the display array, which the header declares ``fortran_order``, so
+    the display array's bytes follow the header as they are. Headers are cached per dtype and shape.
     """
+    key = (display.dtype.str, display.shape)
+    hdr = _NPY_HEADERS.get(key)
+    if hdr is None:
+        import io
+
+        shape = (1, display.shape[1], display.shape[0]) if display.ndim == 2 else display.shape[::-1]
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, {"descr": np.lib.format.dtype_to_descr(display.dtype), "fortran_order": True, "shape": shape})
+        hdr = _NPY_HEADERS[key] = buf.getvalue()
+    return hdr
+
+
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def encode_npy(fh: Any, arr: np.ndarray) -> None:
+    """Write a ``(rows, columns[, 3])`` display array as NPY to the open binary file ``fh``
+    (:func:`npy_header`, then the array's bytes: the same file ``np.save`` writes for the
+    channel-first transposed view)."""
     disp = np.ascontiguousarray(arr)
-    np.save(fh, disp.T[None] if disp.ndim == 2 else disp.transpose(2, 1, 0), allow_pickle=False)
+    fh.write(npy_header(disp))
+    fh.write(memoryview(disp).cast("B"))
+
+
+def _write_atomic(path: str, chunks: Sequence[Any]) -> None:
+    """Write ``chunks`` (bytes / C-contiguous arrays) to ``path`` atomically, without fsync.
+
+    Same guarantee as :func:`~hicur_monai.utils.io.atomic_open` with ``fsync=False`` (a temporary
+    file beside the target, renamed over it; a kill leaves the old file or the new one), with the
+    least work per image: an unbuffered descriptor, a temporary name unique to the process
+    (``.<name>.<pid>.tmp``: no random names, and one process writes one image at a time), and
+    the mode ``open`` gives (no chmod). ``--resume`` removes temporary files a kill left behind.
+    """
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def _box_grey(display: np.ndarray) -> np.ndarray:
+    """Box means of a grey integer ``(rows, columns)`` array over a :data:`PHASH_SIZE` grid, as uint8.
+
+    The array is cut into ``PHASH_SIZE x PHASH_SIZE`` boxes of ``rows // PHASH_SIZE`` x
+    ``columns // PHASH_SIZE`` pixels (the last ``< PHASH_SIZE`` rows / columns are left out)
+    and each box's mean is scaled from the dtype's range to 0..255. Integer sums: exact.
+    """
+    n = PHASH_SIZE
+    fy, fx = display.shape[0] // n, display.shape[1] // n
+    rows = display[: fy * n, : fx * n].reshape(n, fy, fx * n)
+    acc = rows[:, 0].astype(np.uint32)  # fy row adds over contiguous rows: no full-size temporary
+    for k in range(1, fy):
+        acc += rows[:, k]
+    sums = acc.reshape(n, n, fx).sum(axis=2, dtype=np.uint64)
+    scale = 255.0 / (np.iinfo(display.dtype).max * fy * fx)
+    return np.rint(sums * scale).astype(np.uint8)
 
 
 def perceptual_hash(display: Any) -> str:
     """64-bit pHash (hex) of a display array (``(rows, columns)`` uint8 / uint16, ``(rows, columns, 3)`` uint8)
     or of the PIL image it was decoded from.
 
-    16-bit values are taken as their high byte. The image is first box-reduced (PIL
-    ``Image.reduce``) to a short side of 64-127 pixels, then ``imagehash.phash`` resizes it
-    to 32 x 32 and keeps the low 8 x 8 DCT frequencies: the pre-reduction changes nothing
-    the 8 x 8 frequencies see and makes the hash's cost independent of the image size.
+    The image is box-averaged to :data:`PHASH_SIZE` x :data:`PHASH_SIZE` (grey: exact integer
+    box means in NumPy, scaled to 8 bits; RGB: PIL ``Image.reduce`` then ITU-R 601-2 luma), and
+    ``imagehash.phash`` of that 32 x 32 image (its own resize to 32 x 32 is then a copy) keeps
+    the signs of the low 8 x 8 DCT frequencies about their median. The cost is one pass over
+    the pixels; images below 32 pixels on a side are resized up to 32 x 32 instead.
     """
     import imagehash
     from PIL import Image
 
-    if isinstance(display, Image.Image):
-        img = display
-    else:
-        if display.dtype == np.uint16:  # the high byte: a strided view of the little-endian bytes
-            display = np.ascontiguousarray(display).astype("<u2", copy=False).view(np.uint8)[..., 1::2]
-        img = Image.fromarray(np.ascontiguousarray(display))
-    factor = min(img.size) // PHASH_PRESHRINK
-    if factor > 1:
-        img = img.reduce(factor)
+    n = PHASH_SIZE
+    if not isinstance(display, Image.Image) and display.ndim == 2:
+        if min(display.shape) >= n:
+            return str(imagehash.phash(Image.fromarray(_box_grey(display))))
+        if display.dtype != np.uint8:
+            display = (display.astype(np.float64) * (255.0 / np.iinfo(display.dtype).max)).round().astype(np.uint8)
+        return str(imagehash.phash(Image.fromarray(np.ascontiguousarray(display))))
+    img = display if isinstance(display, Image.Image) else Image.fromarray(np.ascontiguousarray(display))
+    fx, fy = img.size[0] // n, img.size[1] // n
+    if fx and fy and (fx > 1 or fy > 1):
+        img = img.reduce((fx, fy), box=(0, 0, fx * n, fy * n))
     if img.mode != "L":
         img = img.convert("L")
     return str(imagehash.phash(img))
@@ -402,13 +474,13 @@ def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict
         base["source_path"] = row["source_path"] = f"redacted:{base['source_id']}"  # the path names a patient
     if _dicom_truncated(ds, os.path.getsize(found.path)):
         raise CurationReject("truncated", "pixel data runs past the end of the file")
-    rows_, cols_ = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows_, cols_ = integer(ds, "Rows", 0), integer(ds, "Columns", 0)
+    frames = integer(ds, "NumberOfFrames", 1) or 1
     check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg)
     patient = pseudo.patient(ident.patient_key)
     _identity_columns(row, ident, patient, found, pseudo)
-    bits = int(ds.get("BitsStored", 8) or 8)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = integer(ds, "BitsStored", 8) or 8
+    samples = integer(ds, "SamplesPerPixel", 1) or 1
     rgb_max = float(2**bits - 1) if ident.modality == ENDOSCOPY else 255.0
     slices: list[_Slice] | None = None
     if samples == 1 and frames == 1:
@@ -439,9 +511,9 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     if px.ndim != 2:
         raise CurationReject("wrong_dimensionality", f"decoded array of shape {tuple(px.shape)}; expected a 2D image")
     check_image(px[None], ident.modality, st.cfg)  # integer pixels: finite by construction; constant is checked
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    slope = float(slope) if slope not in (None, "") else 1.0
-    intercept = float(intercept) if intercept not in (None, "") else 0.0
+    slope, intercept = number(ds, "RescaleSlope"), number(ds, "RescaleIntercept")
+    slope = 1.0 if slope is None else slope
+    intercept = 0.0 if intercept is None else intercept
     rows, cols = (int(s) for s in px.shape)
     if ident.modality == CT and px.dtype.kind in "ui" and px.dtype.itemsize <= 2:
         # CT's rule is element-wise: the quantised output is a function of the stored value, tabulated once per
@@ -534,7 +606,7 @@ def _mri_table(index: np.ndarray) -> np.ndarray:
 
 
 def _pixel_spacing(ds: Any) -> tuple[float, float]:
-    ps = ds.get("PixelSpacing")
+    ps = values(ds, "PixelSpacing")
     return (float(ps[1]), float(ps[0])) if ps is not None and len(ps) == 2 and min(map(float, ps)) > 0 else (1.0, 1.0)
 
 
@@ -725,10 +797,9 @@ def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: di
                  phash=sl.phash or perceptual_hash(sl.display), status=ACCEPTED)
         if ext == "npy":
             if header_text is not None:  # the header first: an image never exists without it
-                with atomic_open(path + ".dicom.json", "w", fsync=False) as fh:
-                    fh.write(header_text)
-            with atomic_open(path, "wb", fsync=False) as fh:  # made durable by the part commit
-                encode_npy(fh, sl.display)
+                _write_atomic(path + ".dicom.json", [header_text.encode()])
+            disp = np.ascontiguousarray(sl.display)
+            _write_atomic(path, [npy_header(disp), disp])  # made durable by the part commit
         else:
             text = {"hicur": json.dumps({"source_id": base["source_id"], "patient": patient, "modality": mod,
                                          "sequence": ident.sequence or "", "slice_index": k,
