@@ -20,6 +20,7 @@ Usage (from the repository root)::
     python benchmarks/curation.py rss --files 1000 --sizes tiny --workers 2
     python benchmarks/curation.py rss --files 10000 --sizes tiny --workers 2
     python benchmarks/curation.py stages   # CPU ms of each step on one 512x512 CT slice and one endoscopy frame
+    python benchmarks/curation.py phash    # pHash distances: copies of one image vs different images (threshold)
     python benchmarks/curation.py all      # throughput and both RSS runs, with the RSS ratio
 """
 
@@ -331,11 +332,12 @@ def stages(args: argparse.Namespace) -> dict:
         CurateConfig,
         _quantised,
         _State,
+        _write_atomic,
         content_hash,
-        encode_npy,
         encode_png,
         file_hash,
         init_worker,
+        npy_header,
         perceptual_hash,
         process_file,
     )
@@ -378,9 +380,8 @@ def stages(args: argparse.Namespace) -> dict:
 
         fresh_npy = iter(range(10**6))
 
-        def write_npy(a: np.ndarray) -> None:  # a new file each time, as in a run
-            with open(root / f"x{next(fresh_npy)}.npy", "wb") as fh:
-                encode_npy(fh, a)
+        def write_npy(a: np.ndarray) -> None:  # a new file each time, as in a run (the pipeline's atomic write)
+            _write_atomic(str(root / f"x{next(fresh_npy)}.npy"), [npy_header(a), a])
 
         steps = {
             "CT: pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(f).pixel_array,
@@ -421,9 +422,149 @@ def stages(args: argparse.Namespace) -> dict:
     return res
 
 
+def _phash_previous(display: np.ndarray) -> str:
+    """The pHash of the previous version (box-reduced to a short side of 64-127, then ``imagehash.phash``'s LANCZOS
+    resize to 32 x 32), for comparison."""
+    import imagehash
+    from PIL import Image
+
+    if display.dtype == np.uint16:
+        display = np.ascontiguousarray(display).view(np.uint8)[..., 1::2]
+    img = Image.fromarray(np.ascontiguousarray(display))
+    factor = min(img.size) // 64
+    img = img.reduce(factor) if factor > 1 else img
+    return str(imagehash.phash(img.convert("L") if img.mode != "L" else img))
+
+
+def _real_images() -> dict[str, list[np.ndarray]]:
+    """Real pictures installed with the environment, at curated sizes: scikit-image's photographs as 1280 x 1024 RGB
+    frames; grey photographs and pydicom / pydicom-data DICOM images as 512 x 512 16-bit slices (min-max scaled)."""
+    import warnings
+
+    import pydicom
+    import skimage.data as sd
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    warnings.filterwarnings("ignore")
+    rgb, grey = [], []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "hubble_deep_field",
+                 "colorwheel", "logo", "skin", "lily"):  # not "cat": the same photograph as "chelsea"
+        try:
+            a = getattr(sd, name)()
+        except Exception:  # noqa: BLE001 - some images need a download (pooch): not used
+            continue
+        if a.ndim == 3:
+            rgb.append(np.asarray(Image.fromarray(a[..., :3]).resize((1280, 1024), Image.Resampling.BICUBIC)))
+
+    def add_grey(a: np.ndarray) -> None:
+        a = np.asarray(Image.fromarray(a.astype(np.float32)).resize((512, 512), Image.Resampling.BICUBIC), np.float64)
+        lo, hi = a.min(), a.max()
+        if hi > lo:
+            grey.append(np.round((a - lo) / (hi - lo) * 65535).astype(np.uint16))
+
+    for name in ("camera", "moon", "coins", "page", "text", "horse", "clock", "grass", "gravel", "brick"):
+        try:
+            a = getattr(sd, name)()
+        except Exception:  # noqa: BLE001
+            continue
+        if a.ndim == 2:
+            add_grey(a.astype(np.float64))
+    paths = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm")]
+    try:
+        import data_store
+
+        d = Path(data_store.__file__).parent / "data"
+        paths += [str(d / n) for n in ("MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm",
+                                       "693_UNCR.dcm", "liver.dcm", "eCT_Supplemental.dcm", "emri_small.dcm")]
+    except ImportError:
+        pass
+    for p in paths:
+        try:
+            px = pydicom.dcmread(p).pixel_array
+        except Exception:  # noqa: BLE001
+            continue
+        if px.ndim == 3 and px.shape[-1] not in (3, 4):
+            px = px[px.shape[0] // 2]  # a multi-frame volume: its middle slice
+        if px.ndim == 2:
+            add_grey(px.astype(np.float64))
+    return {"rgb": rgb, "grey": grey}
+
+
+def _variants(a: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Copies a hospital export holds of one image: re-encoded, re-scaled, shifted, brightened, noisier."""
+    import io
+
+    from PIL import Image
+
+    out: dict[str, np.ndarray] = {}
+    if a.ndim == 3:
+        for q in (95, 75):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, "JPEG", quality=q)
+            out[f"JPEG q{q}"] = np.asarray(Image.open(buf))
+        out["+10 grey levels"] = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+        out["noise sd 2"] = np.clip(a + rng.normal(0, 2, a.shape), 0, 255).astype(np.uint8)
+        size = (a.shape[1], a.shape[0])
+    else:
+        buf = io.BytesIO()
+        Image.fromarray((a >> 8).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out["8-bit JPEG q90"] = np.asarray(Image.open(buf)).astype(np.uint16) * 257
+        out["+2 % brightness"] = np.clip(a.astype(np.int64) + 1311, 0, 65535).astype(np.uint16)
+        out["noise sd 1 %"] = np.clip(a + rng.normal(0, 655, a.shape), 0, 65535).astype(np.uint16)
+        size = (a.shape[1], a.shape[0])
+    out["1-pixel shift"] = np.ascontiguousarray(np.roll(a, 1, axis=1))
+    small = (int(size[0] * 0.9), int(size[1] * 0.9))
+    img = Image.fromarray(a if a.ndim == 3 else a.astype(np.float32))
+    back = np.asarray(img.resize(small, Image.Resampling.BICUBIC).resize(size, Image.Resampling.BICUBIC))
+    out["resized 0.9x and back"] = back if a.ndim == 3 else np.clip(back, 0, 65535).round().astype(np.uint16)
+    return out
+
+
+def phash_quality(args: argparse.Namespace) -> dict:
+    """Hamming distances of the pHash between copies of one image and between different images (real pictures).
+
+    The near-duplicate threshold must sit above the first and below the second; printed for the current
+    definition and the previous one.
+    """
+    import itertools
+
+    from hicur_monai.data.curation.dedup import DEFAULT_NEAR_THRESHOLD
+    from hicur_monai.data.curation.process import perceptual_hash
+
+    def dist(a: str, b: str) -> int:
+        return (int(a, 16) ^ int(b, 16)).bit_count()
+
+    imgs = _real_images()
+    rng = np.random.default_rng(0)
+    res: dict = {"threshold": DEFAULT_NEAR_THRESHOLD}
+    for kind, pics in imgs.items():
+        for label, fn in (("current", perceptual_hash), ("previous", _phash_previous)):
+            hashes = [fn(p) for p in pics]
+            copies: dict[str, list[int]] = {}
+            for p, h in zip(pics, hashes):
+                for v, b in _variants(p, rng).items():
+                    copies.setdefault(v, []).append(dist(h, fn(b)))
+            pairs = [dist(a, b) for a, b in itertools.combinations(hashes, 2)]
+            key = f"{kind}/{label}"
+            res[key] = {"images": len(pics), "copies_max": {v: max(x) for v, x in copies.items()},
+                        "copies_mean": {v: round(float(np.mean(x)), 2) for v, x in copies.items()},
+                        "distinct_min": min(pairs), "distinct_p5": float(np.percentile(pairs, 5)),
+                        "distinct_median": float(np.median(pairs)),
+                        "distinct_within_threshold": int(sum(d <= DEFAULT_NEAR_THRESHOLD for d in pairs)),
+                        "distinct_pairs": len(pairs)}
+            r = res[key]
+            print(f"{kind:4s} {label:8s} ({len(pics)} images): copies (max / mean bits) "
+                  + ", ".join(f"{v} {r['copies_max'][v]} / {r['copies_mean'][v]}" for v in copies)
+                  + f"; different images: min {r['distinct_min']}, 5th percentile {r['distinct_p5']:.0f}, median "
+                  f"{r['distinct_median']:.0f}, {r['distinct_within_threshold']} of {r['distinct_pairs']} pairs within "
+                  f"{DEFAULT_NEAR_THRESHOLD}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["throughput", "rss", "stages", "all"])
+    p.add_argument("what", choices=["throughput", "rss", "stages", "phash", "all"])
     p.add_argument("--files", type=int, default=600)
     p.add_argument("--sizes", choices=sorted(SIZES), default="realistic",
                    help="in-plane sizes of the corpus (realistic: CT 512, MR 256-512, endoscopy 1280x1024)")
@@ -441,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         rss(args)
     elif args.what == "stages":
         stages(args)
+    elif args.what == "phash":
+        phash_quality(args)
     else:
         throughput(args)
         out = []
