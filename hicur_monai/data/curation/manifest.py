@@ -187,8 +187,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_manifest(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "manifest") -> dict[str, Path]:
-    """Write ``<name>.parquet``, ``<name>.csv`` and ``<name>-summary.json`` atomically; returns their paths."""
+def write_manifest(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "manifest",
+                   summary: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``<name>.parquet``, ``<name>.csv`` and ``<name>-summary.json`` atomically; returns their paths.
+
+    ``summary``: :func:`summarize` of ``df`` when the caller has it already (else computed here).
+    """
     out = Path(out_dir)
     table = pa.Table.from_pandas(df[list(COLUMNS)], schema=SCHEMA, preserve_index=False)
     paths = {"parquet": out / f"{name}.parquet", "csv": out / f"{name}.csv", "summary": out / f"{name}-summary.json"}
@@ -196,7 +200,7 @@ def write_manifest(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "ma
         pq.write_table(table, fh, compression="zstd")
     with atomic_open(paths["csv"], "w") as fh:
         df[list(COLUMNS)].to_csv(fh, index=False)
-    atomic_write_json(paths["summary"], summarize(df))
+    atomic_write_json(paths["summary"], summarize(df) if summary is None else summary)
     return paths
 
 

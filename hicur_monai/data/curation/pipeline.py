@@ -358,8 +358,8 @@ def _finalize(parts: Sequence[Path], out: Path, name: str, near_threshold: int, 
     df = df.drop_duplicates(subset=["row_type", "source_id", "slice_index"], keep="first")
     df = deduplicate(df, near_threshold)
     df = assign_splits(df, split)
-    paths = write_manifest(df, out, name)
     summary = summarize(df)
+    paths = write_manifest(df, out, name, summary=summary)
     summary["manifest"] = str(paths["parquet"])
     summary["table"] = format_summary(summary)
     return summary
