@@ -18,6 +18,7 @@ from hicur_monai.data.curation.process import (
     encode_npy,
     npy_header,
     perceptual_hash,
+    phash_of_32,
 )
 
 
@@ -167,3 +168,15 @@ def test_perceptual_hash_keeps_near_duplicates_near_and_distinct_images_far() ->
     assert min(dist(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 3 * DEFAULT_NEAR_THRESHOLD
     small = np.random.default_rng(2).integers(0, 65535, (20, 24), dtype=np.uint16)  # below 32 pixels: resized up
     assert len(perceptual_hash(small)) == 16
+
+
+def test_phash_of_32_is_imagehash_phash() -> None:
+    import imagehash
+    import skimage.data as sd
+
+    rng = np.random.default_rng(3)
+    smalls = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(200)]
+    smalls += [np.asarray(Image.fromarray(sd.camera()).resize((32, 32), Image.Resampling.BOX)),
+               np.zeros((32, 32), np.uint8), np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))]
+    for s in smalls:
+        assert phash_of_32(s) == str(imagehash.phash(Image.fromarray(s)))

@@ -67,6 +67,7 @@ __all__ = [
     "encode_npy",
     "npy_header",
     "perceptual_hash",
+    "phash_of_32",
     "content_hash",
     "file_hash",
 ]
@@ -260,32 +261,50 @@ def _box_grey(display: np.ndarray) -> np.ndarray:
     return np.rint(sums * scale).astype(np.uint8)
 
 
+def phash_of_32(grey: np.ndarray) -> str:
+    """``str(imagehash.phash(Image.fromarray(grey)))`` of a ``(32, 32)`` uint8 image, without its image round trips.
+
+    The same steps as ``imagehash.phash`` (hash size 8, high-frequency factor 4) once the image is
+    32 x 32 grey: DCT-II along the columns then the rows, the low 8 x 8 frequencies compared with
+    their median, the 64 bits as 16 hex digits (``tests/test_curation_fast.py`` checks equality).
+    """
+    from scipy.fft import dct
+
+    low = dct(dct(grey.astype(np.float64), axis=0), axis=1)[:8, :8].ravel()
+    s = np.sort(low)
+    return np.packbits(low > (s[31] + s[32]) / 2).tobytes().hex()  # the median of 64 values
+
+
 def perceptual_hash(display: Any) -> str:
     """64-bit pHash (hex) of a display array (``(rows, columns)`` uint8 / uint16, ``(rows, columns, 3)`` uint8)
     or of the PIL image it was decoded from.
 
     The image is box-averaged to :data:`PHASH_SIZE` x :data:`PHASH_SIZE` (grey: exact integer
     box means in NumPy, scaled to 8 bits; RGB: PIL ``Image.reduce`` then ITU-R 601-2 luma), and
-    ``imagehash.phash`` of that 32 x 32 image (its own resize to 32 x 32 is then a copy) keeps
-    the signs of the low 8 x 8 DCT frequencies about their median. The cost is one pass over
-    the pixels; images below 32 pixels on a side are resized up to 32 x 32 instead.
+    hashed as ``imagehash.phash`` hashes that 32 x 32 image (:func:`phash_of_32`: the signs of
+    the low 8 x 8 DCT frequencies about their median). The cost is one pass over the pixels;
+    images below 32 pixels on a side go to ``imagehash.phash`` as they are (it resizes them).
     """
-    import imagehash
     from PIL import Image
 
     n = PHASH_SIZE
     if not isinstance(display, Image.Image) and display.ndim == 2:
         if min(display.shape) >= n:
-            return str(imagehash.phash(Image.fromarray(_box_grey(display))))
+            return phash_of_32(_box_grey(display))
         if display.dtype != np.uint8:
             display = (display.astype(np.float64) * (255.0 / np.iinfo(display.dtype).max)).round().astype(np.uint8)
-        return str(imagehash.phash(Image.fromarray(np.ascontiguousarray(display))))
-    img = display if isinstance(display, Image.Image) else Image.fromarray(np.ascontiguousarray(display))
-    fx, fy = img.size[0] // n, img.size[1] // n
-    if fx and fy and (fx > 1 or fy > 1):
-        img = img.reduce((fx, fy), box=(0, 0, fx * n, fy * n))
-    if img.mode != "L":
-        img = img.convert("L")
+        img = Image.fromarray(np.ascontiguousarray(display))
+    else:
+        img = display if isinstance(display, Image.Image) else Image.fromarray(np.ascontiguousarray(display))
+        fx, fy = img.size[0] // n, img.size[1] // n
+        if fx and fy and (fx > 1 or fy > 1):
+            img = img.reduce((fx, fy), box=(0, 0, fx * n, fy * n))
+        if img.mode != "L":
+            img = img.convert("L")
+        if img.size == (n, n):
+            return phash_of_32(np.asarray(img))
+    import imagehash
+
     return str(imagehash.phash(img))
 
 
