@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hicur_monai.data.curation.reasons import ACCEPTED, DUPLICATE, REJECTED
@@ -198,8 +199,8 @@ def write_manifest(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "ma
     paths = {"parquet": out / f"{name}.parquet", "csv": out / f"{name}.csv", "summary": out / f"{name}-summary.json"}
     with atomic_open(paths["parquet"], "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
-    with atomic_open(paths["csv"], "w") as fh:
-        df[list(COLUMNS)].to_csv(fh, index=False)
+    with atomic_open(paths["csv"], "wb") as fh:  # the same table as CSV (Arrow's writer: ~10x pandas' speed)
+        pacsv.write_csv(table, fh, pacsv.WriteOptions(quoting_style="needed"))
     atomic_write_json(paths["summary"], summarize(df) if summary is None else summary)
     return paths
 
