@@ -368,15 +368,39 @@ def stages(args: argparse.Namespace) -> dict:
         disp = _quantised(None, normed, (1.0, 1.0)).display
         with Image.open(e) as im:
             rgb = np.asarray(im)
+        pil = Image.open(e)
+        pil.load()
         cfg = CurateConfig(out_dir=str(root / "out"), rules=load_rules(root / "rules.yaml"), salt=SALT)
         init_worker(cfg)
         st = _State(cfg)
         found = {x.path: x for x in discover([src])}
         fresh = iter(range(10**6))
 
-        def curate_one(path: str) -> None:  # into a fresh folder: real runs write new files, not over old ones
-            st.cfg.out_dir, st.folders = str(root / f"out{next(fresh)}"), set()
-            process_file(found[path], st)
+        def same_size(path: str) -> list[str]:  # the files of path's folder and size: what one series is in a run
+            if path.endswith(".jpg"):
+                return sorted(str(x) for x in Path(path).parent.parent.rglob("*.jpg"))
+            size = pydicom.dcmread(path, stop_before_pixels=True).Rows
+            return [str(x) for x in sorted(Path(path).parent.glob("*.dcm"))
+                    if pydicom.dcmread(x, stop_before_pixels=True).Rows == size]
+
+        series = {p: same_size(p) for p in (f, m, e)}
+        calls = dict.fromkeys(series, 0)
+
+        def curate_one(path: str) -> None:
+            """Like a run: each call writes a new image (the files of path's series in turn); the output folders are
+            made afresh each time the series starts over (real runs write new files, never over old ones)."""
+            files, k = series[path], calls[path]
+            calls[path] += 1
+            if k % len(files) == 0:
+                st.cfg.out_dir, st.folders = str(root / f"out{next(fresh)}"), set()
+            process_file(found[files[k % len(files)]], st)
+
+        bare_calls = dict.fromkeys(series, 0)
+
+        def bare_one(path: str) -> None:  # the bare decode over the same files in the same order
+            files, k = series[path], bare_calls[path]
+            bare_calls[path] += 1
+            _decode(files[k % len(files)])
 
         fresh_npy = iter(range(10**6))
 
@@ -384,7 +408,7 @@ def stages(args: argparse.Namespace) -> dict:
             _write_atomic(str(root / f"x{next(fresh_npy)}.npy"), [npy_header(a), a])
 
         steps = {
-            "CT: pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(f).pixel_array,
+            "CT: pydicom dcmread + pixel_array (bare)": lambda: bare_one(f),
             "CT: LoadMedicalImage (MONAI reader, 2nd parse)": lambda: loader(f),
             "CT: file_hash (xxh3-128)": lambda: file_hash(f),
             "CT: read_header (deferred pixels)": lambda: read_header(f),
@@ -398,11 +422,11 @@ def stages(args: argparse.Namespace) -> dict:
             "CT: deidentify_dataset (--keep-dicom-header)": lambda: deidentify_dataset(read_header(f), pseudo, "P0"),
             "CT: header_json (--keep-dicom-header)": lambda: header_json(ds0),
             "CT: process_file (whole per-file pipeline)": lambda: curate_one(f),
-            "MR: pydicom dcmread + pixel_array (bare)": lambda: pydicom.dcmread(m).pixel_array,
+            "MR: pydicom dcmread + pixel_array (bare)": lambda: bare_one(m),
             "MR: ScaleIntensityByModality (percentiles)": lambda: mnorm(mimg),
             "MR: process_file (whole per-file pipeline)": lambda: curate_one(m),
-            "endoscopy: PIL decode (bare)": lambda: np.asarray(Image.open(e)),
-            "endoscopy: perceptual_hash": lambda: perceptual_hash(rgb),
+            "endoscopy: PIL decode (bare)": lambda: bare_one(e),
+            "endoscopy: perceptual_hash (of the decoded PIL image)": lambda: perceptual_hash(pil),
             "endoscopy: content_hash": lambda: content_hash(rgb),
             "endoscopy: write NPY (uncompressed)": lambda: write_npy(rgb),
             "endoscopy: encode_png (8-bit RGB, level 1)": lambda: encode_png(rgb, {}, 1),

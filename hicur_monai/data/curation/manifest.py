@@ -57,7 +57,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "output_path": (pa.string(), "image rows: the image file (NPY or PNG), relative to the output folder"),
     "file_hash": (pa.string(), "input rows: xxh3-128 of the input file's bytes (hex)"),
     "image_hash": (pa.string(), "image rows: xxh3-128 of the written pixel array (dtype, shape, row-major bytes; hex)"),
-    "phash": (pa.string(), "image rows: 64-bit perceptual hash (imagehash.phash) of the normalised image, hex"),
+    "phash": (pa.string(), "image rows: 64-bit perceptual hash (imagehash.phash bits of the 32 x 32 box-averaged normalised image), hex"),
     "width": (pa.int32(), "image width in pixels (first spatial axis, MONAI convention)"),
     "height": (pa.int32(), "image height in pixels"),
     "channels": (pa.int32(), "1 (grey, 16-bit) or 3 (RGB, 8-bit)"),
