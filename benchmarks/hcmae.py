@@ -9,12 +9,18 @@ same image size, same number of steps:
 * ``released``       released-style HCMAE: dense ConvNeXt over the masked image, no encoder
                      positions, unfused AdamW, no channels_last
 * ``released_fcmae`` the released-style (dense) FCMAE branch alone
-* ``hcmae_ckpt``     ours with activation checkpointing in both encoders (less memory, more compute)
+* ``hcmae_ckpt``     ours with full activation checkpointing in both encoders and the MAE decoder
+                     (less memory, one extra forward)
+* ``hcmae_sac``      ours with *selective* activation checkpointing (matmul/conv/attention outputs
+                     kept, per-element operators recomputed)
 * ``hcmae_ib``       ours with the AdamW step fused into backward (``AdamWInBackward``: each
                      parameter is updated and its gradient freed as soon as it is complete)
 * ``hcmae_lean``     ours, memory-lean (the bundle's ``memory_lean=true``): ``AdamWInBackward``
-                     + activation checkpointing + ``limit_heap_retention`` (freed tensor memory
-                     goes back to the system instead of staying in the malloc heap)
+                     + full activation checkpointing + a 2 MiB malloc mmap threshold
+                     (``limit_heap_retention``) + ``release_free_heap`` between forward and
+                     backward and after the step (freed tensor memory goes back to the system
+                     instead of staying in the malloc heap)
+* ``hcmae_lean_sac`` the same with selective activation checkpointing (faster, more memory)
 * ``released_heap``  reference only: the released-style config with the same heap setting as
                      ``hcmae_lean``, to show what the allocator setting alone is worth
 
@@ -36,16 +42,20 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
 CONFIGS = (
-    "hcmae", "vit_mae", "fcmae", "released", "released_fcmae", "hcmae_ckpt", "hcmae_ib", "hcmae_lean", "released_heap"
+    "hcmae", "vit_mae", "fcmae", "released", "released_fcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean",
+    "hcmae_lean_sac", "released_heap",
 )  # fmt: skip
-HEAP_LIMITED = ("hcmae_lean", "released_heap")
-OURS = ("hcmae", "hcmae_ckpt", "hcmae_ib", "hcmae_lean")
+HEAP_LIMITED = ("hcmae_lean", "hcmae_lean_sac", "released_heap")
+IN_BACKWARD = ("hcmae_ib", "hcmae_lean", "hcmae_lean_sac")
+CHECKPOINTING = {"hcmae_ckpt": "full", "hcmae_sac": "selective", "hcmae_lean": "full", "hcmae_lean_sac": "selective"}
+OURS = ("hcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean", "hcmae_lean_sac")
 
 
 def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
@@ -59,7 +69,7 @@ def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
         preset=preset,
         fcmae_sparse=not released,
         encoder_pos_embed=not released,
-        grad_checkpointing=name in ("hcmae_ckpt", "hcmae_lean"),
+        grad_checkpointing=CHECKPOINTING.get(name),
     )
     if name in ("vit_mae",):
         for attr in ("convnext", "fc_proj", "fc_decoder", "fc_pred"):
@@ -74,7 +84,7 @@ def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
     net.to(device).train()
     fused = not released and (device == "cuda" or hasattr(torch.optim, "AdamW"))
     params = [p for p in net.parameters() if p.requires_grad]
-    if name in ("hcmae_ib", "hcmae_lean"):
+    if name in IN_BACKWARD:
         return net, AdamWInBackward(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
     try:
         opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused)
@@ -124,7 +134,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import hicur_monai.networks.hcmae  # noqa: F401  (the libraries a training process imports: torch, timm, MONAI)
-    from hicur_monai.training.memory import limit_heap_retention
+    from hicur_monai.training.memory import limit_heap_retention, release_free_heap
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,12 +149,18 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     use_amp = dev == "cuda"
 
+    release = args.config in HEAP_LIMITED and dev == "cpu"  # as MaskedImageTrainer(release_heap=True)
+
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             loss = _loss(args.config, net, imgs, gen)
+        if release:
+            release_free_heap()
         loss.backward()
         opt.step()
+        if release:
+            release_free_heap()
         return float(loss.detach())
 
     for _ in range(args.warmup):
@@ -182,6 +198,24 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _run_config(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
+    """Measure configuration ``name`` in a child process; ``None`` (reported) when it fails."""
+    cmd = [sys.executable, __file__, "--config", name] + [
+        f"--{k}={getattr(args, k.replace('-', '_'))}"
+        for k in ("preset", "batch", "steps", "warmup", "threads", "device", "heap-threshold")
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        print(f"{name}: FAILED (rc={proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    r = json.loads(line[7:])
+    r["images_per_s"] = args.batch / r["s_per_step"]
+    if "flops_per_step" in r:
+        r["mfu"] = r["flops_per_step"] / r["s_per_step"] / (args.peak_tflops * 1e12)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="base", help="HCMAE size preset (base = ViT-B/16-384 + ConvNeXtV2-B)")
@@ -193,8 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {CONFIGS}")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--heap-threshold", type=int, default=256 * 1024,
-                    help="mmap threshold (bytes) of the heap-limited configs (the bundle's heap_mmap_threshold)")
+    ap.add_argument(
+        "--heap-threshold",
+        type=int,
+        default=2 * 1024 * 1024,
+        help="mmap threshold (bytes) of the heap-limited configs (the bundle's heap_mmap_threshold)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the list of configurations this many times, interleaved; report the least disturbed "
+        "(minimum) step time of each configuration and the median of the per-round ratios",
+    )
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args(argv)
 
@@ -202,52 +247,62 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_child(args)), flush=True)
         return 0
 
-    results: dict[str, dict[str, Any]] = {}
-    for name in args.configs.split(","):
+    names = args.configs.split(",")
+    for name in names:
         if name not in CONFIGS:
             ap.error(f"unknown config {name!r}; choose from {CONFIGS}")
-        cmd = [sys.executable, __file__, "--config", name] + [
-            f"--{k}={getattr(args, k.replace('-', '_'))}" for k in ("preset", "batch", "steps", "warmup", "threads", "device", "heap-threshold")
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(f"{name}: FAILED (rc={proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        r = json.loads(line[7:])
-        r["images_per_s"] = args.batch / r["s_per_step"]
-        if "flops_per_step" in r:
-            r["mfu"] = r["flops_per_step"] / r["s_per_step"] / (args.peak_tflops * 1e12)
-        results[name] = r
-        extra = f"  {r['flops_per_step'] / 1e12:.2f} TFLOP/step  MFU {r['mfu']:.1%}" if "mfu" in r else ""
-        imports = f" (imports {r['import_rss_gb']:.2f})" if "import_rss_gb" in r else ""
-        if args.device == "cpu":
-            extra += f"  cpu {r['cpu_s_per_step']:.3f} s/step"
-        print(
-            f"{name:15s} {r['s_per_step']:8.3f} s/step  {r['images_per_s']:8.2f} img/s  "
-            f"peak {r['peak_mem_gb']:6.2f} GB{imports}  params {r['params_m']:.1f} M{extra}",
-            flush=True,
-        )
+    key = "cpu_s_per_step" if args.device == "cpu" else "s_per_step"
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for rnd in range(args.rounds):
+        for name in names:
+            r = _run_config(args, name)
+            if r is None:
+                continue
+            runs[name].append(r)
+            extra = f"  {r['flops_per_step'] / 1e12:.2f} TFLOP/step  MFU {r['mfu']:.1%}" if "mfu" in r else ""
+            imports = f" (imports {r['import_rss_gb']:.2f})" if "import_rss_gb" in r else ""
+            if args.device == "cpu":
+                extra += f"  cpu {r['cpu_s_per_step']:.3f} s/step"
+            tag = f"[{rnd + 1}/{args.rounds}] " if args.rounds > 1 else ""
+            print(
+                f"{tag}{name:15s} {r['s_per_step']:8.3f} s/step  {r['images_per_s']:8.2f} img/s  "
+                f"peak {r['peak_mem_gb']:6.2f} GB{imports}  params {r['params_m']:.1f} M{extra}",
+                flush=True,
+            )
+    # per configuration: the least disturbed round (minimum step time); peak memory of that round
+    results = {name: dict(min(rs, key=lambda r: r[key])) for name, rs in runs.items() if rs}
+    for name, rs in runs.items():
+        if rs:
+            results[name]["rounds"] = rs
     print(f"# preset={args.preset} batch={args.batch} device={args.device} threads={args.threads} steps={args.steps}")
     # on a shared CPU, compare CPU seconds per step (the process's own work); on GPU, wall time
-    key = "cpu_s_per_step" if args.device == "cpu" else "s_per_step"
-    print(f"# ratios use {key}")
+    print(f"# ratios use {key}" + (f", minimum over {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
     if {"hcmae", "vit_mae", "fcmae"} <= set(results):
         t = results["hcmae"][key] / (results["vit_mae"][key] + results["fcmae"][key])
         print(f"hybrid overhead  HCMAE / (MAE + FCMAE) step time: {t:.3f}  (target <= 1.1)")
     for ours in OURS:
         if {ours, "released"} <= set(results):
             o, r = results[ours], results["released"]
-            print(
+            line = (
                 f"{ours} vs released-style: {r[key] / o[key]:.2f}x faster (target >= 1.5), "
                 f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x (target <= 0.6)"
             )
-    if {"hcmae_lean", "released_heap"} <= set(results):
-        o, r = results["hcmae_lean"], results["released_heap"]
-        print(
-            f"hcmae_lean vs released-style with the same heap setting: {r[key] / o[key]:.2f}x faster, "
-            f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x"
-        )
+            pairs = list(zip(runs["released"], runs[ours]))
+            if len(pairs) > 1:  # the same comparison within each round (similar machine load for both)
+                speed = sorted(a[key] / b[key] for a, b in pairs)
+                mem = sorted(b["peak_mem_gb"] / a["peak_mem_gb"] for a, b in pairs)
+                line += (
+                    f"; per round: speed {', '.join(f'{v:.2f}' for v in speed)} (median {statistics.median(speed):.2f}), "
+                    f"memory {', '.join(f'{v:.2f}' for v in mem)} (median {statistics.median(mem):.2f})"
+                )
+            print(line)
+    for lean in ("hcmae_lean", "hcmae_lean_sac"):
+        if {lean, "released_heap"} <= set(results):
+            o, r = results[lean], results["released_heap"]
+            print(
+                f"{lean} vs released-style with the same heap setting: {r[key] / o[key]:.2f}x faster, "
+                f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x"
+            )
     if {"fcmae", "released_fcmae"} <= set(results):
         print(f"FCMAE branch sparse vs dense: {results['released_fcmae'][key] / results['fcmae'][key]:.2f}x faster")
     if args.json:

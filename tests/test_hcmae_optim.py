@@ -141,3 +141,43 @@ def test_limit_heap_retention_returns_freed_tensor_memory():
     assert r["applied"] is True
     assert r["held"] - r["before"] > 0.09 and r["held"] - r["after"] > 0.09, r
     assert r["peak"] >= r["held"] - 0.01
+
+
+_TRIM_CHILD = """
+import json, torch
+from hicur_monai.training.memory import limit_heap_retention, release_free_heap, rss_gb
+limit_heap_retention(32 * 1024 * 1024)  # 1 MiB blocks come from the heap, not from mmap
+blocks = [torch.ones(256 * 1024) for _ in range(200)]  # 200 x 1 MiB, one after the other in the heap
+held = rss_gb()
+del blocks[1::2]  # every other block: each freed one lies between two live ones, never at the heap's top
+freed = rss_gb()
+released = release_free_heap()
+print(json.dumps({"held": held, "freed": freed, "released": released, "after": rss_gb()}))
+"""
+
+
+def test_release_free_heap_returns_memory_the_heap_kept():
+    """Freed 1 MiB tensors stay resident in the heap until ``release_free_heap`` (fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc malloc_trim and /proc are Linux-only")
+    proc = subprocess.run([sys.executable, "-c", _TRIM_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["released"] is True
+    assert r["held"] - r["freed"] < 0.03, r  # free() alone kept the 100 MiB
+    assert r["freed"] - r["after"] > 0.09, r  # malloc_trim handed it back
+
+
+def test_trainer_with_release_heap_trains_the_same():
+    a, b = _nets()
+    imgs = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for net, release in ((a, False), (b, True)):
+        opt = AdamWInBackward(param_groups(net, 0.05), **KW)
+        trainer = MaskedImageTrainer("cpu", 2, [{"image": imgs}], net, opt, release_heap=release)
+        assert trainer.release_heap is release
+        trainer.run()
+    _assert_same(a, b)

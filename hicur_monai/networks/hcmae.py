@@ -44,12 +44,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models import checkpoint_seq
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from hicur_monai.networks.checkpointing import checkpoint_call, checkpoint_modes
+from hicur_monai.networks.depthwise import depthwise_conv2d
 from hicur_monai.networks.pos_embed import sincos_2d_pos_embed
 from hicur_monai.registry import NETWORKS
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
@@ -58,6 +58,7 @@ __all__ = [
     "HCMAEConfig",
     "HCMAE",
     "HCMAE_PRESETS",
+    "CHECKPOINT_PARTS",
     "CONTRASTIVE_MODES",
     "info_nce",
     "patchify",
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 CONTRASTIVE_MODES = ("released", "cmae", "none")
+CHECKPOINT_PARTS = ("vit", "decoder", "convnext")
+"""Parts of HCMAE whose blocks ``grad_checkpointing`` can set one by one."""
 
 #: named size presets; ``base`` is the paper's configuration
 HCMAE_PRESETS: dict[str, dict[str, Any]] = {
@@ -114,9 +117,16 @@ class HCMAEConfig:
         proj_hidden_dim, proj_dim: CMAE projector / predictor sizes (768-1536-256).
         ema_momentum_start, ema_momentum: cosine schedule of the EMA target momentum (cmae).
         max_shift: largest pixel shift of the CMAE positive view.
-        grad_checkpointing: activation checkpointing (per block) in both encoders and the
-            MAE decoder: ~0.5 GB instead of ~2.3 GB of saved activations for Base at 384 px,
-            batch 2, for one extra forward pass.
+        grad_checkpointing: activation checkpointing per block in both encoders and the
+            MAE decoder (:mod:`hicur_monai.networks.checkpointing`). ``True`` / ``"full"``:
+            ~0.24 GB instead of ~2.3 GB of saved activations for Base at 384 px, batch 2,
+            for one extra forward pass; ``"selective"``: keep the outputs of matrix
+            products, convolutions and attention, recompute only the per-element
+            operators; ``False``: off. A mapping sets the mode per part
+            (:data:`CHECKPOINT_PARTS`: ``vit``, ``decoder``, ``convnext``; parts left out
+            are not checkpointed), e.g. ``{"vit": "selective", "decoder": "selective",
+            "convnext": "full"}``. Stored as ``None``, ``"full"``, ``"selective"`` or a
+            mapping with every part.
         drop_path_rate: stochastic depth in both encoders.
     """
 
@@ -146,13 +156,14 @@ class HCMAEConfig:
     ema_momentum_start: float = 0.99
     ema_momentum: float = 0.996
     max_shift: int = 32
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | str | dict[str, Any] | None = None
     drop_path_rate: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.convnext_depths = tuple(int(d) for d in self.convnext_depths)
         self.convnext_dims = tuple(int(d) for d in self.convnext_dims)
+        self.grad_checkpointing = checkpoint_modes(self.grad_checkpointing, CHECKPOINT_PARTS)
         if self.contrastive_mode not in CONTRASTIVE_MODES:
             raise ValueError(f"contrastive_mode must be one of {CONTRASTIVE_MODES}, got {self.contrastive_mode!r}")
         if self.img_size % self.patch_size:
@@ -324,8 +335,6 @@ class HCMAE(nn.Module):
         if cfg.contrastive_mode == "cmae":
             self.target_vit = copy.deepcopy(self.vit).requires_grad_(False)
             self.target_proj = copy.deepcopy(self.proj_vit).requires_grad_(False)
-        if cfg.grad_checkpointing:
-            self.vit.set_grad_checkpointing(True)
         self.convnext.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ sub-model configs
@@ -365,10 +374,19 @@ class HCMAE(nn.Module):
 
     # ------------------------------------------------------------------ ViT-MAE
 
-    def _vit_blocks(self, vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-        if self.config.grad_checkpointing and self.training:
-            return checkpoint_seq(vit.blocks, x)
-        return vit.blocks(x)
+    def _checkpoint_mode(self, part: str) -> str | None:
+        """Checkpointing mode of ``part`` (one of :data:`CHECKPOINT_PARTS`) in this call; off outside training."""
+        if not self.training:
+            return None
+        mode = self.config.grad_checkpointing
+        return mode.get(part) if isinstance(mode, dict) else mode
+
+    def _blocks(self, blocks: nn.Sequential, x: torch.Tensor, part: str) -> torch.Tensor:
+        """Run a block stack, checkpointing each block as ``config.grad_checkpointing`` says for ``part``."""
+        mode = self._checkpoint_mode(part)
+        for blk in blocks:
+            x = checkpoint_call(blk, x, mode=mode)
+        return x
 
     def vit_encode_masked(
         self, imgs: torch.Tensor, generator: torch.Generator | None = None
@@ -381,7 +399,7 @@ class HCMAE(nn.Module):
         x = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
         cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
         x = vit.norm_pre(torch.cat([cls, x], dim=1))
-        x = vit.norm(self._vit_blocks(vit, x))
+        x = vit.norm(self._blocks(vit.blocks, x, "vit"))
         return x, mask, torch.argsort(ids_shuffle, dim=1)
 
     def vit_decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -391,11 +409,7 @@ class HCMAE(nn.Module):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, length + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos
-        if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
-            x = checkpoint_seq(self.decoder_blocks, x)
-        else:
-            x = self.decoder_blocks(x)
-        x = self.decoder_norm(x)
+        x = self.decoder_norm(self._blocks(self.decoder_blocks, x, "decoder"))
         return self.decoder_pred(x)[:, 1:]
 
     def vit_encode(self, imgs: torch.Tensor, vit: VisionTransformer | None = None) -> torch.Tensor:
@@ -415,15 +429,19 @@ class HCMAE(nn.Module):
         ``x`` is zero on masked pixels and stays so (FCMAE sparse-convolution semantics).
         """
         b, c, h, w = x.shape
-        y = blk.conv_dw(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        y = depthwise_conv2d(blk.conv_dw, x).permute(0, 2, 3, 1).reshape(b, h * w, c)
         gidx = idx[..., None].expand(-1, -1, c)
         z = blk.norm(torch.gather(y, 1, gidx))
         mlp = blk.mlp
         z = mlp.drop1(mlp.act(mlp.fc1(z)))
         grn = mlp.grn
-        g = z.norm(p=2, dim=1, keepdim=True)  # over visible pixels: equals the dense norm with zeros elsewhere
+        # L2 norm over the visible pixels (equals the dense norm with zeros elsewhere), as sqrt(sum of squares):
+        # half the time of Tensor.norm over a strided dimension; the clamp keeps the gradient of an
+        # all-zero channel at 0 (as norm's) instead of 0 * inf
+        g = z.square().sum(dim=1, keepdim=True).clamp_min(1e-30).sqrt()
         n = g / (g.mean(dim=-1, keepdim=True) + grn.eps)
-        z = z + torch.addcmul(grn.bias.view(1, 1, -1), grn.weight.view(1, 1, -1), z * n)
+        # GRN: z + bias + weight * (z * n), as one pass over the 4x-wide tensor: z * (1 + weight * n) + bias
+        z = torch.addcmul(grn.bias.view(1, 1, -1), z, grn.weight.view(1, 1, -1) * n + 1.0)
         z = mlp.drop2(mlp.fc2(z))
         if blk.gamma is not None:
             z = z * blk.gamma
@@ -447,11 +465,9 @@ class HCMAE(nn.Module):
             flat = keep.flatten(1)
             n_vis = int(flat[0].sum().item())
             idx = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :n_vis]
+            mode = self._checkpoint_mode("convnext")
             for blk in stage.blocks:
-                if self.config.grad_checkpointing and self.training:
-                    x = checkpoint(self._sparse_block, blk, x, idx, use_reentrant=False)
-                else:
-                    x = self._sparse_block(blk, x, idx)
+                x = checkpoint_call(self._sparse_block, blk, x, idx, mode=mode)
         return x
 
     def fcmae_decode(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

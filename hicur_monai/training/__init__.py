@@ -14,7 +14,7 @@ from hicur_monai.training.handlers import (
     denormalize,
     latest_checkpoint,
 )
-from hicur_monai.training.memory import limit_heap_retention
+from hicur_monai.training.memory import limit_heap_retention, release_free_heap
 from hicur_monai.training.optim import AdamWInBackward, adamw, is_in_backward, param_groups
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "is_in_backward",
     "latest_checkpoint",
     "limit_heap_retention",
+    "release_free_heap",
     "linear_probe",
     "load_features",
     "mask_generator",

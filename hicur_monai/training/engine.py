@@ -19,6 +19,7 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
+from hicur_monai.training.memory import release_free_heap
 from hicur_monai.training.optim import is_in_backward
 
 __all__ = ["MaskedImageTrainer", "MaskedImageEvaluator", "mask_generator", "unwrap"]
@@ -58,6 +59,9 @@ class MaskedImageTrainer(SupervisedTrainer):
         grad_clip: clip the gradient norm to this value (``None``: no clipping; not
             possible with an optimiser that steps inside backward, e.g.
             :class:`~hicur_monai.training.optim.AdamWInBackward`).
+        release_heap: hand the malloc heap's free pages back to the system between forward
+            and backward and after the optimiser step
+            (:func:`~hicur_monai.training.memory.release_free_heap`; CPU memory, glibc).
         **kwargs: other :class:`~monai.engines.SupervisedTrainer` arguments (handlers, ...).
 
     The iteration output holds ``image`` and the scalar losses (``loss``, ``loss_mae``,
@@ -75,6 +79,7 @@ class MaskedImageTrainer(SupervisedTrainer):
         amp: bool = False,
         total_iterations: int | None = None,
         grad_clip: float | None = None,
+        release_heap: bool = False,
         train_handlers: Sequence | None = None,
         **kwargs: Any,
     ) -> None:
@@ -94,6 +99,7 @@ class MaskedImageTrainer(SupervisedTrainer):
         self.use_bf16 = bool(amp)
         self.total_iterations = total_iterations
         self.grad_clip = grad_clip
+        self.release_heap = bool(release_heap)
         if is_in_backward(optimizer):
             if grad_clip:
                 raise ValueError(
@@ -118,10 +124,14 @@ class MaskedImageTrainer(SupervisedTrainer):
         gen = mask_generator(self.seed, engine.state.iteration)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16 and images.is_cuda):
             out = net(images, task="pretrain", generator=gen)
+        if self.release_heap:  # the forward's freed temporaries, before backward's peak
+            release_free_heap()
         out["loss"].backward()  # with AdamWInBackward the parameters are updated here
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
         engine.optimizer.step()
+        if self.release_heap:
+            release_free_heap()
         momentum = unwrap(net).update_target(self._progress(engine)) if hasattr(unwrap(net), "update_target") else 1.0
         result = {Keys.IMAGE: images, Keys.LOSS: out["loss"].detach(), "ema_momentum": momentum}
         for k in LOSS_KEYS[1:]:
