@@ -33,8 +33,8 @@ __all__ = ["values", "text", "number", "integer"]
 _SPLIT_WHOLE = frozenset({"AS", "CS", "DA", "DT", "TM", "UI", "PN"})
 #: VRs split on backslashes, each value right-stripped (``convert_text``)
 _SPLIT_EACH = frozenset({"LO", "SH", "UC"})
-#: single-valued text VRs (``convert_single_string`` / ``convert_UR_string``): right-stripped, never split
-_SINGLE = frozenset({"LT", "ST", "UT", "UR"})
+#: single-valued text VRs (``convert_single_string``): right-stripped of spaces / NULs, never split
+_SINGLE = frozenset({"LT", "ST", "UT"})
 #: numeric strings: stripped both sides, then split
 _NUMERIC = frozenset({"DS", "IS"})
 
@@ -57,7 +57,7 @@ def _dict_vr(tag: int) -> str | None:
 
 def _raw(ds: Dataset, keyword: str) -> tuple[Any, bool]:
     """``(element, True)`` for a raw element (``None`` when absent), ``(value, False)`` for a converted one."""
-    elem = ds._dict.get(_tag(keyword))  # noqa: SLF001 - the raw element, exactly as Dataset.get_item reads it
+    elem = ds.get_item(_tag(keyword), keep_deferred=True)  # the raw element while pydicom has not converted it
     if elem is None or isinstance(elem, RawDataElement):
         return elem, True
     return elem.value, False
@@ -82,7 +82,7 @@ def _fast(raw: RawDataElement) -> list[str] | None:
     if vr in _SINGLE:
         return [value.decode("ascii").rstrip("\x00 ")]
     if vr in _NUMERIC:
-        return value.decode("ascii").strip(" \x00").split("\\")
+        return value.decode("ascii").strip().rstrip(" \x00").split("\\")  # convert_DS/IS_string, then multi_string
     return None
 
 
