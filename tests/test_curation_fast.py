@@ -180,3 +180,14 @@ def test_phash_of_32_is_imagehash_phash() -> None:
                np.zeros((32, 32), np.uint8), np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))]
     for s in smalls:
         assert phash_of_32(s) == str(imagehash.phash(Image.fromarray(s)))
+
+
+def test_write_atomic_finishes_a_partial_writev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, bufs: real(fd, [bytes(bufs[0])[:5]]))  # the kernel wrote 5 bytes
+    arr = np.arange(300, dtype=np.uint16).reshape(15, 20)
+    path = tmp_path / "z.npy"
+    _write_atomic(str(path), [npy_header(arr), arr])
+    np.testing.assert_array_equal(np.load(path), arr.T[None])

@@ -227,8 +227,9 @@ def curate(
         counts[rows[0]["status"]] += 1
         counts["images"] += sum(1 for r in rows[1:] if r["status"] == ACCEPTED)
         bar.update(1)
-        bar.set_postfix(accepted=counts[ACCEPTED], rejected=counts[REJECTED], images=counts["images"],
-                        skipped=counts["resumed"], refresh=False)
+        if progress:
+            bar.set_postfix(accepted=counts[ACCEPTED], rejected=counts[REJECTED], images=counts["images"],
+                            skipped=counts["resumed"], refresh=False)
 
     def pending() -> Iterator[Found]:
         for f in todo:

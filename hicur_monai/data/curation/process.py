@@ -230,8 +230,13 @@ def _write_atomic(path: str, chunks: Sequence[Any]) -> None:
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
+        views = [memoryview(chunk).cast("B") for chunk in chunks]
+        done = os.writev(fd, views)  # one system call for the header and the pixels
+        for view in views:  # the rest, if the kernel wrote less
+            if done >= len(view):
+                done -= len(view)
+                continue
+            view, done = view[done:], 0
             while view:
                 view = view[os.write(fd, view):]
     except BaseException:
@@ -436,7 +441,7 @@ def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
         if fmt == "dicom":
             ident, patient, slices, header_text = _dicom(found, st, match, row, base, content)
         elif fmt in ("png", "jpeg"):
-            ident, patient, slices = _picture(found, st, fmt, match, row)
+            ident, patient, slices = _picture(found, st, fmt, match, row, content)
             header_text = None
         else:
             try:
@@ -666,14 +671,17 @@ def _quantised(index: int | None, a: np.ndarray, spacing: tuple[float, float]) -
     return _slice_of(index, disp, width, height, channels, spacing)
 
 
-def _picture(found: Found, st: _State, fmt: str, match: Any, row: dict[str, Any]
+def _picture(found: Found, st: _State, fmt: str, match: Any, row: dict[str, Any], content: bytes | None = None
              ) -> tuple[Identity, str, list[_Slice]]:
-    """A PNG / JPEG file: one open for the header checks and the decode."""
+    """A PNG / JPEG file: one open for the header checks and the decode (from ``content``, the file's bytes
+    already read for the file hash, when there)."""
+    import io
+
     from PIL import Image
 
     cfg, pseudo = st.cfg, st.pseudo
     try:
-        im = Image.open(found.path)
+        im = Image.open(io.BytesIO(content) if content is not None else found.path)
     except Exception as err:  # noqa: BLE001
         raise CurationReject(_reading_reason(str(err)), f"{fmt} header: {type(err).__name__}") from None
     with im:
