@@ -142,3 +142,17 @@ def test_mri_percentiles_equal_torch_quantile():
     out = ScaleIntensityByModality("mri")(torch.from_numpy(vol))
     lo, hi = (float(v) for v in torch.quantile(torch.from_numpy(vol).reshape(-1), torch.tensor([0.005, 0.995])))
     np.testing.assert_allclose(out.numpy(), np.clip((vol - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "high"), [(np.uint8, 256), (np.int16, 4000), (np.uint16, 4000), (np.uint16, 65536), (np.int8, 128)]
+)
+def test_integer_mri_window_uses_exact_value_counts(dtype, high):
+    """The histogram path (torch's bincount, NumPy's above int16) counts exactly, and gives the sort's window."""
+    from hicur_monai.transforms.array import ScaleIntensityByModality, _value_counts
+
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, high, size=(37, 41)).astype(dtype)
+    np.testing.assert_array_equal(_value_counts(px), np.bincount(px.ravel()))
+    t = ScaleIntensityByModality()
+    assert t.mri_window(px) == t.mri_window(px.astype(np.float32))

@@ -306,7 +306,7 @@ class ScaleIntensityByModality(Transform):
         qs = [p / 100.0 for p in self.mri_percentiles]
         arr = flat.cpu().numpy() if isinstance(flat, torch.Tensor) else flat
         if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2 and arr.size and int(arr.min()) >= 0:
-            lo, hi = _linear_quantiles_from_counts(np.bincount(arr), qs)
+            lo, hi = _linear_quantiles_from_counts(_value_counts(arr), qs)
         else:
             lo, hi = _linear_quantiles(torch.as_tensor(flat).float(), qs)
         if hi <= lo:
@@ -332,6 +332,20 @@ def _linear_quantiles(flat: torch.Tensor, qs: Sequence[float]) -> list[float]:
     sort is several times faster than ``torch.quantile`` on the CPU (2 vs 8 ms for 512 x 512)."""
     v = np.sort(flat.cpu().numpy(), kind="quicksort")
     return _interpolated_order_statistics(v.size, lambda idx: v[idx], qs)
+
+
+def _value_counts(arr: np.ndarray) -> np.ndarray:
+    """``np.bincount`` of a non-negative integer array of at most 16 bits.
+
+    Counted by ``torch.bincount`` (about 2.5x faster than NumPy's, which first converts to
+    int64); ``uint16`` data above 32767, which torch cannot count, goes to NumPy.
+    """
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.dtype == np.uint16:
+        if int(flat.max()) > np.iinfo(np.int16).max:
+            return np.bincount(flat)
+        flat = flat.view(np.int16)  # same bits, all values below 2**15
+    return torch.bincount(torch.from_numpy(flat)).numpy()
 
 
 def _linear_quantiles_from_counts(counts: np.ndarray, qs: Sequence[float]) -> list[float]:
