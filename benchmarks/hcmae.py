@@ -35,12 +35,16 @@ Usage (from the repo root)::
     python benchmarks/hcmae.py --preset base --batch 2 --steps 2 --threads 2
     python benchmarks/hcmae.py --preset tiny --batch 8 --steps 10
     python benchmarks/hcmae.py --device cuda --batch 32 --steps 20
+    python benchmarks/hcmae.py --preset base --batch 2 --threads 1 --rounds 2 --allocator jemalloc \
+        --configs released,hcmae_lean   # every process under jemalloc (LD_PRELOAD)
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -195,16 +199,44 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         out["import_rss_gb"] = base_rss  # the process before the model existed (torch, timm, MONAI imported)
         out["build_rss_gb"] = build_rss  # peak after building the model and optimiser (weights only)
         out["state_gb"] = _state_bytes(net, opt) / 1e9  # weights + optimiser state (+ grads still held), tensor bytes
+        out["allocator"] = _allocator_in_use()
     return out
 
 
-def _run_config(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
+JEMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+)
+
+
+def find_jemalloc() -> str | None:
+    """Path of an installed ``libjemalloc.so``, or ``None``."""
+    for path in JEMALLOC_PATHS:
+        if os.path.exists(path):
+            return path
+    name = ctypes.util.find_library("jemalloc")
+    return name if name and os.path.exists(name) else None
+
+
+def _allocator_in_use() -> str:
+    """``jemalloc`` when it is mapped into this process, else ``glibc``."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "jemalloc" if "libjemalloc" in f.read() else "glibc"
+    except OSError:
+        return "unknown"
+
+
+def _run_config(args: argparse.Namespace, name: str, env: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Measure configuration ``name`` in a child process; ``None`` (reported) when it fails."""
     cmd = [sys.executable, __file__, "--config", name] + [
         f"--{k}={getattr(args, k.replace('-', '_'))}"
         for k in ("preset", "batch", "steps", "warmup", "threads", "device", "heap-threshold")
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         print(f"{name}: FAILED (rc={proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -240,6 +272,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run the list of configurations this many times, interleaved; report the least disturbed "
         "(minimum) step time of each configuration and the median of the per-round ratios",
     )
+    ap.add_argument(
+        "--allocator",
+        choices=("glibc", "jemalloc"),
+        default="glibc",
+        help="C allocator of the measured processes (every configuration alike): jemalloc is preloaded "
+        "from --jemalloc with --malloc-conf",
+    )
+    ap.add_argument("--jemalloc", default=None, help="path of libjemalloc.so (default: searched in the usual places)")
+    ap.add_argument(
+        "--malloc-conf",
+        default="background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1",
+        help="MALLOC_CONF for --allocator jemalloc (default: keep freed pages, never purge)",
+    )
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args(argv)
 
@@ -247,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_child(args)), flush=True)
         return 0
 
+    env = None
+    if args.allocator == "jemalloc":
+        lib = args.jemalloc or find_jemalloc()
+        if lib is None:
+            ap.error("--allocator jemalloc: no libjemalloc.so found; pass --jemalloc PATH (Debian: apt install libjemalloc2)")
+        env = {**os.environ, "LD_PRELOAD": lib, "MALLOC_CONF": args.malloc_conf}
+        print(f"# allocator: jemalloc {lib} MALLOC_CONF={args.malloc_conf}")
     names = args.configs.split(",")
     for name in names:
         if name not in CONFIGS:
@@ -255,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for rnd in range(args.rounds):
         for name in names:
-            r = _run_config(args, name)
+            r = _run_config(args, name, env)
             if r is None:
                 continue
             runs[name].append(r)
             extra = f"  {r['flops_per_step'] / 1e12:.2f} TFLOP/step  MFU {r['mfu']:.1%}" if "mfu" in r else ""
             imports = f" (imports {r['import_rss_gb']:.2f})" if "import_rss_gb" in r else ""
             if args.device == "cpu":
-                extra += f"  cpu {r['cpu_s_per_step']:.3f} s/step"
+                extra += f"  cpu {r['cpu_s_per_step']:.3f} s/step  {r.get('allocator', '')}"
             tag = f"[{rnd + 1}/{args.rounds}] " if args.rounds > 1 else ""
             print(
                 f"{tag}{name:15s} {r['s_per_step']:8.3f} s/step  {r['images_per_s']:8.2f} img/s  "

@@ -423,14 +423,28 @@ class HCMAE(nn.Module):
         return random_keep_mask(batch, self.cell_grid**2, self.config.convnext_mask_ratio, generator, device)[1]
 
     @staticmethod
-    def _sparse_block(blk: ConvNeXtBlock, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """One ConvNeXtV2 block with per-pixel ops on the visible pixels ``idx`` (B, N) only.
+    def _densify(v: torch.Tensor, gidx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Visible pixels ``v`` (B, N, C) at ``gidx`` -> a (B, C, h, w) map, zero elsewhere (channels_last memory)."""
+        b, _, c = v.shape
+        return v.new_zeros(b, h * w, c).scatter(1, gidx, v).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
-        ``x`` is zero on masked pixels and stays so (FCMAE sparse-convolution semantics).
+    @staticmethod
+    def _sparse_block(blk: ConvNeXtBlock, v: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """One ConvNeXtV2 block on the visible pixels only (FCMAE's sparse-convolution semantics).
+
+        Args:
+            blk: the block (identity shortcut).
+            v: features of the visible pixels ``(B, N, C)``; masked pixels are zero by definition.
+            idx: their positions ``(B, N)`` in the row-major ``h x w`` map.
+
+        Returns:
+            the block's output at the same pixels ``(B, N, C)``. Only the depthwise convolution
+            sees the dense map (zeros on masked pixels); every per-pixel operator runs on ``N``.
         """
-        b, c, h, w = x.shape
-        y = depthwise_conv2d(blk.conv_dw, x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        b, _, c = v.shape
         gidx = idx[..., None].expand(-1, -1, c)
+        x = HCMAE._densify(v, gidx, h, w)
+        y = depthwise_conv2d(blk.conv_dw, x).permute(0, 2, 3, 1).reshape(b, h * w, c)
         z = blk.norm(torch.gather(y, 1, gidx))
         mlp = blk.mlp
         z = mlp.drop1(mlp.act(mlp.fc1(z)))
@@ -445,12 +459,15 @@ class HCMAE(nn.Module):
         z = mlp.drop2(mlp.fc2(z))
         if blk.gamma is not None:
             z = z * blk.gamma
-        out = z.new_zeros(b, h * w, c).scatter(1, gidx, z)
-        out = out.reshape(b, h, w, c).permute(0, 3, 1, 2)
-        return blk.drop_path(out) + blk.shortcut(x)
+        return blk.drop_path(z) + v
 
     def convnext_encode_masked(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ConvNeXt features ``(B, C, cells, cells)`` of the masked image (zero on masked cells when sparse)."""
+        """ConvNeXt features ``(B, C, cells, cells)`` of the masked image (zero on masked cells when sparse).
+
+        Sparse (FCMAE): within a stage the features are carried as the visible pixels only
+        (``(B, N, C)``, so activation checkpoints hold 40% of a dense map); the dense map is
+        rebuilt for each depthwise convolution and at the stage's end for the downsampling.
+        """
         enc, g = self.convnext, self.cell_grid
         imgs = imgs.contiguous(memory_format=torch.channels_last)
         visible = (1.0 - mask).reshape(-1, 1, g, g).to(imgs.dtype)
@@ -458,16 +475,21 @@ class HCMAE(nn.Module):
             pix = F.interpolate(visible, scale_factor=self.config.mask_cell, mode="nearest")
             return enc.forward_features(imgs * pix)
         x = enc.stem(imgs)
+        mode = self._checkpoint_mode("convnext")
         for stage in enc.stages:
             x = stage.downsample(x)
-            keep = F.interpolate(visible, size=x.shape[-2:], mode="nearest") if x.shape[-1] != g else visible
-            x = x * keep
+            b, c, h, w = x.shape
+            keep = F.interpolate(visible, size=(h, w), mode="nearest") if w != g else visible
             flat = keep.flatten(1)
             n_vis = int(flat[0].sum().item())
             idx = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :n_vis]
-            mode = self._checkpoint_mode("convnext")
+            gidx = idx[..., None].expand(-1, -1, c)
+            v = torch.gather(x.permute(0, 2, 3, 1).reshape(b, h * w, c), 1, gidx)
             for blk in stage.blocks:
-                x = checkpoint_call(self._sparse_block, blk, x, idx, mode=mode)
+                if not isinstance(blk.shortcut, nn.Identity):
+                    raise ValueError(f"sparse FCMAE needs identity shortcuts inside a stage, got {blk.shortcut}")
+                v = checkpoint_call(self._sparse_block, blk, v, idx, h, w, mode=mode)
+            x = self._densify(v, gidx, h, w)
         return x
 
     def fcmae_decode(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
