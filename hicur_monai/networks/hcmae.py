@@ -474,23 +474,45 @@ class HCMAE(nn.Module):
         if not self.config.fcmae_sparse:  # released: dense network over the masked image
             pix = F.interpolate(visible, scale_factor=self.config.mask_cell, mode="nearest")
             return enc.forward_features(imgs * pix)
-        x = enc.stem(imgs)
         mode = self._checkpoint_mode("convnext")
-        for stage in enc.stages:
-            x = stage.downsample(x)
-            b, c, h, w = x.shape
-            keep = F.interpolate(visible, size=(h, w), mode="nearest") if w != g else visible
-            flat = keep.flatten(1)
-            n_vis = int(flat[0].sum().item())
-            idx = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :n_vis]
-            gidx = idx[..., None].expand(-1, -1, c)
-            v = torch.gather(x.permute(0, 2, 3, 1).reshape(b, h * w, c), 1, gidx)
+        v, prev = imgs, None
+        for i, stage in enumerate(enc.stages):
+            size = (imgs.shape[-2] // 4 >> i, imgs.shape[-1] // 4 >> i)  # stem stride 4, then 2 per stage
+            idx = self._visible_index(visible, size)
+            gidx = idx[..., None].expand(-1, -1, self.config.convnext_dims[i])
+            # the stage transition (stem or densify + downsampling, then the visible pixels) is
+            # checkpointed too: its dense maps would otherwise be held for backward
+            v = checkpoint_call(self._stage_input, stage, v, prev, gidx, size, mode=mode)
             for blk in stage.blocks:
                 if not isinstance(blk.shortcut, nn.Identity):
                     raise ValueError(f"sparse FCMAE needs identity shortcuts inside a stage, got {blk.shortcut}")
-                v = checkpoint_call(self._sparse_block, blk, v, idx, h, w, mode=mode)
-            x = self._densify(v, gidx, h, w)
-        return x
+                v = checkpoint_call(self._sparse_block, blk, v, idx, *size, mode=mode)
+            prev = (gidx, *size)
+        return self._densify(v, *prev)
+
+    @staticmethod
+    def _visible_index(visible: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Row-major positions ``(B, N)`` of the visible pixels of an ``size`` map (same ``N`` for every image)."""
+        keep = F.interpolate(visible, size=size, mode="nearest") if visible.shape[-2:] != size else visible
+        flat = keep.flatten(1)
+        n_vis = int(flat[0].sum().item())
+        return torch.argsort(flat, dim=1, descending=True, stable=True)[:, :n_vis]
+
+    def _stage_input(
+        self,
+        stage: nn.Module,
+        inp: torch.Tensor,
+        prev: tuple[torch.Tensor, int, int] | None,
+        gidx: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Visible pixels ``(B, N, C)`` entering ``stage``: from the image (stem) or the previous stage's pixels."""
+        x = self.convnext.stem(inp) if prev is None else self._densify(inp, *prev)
+        x = stage.downsample(x)
+        b, c, h, w = x.shape
+        if (h, w) != tuple(size):
+            raise ValueError(f"ConvNeXt stage input is {h}x{w}, expected {size[0]}x{size[1]} for the FCMAE mask")
+        return torch.gather(x.permute(0, 2, 3, 1).reshape(b, h * w, c), 1, gidx)
 
     def fcmae_decode(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """FCMAE decoder: predictions for every cell, ``(B, cells, cell*cell*C)``."""
