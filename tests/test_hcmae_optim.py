@@ -127,17 +127,22 @@ print(json.dumps({"applied": applied, "before": before, "held": held, "after": a
 """
 
 
-def test_limit_heap_retention_returns_freed_tensor_memory():
-    """In a fresh process (the setting is process-wide: it must not leak into the other tests)."""
+def _run_heap_child(code: str) -> dict:
+    """Run ``code`` in a fresh Python (allocator settings are process-wide) and return its last line as JSON."""
     import json
     import subprocess
     import sys
 
     if not sys.platform.startswith("linux"):
-        pytest.skip("glibc mallopt and /proc are Linux-only")
-    proc = subprocess.run([sys.executable, "-c", _HEAP_CHILD], capture_output=True, text=True, timeout=120)
+        pytest.skip("glibc mallopt / malloc_trim and /proc are Linux-only")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_limit_heap_retention_returns_freed_tensor_memory():
+    """In a fresh process (the setting is process-wide: it must not leak into the other tests)."""
+    r = _run_heap_child(_HEAP_CHILD)
     assert r["applied"] is True
     assert r["held"] - r["before"] > 0.09 and r["held"] - r["after"] > 0.09, r
     assert r["peak"] >= r["held"] - 0.01
@@ -158,15 +163,7 @@ print(json.dumps({"held": held, "freed": freed, "released": released, "after": r
 
 def test_release_free_heap_returns_memory_the_heap_kept():
     """Freed 1 MiB tensors stay resident in the heap until ``release_free_heap`` (fresh process)."""
-    import json
-    import subprocess
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("glibc malloc_trim and /proc are Linux-only")
-    proc = subprocess.run([sys.executable, "-c", _TRIM_CHILD], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run_heap_child(_TRIM_CHILD)
     assert r["released"] is True
     assert r["held"] - r["freed"] < 0.03, r  # free() alone kept the 100 MiB
     assert r["freed"] - r["after"] > 0.09, r  # malloc_trim handed it back
