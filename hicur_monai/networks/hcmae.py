@@ -318,6 +318,9 @@ class HCMAE(nn.Module):
 
         # ConvNeXtV2-FCMAE
         self.convnext = ConvNeXt(**self.convnext_kwargs())
+        for blk in (b for stage in self.convnext.stages for b in stage.blocks if cfg.fcmae_sparse):
+            if not isinstance(blk.shortcut, nn.Identity):  # the sparse path adds the residual on visible pixels
+                raise ValueError(f"sparse FCMAE needs identity shortcuts inside a stage, got {blk.shortcut}")
         fd = cfg.fcmae_decoder_dim
         self.fc_proj = nn.Conv2d(cfg.convnext_dims[-1], fd, kernel_size=1)
         self.fc_mask_token = nn.Parameter(torch.zeros(1, fd, 1, 1))
@@ -429,20 +432,19 @@ class HCMAE(nn.Module):
         return v.new_zeros(b, h * w, c).scatter(1, gidx, v).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
-    def _sparse_block(blk: ConvNeXtBlock, v: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _sparse_block(blk: ConvNeXtBlock, v: torch.Tensor, gidx: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """One ConvNeXtV2 block on the visible pixels only (FCMAE's sparse-convolution semantics).
 
         Args:
             blk: the block (identity shortcut).
             v: features of the visible pixels ``(B, N, C)``; masked pixels are zero by definition.
-            idx: their positions ``(B, N)`` in the row-major ``h x w`` map.
+            gidx: their positions in the row-major ``h x w`` map, expanded over channels ``(B, N, C)``.
 
         Returns:
             the block's output at the same pixels ``(B, N, C)``. Only the depthwise convolution
             sees the dense map (zeros on masked pixels); every per-pixel operator runs on ``N``.
         """
         b, _, c = v.shape
-        gidx = idx[..., None].expand(-1, -1, c)
         x = HCMAE._densify(v, gidx, h, w)
         y = depthwise_conv2d(blk.conv_dw, x).permute(0, 2, 3, 1).reshape(b, h * w, c)
         z = blk.norm(torch.gather(y, 1, gidx))
@@ -484,9 +486,7 @@ class HCMAE(nn.Module):
             # checkpointed too: its dense maps would otherwise be held for backward
             v = checkpoint_call(self._stage_input, stage, v, prev, gidx, size, mode=mode)
             for blk in stage.blocks:
-                if not isinstance(blk.shortcut, nn.Identity):
-                    raise ValueError(f"sparse FCMAE needs identity shortcuts inside a stage, got {blk.shortcut}")
-                v = checkpoint_call(self._sparse_block, blk, v, idx, *size, mode=mode)
+                v = checkpoint_call(self._sparse_block, blk, v, gidx, *size, mode=mode)
             prev = (gidx, *size)
         return self._densify(v, *prev)
 
