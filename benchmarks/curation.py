@@ -332,7 +332,6 @@ def stages(args: argparse.Namespace) -> dict:
         CurateConfig,
         _quantised,
         _State,
-        _write_atomic,
         content_hash,
         encode_png,
         file_hash,
@@ -343,6 +342,7 @@ def stages(args: argparse.Namespace) -> dict:
     )
     from hicur_monai.data.curation.rules import load_rules
     from hicur_monai.transforms import LoadMedicalImage, ScaleIntensityByModality
+    from hicur_monai.utils.io import atomic_write_chunks
 
     warnings.filterwarnings("ignore")
     res: dict[str, float] = {}
@@ -405,7 +405,7 @@ def stages(args: argparse.Namespace) -> dict:
         fresh_npy = iter(range(10**6))
 
         def write_npy(a: np.ndarray) -> None:  # a new file each time, as in a run (the pipeline's atomic write)
-            _write_atomic(str(root / f"x{next(fresh_npy)}.npy"), [npy_header(a), a])
+            atomic_write_chunks(str(root / f"x{next(fresh_npy)}.npy"), [npy_header(a), a])
 
         steps = {
             "CT: pydicom dcmread + pixel_array (bare)": lambda: bare_one(f),

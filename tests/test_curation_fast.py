@@ -14,12 +14,12 @@ from hicur_monai.data.curation.dicom_values import integer, number, text, values
 from hicur_monai.data.curation.process import (
     PHASH_SIZE,
     _box_grey,
-    _write_atomic,
     encode_npy,
     npy_header,
     perceptual_hash,
     phash_of_32,
 )
+from hicur_monai.utils.io import atomic_write_chunks
 
 
 def _dicom_files() -> list[Path]:
@@ -118,12 +118,12 @@ def test_npy_is_np_save_of_the_channel_first_view(tmp_path: Path, arr: np.ndarra
     np.save(b, cf, allow_pickle=False)
     assert a.getvalue() == b.getvalue()
     path = tmp_path / "x.npy"
-    _write_atomic(str(path), [npy_header(arr), arr])
+    atomic_write_chunks(str(path), [npy_header(arr), arr])
     assert path.read_bytes() == b.getvalue() and not list(tmp_path.glob(".*.tmp"))
     np.testing.assert_array_equal(np.load(path), cf)
 
 
-def test_write_atomic_leaves_no_partial_file(tmp_path: Path) -> None:
+def test_atomic_write_chunks_leaves_no_partial_file(tmp_path: Path) -> None:
     path = tmp_path / "y.npy"
     path.write_bytes(b"old")
 
@@ -132,7 +132,7 @@ def test_write_atomic_leaves_no_partial_file(tmp_path: Path) -> None:
             raise RuntimeError("disk gone")
 
     with pytest.raises((RuntimeError, TypeError)):
-        _write_atomic(str(path), [b"new", Boom()])
+        atomic_write_chunks(str(path), [b"new", Boom()])
     assert path.read_bytes() == b"old" and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -182,12 +182,12 @@ def test_phash_of_32_is_imagehash_phash() -> None:
         assert phash_of_32(s) == str(imagehash.phash(Image.fromarray(s)))
 
 
-def test_write_atomic_finishes_a_partial_writev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_chunks_finishes_a_partial_writev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     real = os.writev
     monkeypatch.setattr(os, "writev", lambda fd, bufs: real(fd, [bytes(bufs[0])[:5]]))  # the kernel wrote 5 bytes
     arr = np.arange(300, dtype=np.uint16).reshape(15, 20)
     path = tmp_path / "z.npy"
-    _write_atomic(str(path), [npy_header(arr), arr])
+    atomic_write_chunks(str(path), [npy_header(arr), arr])
     np.testing.assert_array_equal(np.load(path), arr.T[None])

@@ -25,11 +25,9 @@ xxh3-128.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,7 @@ from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED, CurationReject
 from hicur_monai.data.curation.rules import Rules
 from hicur_monai.modality import CT, ENDOSCOPY, MRI
 from hicur_monai.transforms.array import STORED_GREY_MAX, STORED_RGB_MAX
-from hicur_monai.utils.io import atomic_open
+from hicur_monai.utils.io import atomic_open, atomic_write_chunks
 
 __all__ = [
     "CurateConfig",
@@ -215,37 +213,6 @@ def encode_npy(fh: Any, arr: np.ndarray) -> None:
     disp = np.ascontiguousarray(arr)
     fh.write(npy_header(disp))
     fh.write(memoryview(disp).cast("B"))
-
-
-def _write_atomic(path: str, chunks: Sequence[Any]) -> None:
-    """Write ``chunks`` (bytes / C-contiguous arrays) to ``path`` atomically, without fsync.
-
-    Same guarantee as :func:`~hicur_monai.utils.io.atomic_open` with ``fsync=False`` (a temporary
-    file beside the target, renamed over it; a kill leaves the old file or the new one), with the
-    least work per image: an unbuffered descriptor, a temporary name unique to the process
-    (``.<name>.<pid>.tmp``: no random names, and one process writes one image at a time), and
-    the mode ``open`` gives (no chmod). ``--resume`` removes temporary files a kill left behind.
-    """
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    try:
-        views = [memoryview(chunk).cast("B") for chunk in chunks]
-        done = os.writev(fd, views)  # one system call for the header and the pixels
-        for view in views:  # the rest, if the kernel wrote less
-            if done >= len(view):
-                done -= len(view)
-                continue
-            view, done = view[done:], 0
-            while view:
-                view = view[os.write(fd, view):]
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 def _box_grey(display: np.ndarray) -> np.ndarray:
@@ -824,9 +791,9 @@ def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: di
                  phash=sl.phash or perceptual_hash(sl.display), status=ACCEPTED)
         if ext == "npy":
             if header_text is not None:  # the header first: an image never exists without it
-                _write_atomic(path + ".dicom.json", [header_text.encode()])
+                atomic_write_chunks(path + ".dicom.json", [header_text.encode()])
             disp = np.ascontiguousarray(sl.display)
-            _write_atomic(path, [npy_header(disp), disp])  # made durable by the part commit
+            atomic_write_chunks(path, [npy_header(disp), disp])  # made durable by the part commit
         else:
             text = {"hicur": json.dumps({"source_id": base["source_id"], "patient": patient, "modality": mod,
                                          "sequence": ident.sequence or "", "slice_index": k,
