@@ -19,7 +19,8 @@ same image size, same number of steps:
                      + full activation checkpointing + a 2 MiB malloc mmap threshold
                      (``limit_heap_retention``) + ``release_free_heap`` between forward and
                      backward and after the step (freed tensor memory goes back to the system
-                     instead of staying in the malloc heap)
+                     instead of staying in the malloc heap) + transparent huge pages for large
+                     tensors (``enable_huge_pages``; ``--huge-pages off`` leaves them out)
 * ``hcmae_lean_sac`` the same with selective activation checkpointing (faster, more memory)
 * ``released_heap``  reference only: the released-style config with the same heap setting as
                      ``hcmae_lean``, to show what the allocator setting alone is worth
@@ -138,12 +139,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import hicur_monai.networks.hcmae  # noqa: F401  (the libraries a training process imports: torch, timm, MONAI)
-    from hicur_monai.training.memory import limit_heap_retention, release_free_heap
+    from hicur_monai.training.memory import enable_huge_pages, limit_heap_retention, release_free_heap
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    huge_pages = False
     if args.config in HEAP_LIMITED:
         limit_heap_retention(args.heap_threshold)
+        huge_pages = args.huge_pages == "on" and enable_huge_pages()  # as the bundle's huge_pages key
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     dev = args.device
     net, opt = _build(args.config, args.preset, dev)
@@ -199,7 +202,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         out["import_rss_gb"] = base_rss  # the process before the model existed (torch, timm, MONAI imported)
         out["build_rss_gb"] = build_rss  # peak after building the model and optimiser (weights only)
         out["state_gb"] = _state_bytes(net, opt) / 1e9  # weights + optimiser state (+ grads still held), tensor bytes
-        out["allocator"] = _allocator_in_use()
+        out["allocator"] = _allocator_in_use() + (" +THP" if huge_pages else "")
     return out
 
 
@@ -234,7 +237,7 @@ def _run_config(args: argparse.Namespace, name: str, env: dict[str, str] | None 
     """Measure configuration ``name`` in a child process; ``None`` (reported) when it fails."""
     cmd = [sys.executable, __file__, "--config", name] + [
         f"--{k}={getattr(args, k.replace('-', '_'))}"
-        for k in ("preset", "batch", "steps", "warmup", "threads", "device", "heap-threshold")
+        for k in ("preset", "batch", "steps", "warmup", "threads", "device", "heap-threshold", "huge-pages")
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -264,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=2 * 1024 * 1024,
         help="mmap threshold (bytes) of the heap-limited configs (the bundle's heap_mmap_threshold)",
+    )
+    ap.add_argument(
+        "--huge-pages",
+        choices=("on", "off"),
+        default="on",
+        help="the heap-limited configs back their large tensors with transparent huge pages "
+        "(the bundle's huge_pages key, on with memory_lean)",
     )
     ap.add_argument(
         "--rounds",

@@ -78,6 +78,8 @@ def test_memory_lean_switches_optimizer_checkpointing_and_heap(repo_root):
         assert net.config.grad_checkpointing == ("full" if lean else None)
         assert p.get_parsed_content("heap_mmap_threshold") == (2097152 if lean else None)
         assert p.get_parsed_content("release_heap") is lean
+        assert p.get_parsed_content("huge_pages") is lean
+        assert any("enable_huge_pages() if @huge_pages" in e for e in p["initialize"])
         assert p["train"]["trainer"]["release_heap"] == "@release_heap"
         p.update({"network": net, "train#optimizer#params": "$@network.parameters()"})
         p.parse()

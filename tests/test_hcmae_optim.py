@@ -169,6 +169,34 @@ def test_release_free_heap_returns_memory_the_heap_kept():
     assert r["freed"] - r["after"] > 0.09, r  # malloc_trim handed it back
 
 
+_THP_CHILD = """
+import json, os, sys
+from hicur_monai.training.memory import _thp_mode, enable_huge_pages
+late = sys.argv[1] == "late"
+if late:
+    import torch
+    torch.ones(4)  # PyTorch reads THP_MEM_ALLOC_ENABLE at its first allocation: this is too early
+enabled = enable_huge_pages()
+import torch
+big = torch.ones(8 * 1024 * 1024 // 4)  # 8 MiB, touched
+with open("/proc/self/smaps_rollup") as f:
+    huge_kb = next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages"))
+print(json.dumps({"mode": _thp_mode(), "enabled": enabled, "aligned": big.data_ptr() % 4096 == 0, "huge_kb": huge_kb}))
+"""
+
+
+@pytest.mark.parametrize("when", ["first", "late"])
+def test_enable_huge_pages_before_the_first_tensor_only(when):
+    """Fresh process: called before any tensor, large tensors get huge pages; called late, it says so and changes nothing."""
+    r = _run_heap_child(_THP_CHILD.replace("sys.argv[1]", repr(when)))
+    if r["mode"] in (None, "never"):
+        assert r["enabled"] is False
+        pytest.skip(f"transparent huge pages unavailable (mode {r['mode']})")
+    assert r["enabled"] is (when == "first") and r["aligned"] is (when == "first"), r
+    if when == "first":
+        assert r["huge_kb"] >= 2048, r  # at least one 2 MiB page backs the tensor
+
+
 def test_trainer_with_release_heap_trains_the_same():
     a, b = _nets()
     imgs = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))

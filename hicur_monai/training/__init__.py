@@ -14,7 +14,7 @@ from hicur_monai.training.handlers import (
     denormalize,
     latest_checkpoint,
 )
-from hicur_monai.training.memory import limit_heap_retention, release_free_heap
+from hicur_monai.training.memory import enable_huge_pages, limit_heap_retention, release_free_heap
 from hicur_monai.training.optim import AdamWInBackward, adamw, is_in_backward, param_groups
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "extract_features",
     "is_in_backward",
     "latest_checkpoint",
+    "enable_huge_pages",
     "limit_heap_retention",
     "release_free_heap",
     "linear_probe",

@@ -12,6 +12,12 @@ The same effect is available without code through the environment variable
 but lets blocks below it pile up in the heap; :func:`release_free_heap`
 (``malloc_trim(0)``) hands those free pages back at chosen points (the HCMAE trainer calls
 it between forward and backward and after the optimiser step).
+
+Every block above the threshold then costs one page fault per 4 KiB page each time it is
+allocated (the kernel hands out zeroed pages). :func:`enable_huge_pages` asks PyTorch to
+back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``: 2 MiB
+alignment + ``madvise(MADV_HUGEPAGE)`` for tensors of 2 MiB and more), so the same memory
+arrives in 512x fewer faults.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 import resource
 from typing import Any
 
-__all__ = ["limit_heap_retention", "release_free_heap", "rss_gb", "peak_rss_gb"]
+__all__ = ["limit_heap_retention", "release_free_heap", "enable_huge_pages", "rss_gb", "peak_rss_gb"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,52 @@ def release_free_heap() -> bool:
     """
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+_HUGE_PAGE = 2 * 1024 * 1024
+
+
+def _thp_mode() -> str | None:
+    """The kernel's transparent-huge-page mode (``always``, ``madvise``, ``never``), ``None`` when unknown."""
+    try:
+        with open(THP_SETTING) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def enable_huge_pages() -> bool:
+    """Back PyTorch's large CPU tensors (2 MiB and more) with transparent huge pages.
+
+    Sets ``THP_MEM_ALLOC_ENABLE=1``, which PyTorch's CPU allocator reads once, at its first
+    allocation; so call this before any tensor exists (the bundle does it in
+    ``initialize``), or set the variable in the environment before starting Python. The
+    result is checked with a 4 MiB probe tensor, which PyTorch aligns to a page only when
+    the setting is in effect (otherwise to 64 bytes).
+
+    Returns:
+        ``True`` when large tensors now get huge pages; ``False`` (with a warning naming the
+        cause) when the kernel has them switched off, or PyTorch read its setting before this
+        call.
+    """
+    mode = _thp_mode()
+    if mode == "never":
+        log.warning("enable_huge_pages: transparent huge pages are off in this kernel (%s: never)", THP_SETTING)
+        return False
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    import torch  # the setting has to be in place before torch's first allocation
+
+    probe = torch.empty(2 * _HUGE_PAGE + 64, dtype=torch.uint8)
+    if probe.data_ptr() % os.sysconf("SC_PAGE_SIZE"):
+        log.warning(
+            "enable_huge_pages: PyTorch allocated tensors before this call and kept its earlier setting; "
+            "start the process with THP_MEM_ALLOC_ENABLE=1 in the environment instead"
+        )
+        return False
+    return True
 
 
 def rss_gb() -> float:
