@@ -16,12 +16,14 @@ same image size, same number of steps:
 * ``hcmae_ib``       ours with the AdamW step fused into backward (``AdamWInBackward``: each
                      parameter is updated and its gradient freed as soon as it is complete)
 * ``hcmae_lean``     ours, memory-lean (the bundle's ``memory_lean=true``): ``AdamWInBackward``
-                     + full activation checkpointing + a 2 MiB malloc mmap threshold
+                     + activation checkpointing ``LEAN_CHECKPOINTING`` (full in the MAE decoder
+                     and the ConvNeXt, none in the ViT encoder) + a 2 MiB malloc mmap threshold
                      (``limit_heap_retention``) + ``release_free_heap`` between forward and
                      backward and after the step (freed tensor memory goes back to the system
                      instead of staying in the malloc heap) + transparent huge pages for large
                      tensors (``enable_huge_pages``; ``--huge-pages off`` leaves them out)
-* ``hcmae_lean_sac`` the same with selective activation checkpointing (faster, more memory)
+* ``hcmae_lean_full`` the same with full activation checkpointing in all three parts
+* ``hcmae_lean_sac`` the same with selective activation checkpointing in all three parts
 * ``released_heap``  reference only: the released-style config with the same heap setting as
                      ``hcmae_lean``, to show what the allocator setting alone is worth
 
@@ -55,26 +57,33 @@ from typing import Any
 
 CONFIGS = (
     "hcmae", "vit_mae", "fcmae", "released", "released_fcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean",
-    "hcmae_lean_sac", "released_heap",
+    "hcmae_lean_full", "hcmae_lean_sac", "released_heap",
 )  # fmt: skip
-HEAP_LIMITED = ("hcmae_lean", "hcmae_lean_sac", "released_heap")
-IN_BACKWARD = ("hcmae_ib", "hcmae_lean", "hcmae_lean_sac")
-CHECKPOINTING = {"hcmae_ckpt": "full", "hcmae_sac": "selective", "hcmae_lean": "full", "hcmae_lean_sac": "selective"}
-OURS = ("hcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean", "hcmae_lean_sac")
+HEAP_LIMITED = ("hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac", "released_heap")
+IN_BACKWARD = ("hcmae_ib", "hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac")
+CHECKPOINTING = {
+    "hcmae_ckpt": "full",
+    "hcmae_sac": "selective",
+    "hcmae_lean": "lean",  # the bundle's memory_lean: hicur_monai.networks.hcmae.LEAN_CHECKPOINTING
+    "hcmae_lean_full": "full",
+    "hcmae_lean_sac": "selective",
+}
+OURS = ("hcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac")
 
 
 def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
     import torch
 
-    from hicur_monai.networks.hcmae import HCMAE
+    from hicur_monai.networks.hcmae import HCMAE, LEAN_CHECKPOINTING
     from hicur_monai.training.optim import AdamWInBackward
 
     released = name.startswith("released")
+    ckpt = CHECKPOINTING.get(name)
     net = HCMAE(
         preset=preset,
         fcmae_sparse=not released,
         encoder_pos_embed=not released,
-        grad_checkpointing=CHECKPOINTING.get(name),
+        grad_checkpointing=LEAN_CHECKPOINTING if ckpt == "lean" else ckpt,
     )
     if name in ("vit_mae",):
         for attr in ("convnext", "fc_proj", "fc_decoder", "fc_pred"):
@@ -358,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"memory {', '.join(f'{v:.2f}' for v in mem)} (median {statistics.median(mem):.2f})"
                 )
             print(line)
-    for lean in ("hcmae_lean", "hcmae_lean_sac"):
+    for lean in ("hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac"):
         if {lean, "released_heap"} <= set(results):
             o, r = results[lean], results["released_heap"]
             print(

@@ -72,3 +72,27 @@ def test_checkpoint_mapping_covers_every_part():
         HCMAE(preset="tiny", grad_checkpointing={p: "full" for p in CHECKPOINT_PARTS}).config.grad_checkpointing
         == "full"
     )
+
+
+@pytest.mark.parametrize("mode", [None, "lean"])
+def test_vit_branch_backward_runs_before_the_convnext_backward(mode):
+    """LEAN_CHECKPOINTING keeps the ViT encoder's activations only because they are freed first.
+
+    Every ViT-branch parameter (encoder, decoder) must get its gradient before any ConvNeXt
+    parameter does; otherwise the kept activations would still be alive during the
+    ConvNeXt's recomputation, where the step's memory peaks.
+    """
+    from hicur_monai.networks.hcmae import LEAN_CHECKPOINTING
+
+    assert LEAN_CHECKPOINTING["convnext"] == "full" and LEAN_CHECKPOINTING["decoder"] == "full"
+    net = HCMAE(preset="tiny", grad_checkpointing=LEAN_CHECKPOINTING if mode else None).train()
+    order: list[str] = []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda _p, name=name: order.append(name))
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    net(imgs, task="pretrain", generator=torch.Generator().manual_seed(1))["loss"].backward()
+    vit_side = [i for i, n in enumerate(order) if n.startswith(("vit.", "decoder", "mask_token"))]
+    convnext = [i for i, n in enumerate(order) if n.startswith("convnext.")]
+    assert vit_side and convnext
+    assert max(vit_side) < min(convnext), [order[i] for i in convnext[:3]]

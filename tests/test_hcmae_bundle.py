@@ -75,7 +75,7 @@ def test_memory_lean_switches_optimizer_checkpointing_and_heap(repo_root):
         p.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "base.json")])
         p.update({"memory_lean": lean, "preset": "tiny", "img_size": 64, "device": "$torch.device('cpu')"})
         net = p.get_parsed_content("network_def")
-        assert net.config.grad_checkpointing == ("full" if lean else None)
+        assert net.config.grad_checkpointing == ({"vit": None, "decoder": "full", "convnext": "full"} if lean else None)
         assert p.get_parsed_content("heap_mmap_threshold") == (2097152 if lean else None)
         assert p.get_parsed_content("release_heap") is lean
         assert p.get_parsed_content("huge_pages") is lean
