@@ -7,7 +7,7 @@ same image size, same number of steps:
 * ``vit_mae``        the ViT-MAE branch alone
 * ``fcmae``          the ConvNeXtV2-FCMAE branch alone (sparse)
 * ``released``       released-style HCMAE: dense ConvNeXt over the masked image, no encoder
-                     positions, unfused AdamW, no channels_last
+                     positions, unfused AdamW, no channels_last, ViT branch first
 * ``released_fcmae`` the released-style (dense) FCMAE branch alone
 * ``hcmae_ckpt``     ours with full activation checkpointing in both encoders and the MAE decoder
                      (less memory, one extra forward)
@@ -83,6 +83,7 @@ def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
         preset=preset,
         fcmae_sparse=not released,
         encoder_pos_embed=not released,
+        vit_branch_first=released,  # the released code's order (its loss: L_mae + L_fcmae)
         grad_checkpointing=LEAN_CHECKPOINTING if ckpt == "lean" else ckpt,
     )
     if name in ("vit_mae",):

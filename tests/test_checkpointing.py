@@ -74,18 +74,20 @@ def test_checkpoint_mapping_covers_every_part():
     )
 
 
-@pytest.mark.parametrize("mode", [None, "lean"])
-def test_vit_branch_backward_runs_before_the_convnext_backward(mode):
+@pytest.mark.parametrize("mode,vit_first", [(None, False), ("lean", False), (None, True)])
+def test_vit_branch_backward_runs_before_the_convnext_backward(mode, vit_first):
     """LEAN_CHECKPOINTING keeps the ViT encoder's activations only because they are freed first.
 
     Every ViT-branch parameter (encoder, decoder) must get its gradient before any ConvNeXt
     parameter does; otherwise the kept activations would still be alive during the
-    ConvNeXt's recomputation, where the step's memory peaks.
+    ConvNeXt's recomputation, where the step's memory peaks. ``vit_branch_first`` (the
+    released code's order) reverses it.
     """
     from hicur_monai.networks.hcmae import LEAN_CHECKPOINTING
 
     assert LEAN_CHECKPOINTING["convnext"] == "full" and LEAN_CHECKPOINTING["decoder"] == "full"
-    net = HCMAE(preset="tiny", grad_checkpointing=LEAN_CHECKPOINTING if mode else None).train()
+    ckpt = LEAN_CHECKPOINTING if mode else None
+    net = HCMAE(preset="tiny", grad_checkpointing=ckpt, vit_branch_first=vit_first).train()
     order: list[str] = []
     for name, p in net.named_parameters():
         if p.requires_grad:
@@ -95,4 +97,7 @@ def test_vit_branch_backward_runs_before_the_convnext_backward(mode):
     vit_side = [i for i, n in enumerate(order) if n.startswith(("vit.", "decoder", "mask_token"))]
     convnext = [i for i, n in enumerate(order) if n.startswith("convnext.")]
     assert vit_side and convnext
-    assert max(vit_side) < min(convnext), [order[i] for i in convnext[:3]]
+    if vit_first:
+        assert max(convnext) < min(vit_side)
+    else:
+        assert max(vit_side) < min(convnext), [order[i] for i in convnext[:3]]

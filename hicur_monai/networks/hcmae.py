@@ -140,6 +140,11 @@ class HCMAEConfig:
             "convnext": "full"}``. Stored as ``None``, ``"full"``, ``"selective"`` or a
             mapping with every part.
         drop_path_rate: stochastic depth in both encoders.
+        vit_branch_first: run the ViT branch before the ConvNeXt branch, the order of the
+            released code's loss (``L_mae + L_fcmae``). ``False`` (ours) runs the ConvNeXt
+            branch first, so that backward frees the ViT's activations before the
+            ConvNeXt's (see :meth:`HCMAE.pretrain_losses`); the losses are the same up to
+            which random masks are drawn first.
     """
 
     img_size: int = 384
@@ -170,6 +175,7 @@ class HCMAEConfig:
     max_shift: int = 32
     grad_checkpointing: bool | str | dict[str, Any] | None = None
     drop_path_rate: float = 0.0
+    vit_branch_first: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -562,10 +568,11 @@ class HCMAE(nn.Module):
     def pretrain_losses(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All losses and predictions for one batch of ``(B, C, H, W)`` images.
 
-        The ConvNeXt branch runs first and the ViT branch last: autograd runs the nodes
-        created last first, so the ViT encoder's and decoder's backward comes before the
-        ConvNeXt's, and the ViT's activations are freed before the ConvNeXt's recomputation
-        (what lets :data:`LEAN_CHECKPOINTING` keep the encoder's activations).
+        The ConvNeXt branch runs first and the ViT branch last (unless
+        ``config.vit_branch_first``): autograd runs the nodes created last first, so the
+        ViT encoder's and decoder's backward comes before the ConvNeXt's, and the ViT's
+        activations are freed before the ConvNeXt's recomputation (what lets
+        :data:`LEAN_CHECKPOINTING` keep the encoder's activations).
 
         Returns:
             ``loss`` (total), ``loss_mae``, ``loss_fcmae``, ``loss_contrastive`` and the
@@ -576,14 +583,26 @@ class HCMAE(nn.Module):
             raise ValueError(
                 f"HCMAE expects images (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), got {tuple(imgs.shape)}"
             )
-        cnx_mask = self.convnext_mask(imgs.shape[0], generator, imgs.device)
-        feats = self.convnext_encode_masked(imgs, cnx_mask)
-        cnx_pred = self.fcmae_decode(feats, cnx_mask)
-        loss_fcmae = _masked_mse(cnx_pred, patchify(imgs, cfg.mask_cell), cnx_mask, cfg.norm_pix_loss)
 
-        latent, vit_mask, ids_restore = self.vit_encode_masked(imgs, generator)
-        vit_pred = self.vit_decode(latent, ids_restore)
-        loss_mae = _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+        def vit_branch() -> tuple[torch.Tensor, ...]:
+            latent, vit_mask, ids_restore = self.vit_encode_masked(imgs, generator)
+            vit_pred = self.vit_decode(latent, ids_restore)
+            loss = _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+            return latent, vit_mask, vit_pred, loss
+
+        def convnext_branch() -> tuple[torch.Tensor, ...]:
+            cnx_mask = self.convnext_mask(imgs.shape[0], generator, imgs.device)
+            feats = self.convnext_encode_masked(imgs, cnx_mask)
+            cnx_pred = self.fcmae_decode(feats, cnx_mask)
+            loss = _masked_mse(cnx_pred, patchify(imgs, cfg.mask_cell), cnx_mask, cfg.norm_pix_loss)
+            return cnx_mask, feats, cnx_pred, loss
+
+        if cfg.vit_branch_first:
+            latent, vit_mask, vit_pred, loss_mae = vit_branch()
+            cnx_mask, feats, cnx_pred, loss_fcmae = convnext_branch()
+        else:
+            cnx_mask, feats, cnx_pred, loss_fcmae = convnext_branch()
+            latent, vit_mask, vit_pred, loss_mae = vit_branch()
 
         if cfg.contrastive_mode == "released":
             h = w = cfg.img_size
