@@ -74,20 +74,24 @@ def test_checkpoint_mapping_covers_every_part():
     )
 
 
-@pytest.mark.parametrize("mode,vit_first", [(None, False), ("lean", False), (None, True)])
+@pytest.mark.parametrize("mode,vit_first", [("lean", None), (None, None), ("lean", True)])
 def test_vit_branch_backward_runs_before_the_convnext_backward(mode, vit_first):
     """LEAN_CHECKPOINTING keeps the ViT encoder's activations only because they are freed first.
 
     Every ViT-branch parameter (encoder, decoder) must get its gradient before any ConvNeXt
     parameter does; otherwise the kept activations would still be alive during the
-    ConvNeXt's recomputation, where the step's memory peaks. ``vit_branch_first`` (the
-    released code's order) reverses it.
+    ConvNeXt's recomputation, where the step's memory peaks. Without checkpointing the
+    default is the other order (the ConvNeXt keeps the most activations, so it goes first
+    in backward); an explicit ``vit_branch_first`` overrides either.
     """
     from hicur_monai.networks.hcmae import LEAN_CHECKPOINTING
 
     assert LEAN_CHECKPOINTING["convnext"] == "full" and LEAN_CHECKPOINTING["decoder"] == "full"
     ckpt = LEAN_CHECKPOINTING if mode else None
     net = HCMAE(preset="tiny", grad_checkpointing=ckpt, vit_branch_first=vit_first).train()
+    expected = vit_first if vit_first is not None else mode is None  # the default decides from the checkpointing
+    vit_first = net.config.vit_branch_first
+    assert vit_first is expected
     order: list[str] = []
     for name, p in net.named_parameters():
         if p.requires_grad:

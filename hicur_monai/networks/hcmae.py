@@ -140,11 +140,15 @@ class HCMAEConfig:
             "convnext": "full"}``. Stored as ``None``, ``"full"``, ``"selective"`` or a
             mapping with every part.
         drop_path_rate: stochastic depth in both encoders.
-        vit_branch_first: run the ViT branch before the ConvNeXt branch, the order of the
-            released code's loss (``L_mae + L_fcmae``). ``False`` (ours) runs the ConvNeXt
-            branch first, so that backward frees the ViT's activations before the
-            ConvNeXt's (see :meth:`HCMAE.pretrain_losses`); the losses are the same up to
-            which random masks are drawn first.
+        vit_branch_first: run the ViT branch before the ConvNeXt branch (the order of the
+            released code's loss, ``L_mae + L_fcmae``) or after it. Backward runs the
+            branch computed last first and frees its activations before it reaches the
+            other, so the branch that keeps more activations should run last. ``None``
+            (default) decides from ``grad_checkpointing``: the ViT branch last when the
+            ConvNeXt is checkpointed and the ViT encoder is not (:data:`LEAN_CHECKPOINTING`),
+            else first (without checkpointing the ConvNeXt keeps the most: ~0.9 of ~1.3 GB
+            for Base at 384 px, batch 2). The losses are the same up to which random masks
+            are drawn first. Stored resolved (``True``/``False``).
     """
 
     img_size: int = 384
@@ -175,13 +179,18 @@ class HCMAEConfig:
     max_shift: int = 32
     grad_checkpointing: bool | str | dict[str, Any] | None = None
     drop_path_rate: float = 0.0
-    vit_branch_first: bool = False
+    vit_branch_first: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.convnext_depths = tuple(int(d) for d in self.convnext_depths)
         self.convnext_dims = tuple(int(d) for d in self.convnext_dims)
         self.grad_checkpointing = checkpoint_modes(self.grad_checkpointing, CHECKPOINT_PARTS)
+        if self.vit_branch_first is None:
+            modes = self.grad_checkpointing
+            vit_mode, cnx_mode = (modes["vit"], modes["convnext"]) if isinstance(modes, dict) else (modes, modes)
+            self.vit_branch_first = not (vit_mode is None and cnx_mode is not None)
+        self.vit_branch_first = bool(self.vit_branch_first)
         if self.contrastive_mode not in CONTRASTIVE_MODES:
             raise ValueError(f"contrastive_mode must be one of {CONTRASTIVE_MODES}, got {self.contrastive_mode!r}")
         if self.img_size % self.patch_size:
@@ -568,11 +577,11 @@ class HCMAE(nn.Module):
     def pretrain_losses(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All losses and predictions for one batch of ``(B, C, H, W)`` images.
 
-        The ConvNeXt branch runs first and the ViT branch last (unless
-        ``config.vit_branch_first``): autograd runs the nodes created last first, so the
-        ViT encoder's and decoder's backward comes before the ConvNeXt's, and the ViT's
-        activations are freed before the ConvNeXt's recomputation (what lets
-        :data:`LEAN_CHECKPOINTING` keep the encoder's activations).
+        The branches run in the order ``config.vit_branch_first`` says. Autograd runs the
+        nodes created last first, so the branch computed last is back-propagated first and
+        its activations are freed before the other's backward: with
+        :data:`LEAN_CHECKPOINTING` the ViT branch runs last, so the encoder's kept
+        activations are gone before the ConvNeXt's recomputation.
 
         Returns:
             ``loss`` (total), ``loss_mae``, ``loss_fcmae``, ``loss_contrastive`` and the
