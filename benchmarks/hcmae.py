@@ -83,7 +83,7 @@ def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
         preset=preset,
         fcmae_sparse=not released,
         encoder_pos_embed=not released,
-        vit_branch_first=released,  # the released code's order (its loss: L_mae + L_fcmae)
+        vit_branch_first=True if released else None,  # released: its loss's order (L_mae + L_fcmae); ours: from the checkpointing
         grad_checkpointing=LEAN_CHECKPOINTING if ckpt == "lean" else ckpt,
     )
     if name in ("vit_mae",):

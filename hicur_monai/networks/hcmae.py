@@ -574,6 +574,15 @@ class HCMAE(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def _vit_branch(
+        self, imgs: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ViT-MAE branch of :meth:`pretrain_losses`: ``(latent, mask, prediction, loss)``."""
+        latent, vit_mask, ids_restore = self.vit_encode_masked(imgs, generator)
+        vit_pred = self.vit_decode(latent, ids_restore)
+        cfg = self.config
+        return latent, vit_mask, vit_pred, _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+
     def pretrain_losses(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All losses and predictions for one batch of ``(B, C, H, W)`` images.
 
@@ -593,25 +602,15 @@ class HCMAE(nn.Module):
                 f"HCMAE expects images (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), got {tuple(imgs.shape)}"
             )
 
-        def vit_branch() -> tuple[torch.Tensor, ...]:
-            latent, vit_mask, ids_restore = self.vit_encode_masked(imgs, generator)
-            vit_pred = self.vit_decode(latent, ids_restore)
-            loss = _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
-            return latent, vit_mask, vit_pred, loss
-
-        def convnext_branch() -> tuple[torch.Tensor, ...]:
-            cnx_mask = self.convnext_mask(imgs.shape[0], generator, imgs.device)
-            feats = self.convnext_encode_masked(imgs, cnx_mask)
-            cnx_pred = self.fcmae_decode(feats, cnx_mask)
-            loss = _masked_mse(cnx_pred, patchify(imgs, cfg.mask_cell), cnx_mask, cfg.norm_pix_loss)
-            return cnx_mask, feats, cnx_pred, loss
-
         if cfg.vit_branch_first:
-            latent, vit_mask, vit_pred, loss_mae = vit_branch()
-            cnx_mask, feats, cnx_pred, loss_fcmae = convnext_branch()
-        else:
-            cnx_mask, feats, cnx_pred, loss_fcmae = convnext_branch()
-            latent, vit_mask, vit_pred, loss_mae = vit_branch()
+            latent, vit_mask, vit_pred, loss_mae = self._vit_branch(imgs, generator)
+        cnx_mask = self.convnext_mask(imgs.shape[0], generator, imgs.device)
+        feats = self.convnext_encode_masked(imgs, cnx_mask)
+        cnx_pred = self.fcmae_decode(feats, cnx_mask)
+        loss_fcmae = _masked_mse(cnx_pred, patchify(imgs, cfg.mask_cell), cnx_mask, cfg.norm_pix_loss)
+        if not cfg.vit_branch_first:
+            latent, vit_mask, vit_pred, loss_mae = self._vit_branch(imgs, generator)
+
 
         if cfg.contrastive_mode == "released":
             h = w = cfg.img_size
