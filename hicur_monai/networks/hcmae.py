@@ -79,9 +79,9 @@ LEAN_CHECKPOINTING: dict[str, str | None] = {"vit": None, "decoder": "full", "co
 Measured on HCMAE-Base at 384 px, batch 2 (``docs/hcmae.md``): without checkpointing the
 ViT encoder saves ~180 MB of activations for a 0.5 s forward (it sees only the 25% kept
 patches), the MAE decoder ~240 MB for 0.65 s, the sparse ConvNeXt ~900 MB for 1.4 s. The
-encoder is the cheapest part to keep: :meth:`HCMAE.pretrain_losses` runs the ViT branch
-last, so its backward runs first and its activations are gone before the decoder's and the
-ConvNeXt's recomputations.
+encoder is the cheapest part to keep: with this mapping :meth:`HCMAE.pretrain_losses` runs
+the ViT branch last (``HCMAEConfig.vit_branch_first``), so its backward runs first and the
+encoder's activations are gone before the ConvNeXt's recomputation.
 """
 
 #: named size presets; ``base`` is the paper's configuration
@@ -187,9 +187,9 @@ class HCMAEConfig:
         self.convnext_dims = tuple(int(d) for d in self.convnext_dims)
         self.grad_checkpointing = checkpoint_modes(self.grad_checkpointing, CHECKPOINT_PARTS)
         if self.vit_branch_first is None:
-            modes = self.grad_checkpointing
-            vit_mode, cnx_mode = (modes["vit"], modes["convnext"]) if isinstance(modes, dict) else (modes, modes)
-            self.vit_branch_first = not (vit_mode is None and cnx_mode is not None)
+            self.vit_branch_first = not (
+                self.checkpoint_mode("vit") is None and self.checkpoint_mode("convnext") is not None
+            )
         self.vit_branch_first = bool(self.vit_branch_first)
         if self.contrastive_mode not in CONTRASTIVE_MODES:
             raise ValueError(f"contrastive_mode must be one of {CONTRASTIVE_MODES}, got {self.contrastive_mode!r}")
@@ -210,6 +210,11 @@ class HCMAEConfig:
             self.temperature = 0.07 if self.contrastive_mode == "cmae" else 0.5
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def checkpoint_mode(self, part: str) -> str | None:
+        """Checkpointing mode of ``part`` (one of :data:`CHECKPOINT_PARTS`): ``None``, ``"full"`` or ``"selective"``."""
+        mode = self.grad_checkpointing
+        return mode.get(part) if isinstance(mode, dict) else mode
 
     @classmethod
     def from_preset(cls, preset: str = "base", **overrides: Any) -> HCMAEConfig:
@@ -406,10 +411,7 @@ class HCMAE(nn.Module):
 
     def _checkpoint_mode(self, part: str) -> str | None:
         """Checkpointing mode of ``part`` (one of :data:`CHECKPOINT_PARTS`) in this call; off outside training."""
-        if not self.training:
-            return None
-        mode = self.config.grad_checkpointing
-        return mode.get(part) if isinstance(mode, dict) else mode
+        return self.config.checkpoint_mode(part) if self.training else None
 
     def _blocks(self, blocks: nn.Sequential, x: torch.Tensor, part: str) -> torch.Tensor:
         """Run a block stack, checkpointing each block as ``config.grad_checkpointing`` says for ``part``."""

@@ -15,9 +15,9 @@ it between forward and backward and after the optimiser step).
 
 Every block above the threshold then costs one page fault per 4 KiB page each time it is
 allocated (the kernel hands out zeroed pages). :func:`enable_huge_pages` asks PyTorch to
-back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``: 2 MiB
+back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``: page
 alignment + ``madvise(MADV_HUGEPAGE)`` for tensors of 2 MiB and more), so the same memory
-arrives in 512x fewer faults.
+arrives in 2 MiB pages, 512x fewer faults.
 """
 
 from __future__ import annotations
