@@ -192,9 +192,10 @@ def test_enable_huge_pages_before_the_first_tensor_only(when):
     if r["mode"] in (None, "never"):
         assert r["enabled"] is False
         pytest.skip(f"transparent huge pages unavailable (mode {r['mode']})")
+    # what the code controls: the request (flag read, tensors page-aligned for madvise). Whether the
+    # kernel then backs them with 2 MiB pages depends on memory fragmentation and other load on
+    # the machine, so it is reported (benchmarks/hcmae.py --huge-pages), not asserted here.
     assert r["enabled"] is (when == "first") and r["aligned"] is (when == "first"), r
-    if when == "first":
-        assert r["huge_kb"] >= 2048, r  # at least one 2 MiB page backs the tensor
 
 
 def test_trainer_with_release_heap_trains_the_same():
