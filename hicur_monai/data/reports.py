@@ -624,7 +624,7 @@ def parse_report_file(path: str | Path, parser: ReportParser | None = None) -> P
 
 
 def score_findings(parsed: Sequence[ParsedReport], truths: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Precision / recall of parsed findings against ground-truth sidecars, per finding type.
+    """Precision / recall / F1 of parsed findings against ground-truth sidecars, per finding type.
 
     Each (report, wall) pair counts once per finding. ``"<finding>"`` rows score "present";
     ``"<finding>?"`` rows score "uncertain"; ``"negated"`` scores explicitly negated pairs,
@@ -669,6 +669,7 @@ def score_findings(parsed: Sequence[ParsedReport], truths: Sequence[dict]) -> di
     for key, (tp, fp, fn, support) in counts.items():
         out[key] = {"precision": tp / (tp + fp) if tp + fp else float("nan"),
                     "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                    "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
                     "tp": tp, "fp": fp, "fn": fn, "support": support}
     out["impression"] = {"accuracy": correct / len(parsed) if parsed else float("nan"), "n": len(parsed)}
     return out
