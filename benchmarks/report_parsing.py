@@ -97,7 +97,8 @@ def handwritten_scores(parser: ReportParser, path: Path) -> tuple[dict, dict]:
 
 
 def _label(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def report_handwritten(parser: ReportParser, path: Path, show_misses: bool = False) -> dict:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         out["demo"] = {"reports": n, "reports_per_s": rate, "scores": scores}
     for path in args.handwritten:
         if not path.is_file():
-            if path not in HANDWRITTEN:
+            if path.resolve() not in HANDWRITTEN:
                 raise SystemExit(f"hand-written report set not found: {path}")
             continue
         out.setdefault("handwritten", {})[_label(path)] = report_handwritten(parser, path, args.show_misses)
