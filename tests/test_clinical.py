@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -24,6 +25,7 @@ from hicur_monai.data.clinical import (
     pseudonymise,
 )
 from hicur_monai.data.demo.clinical import CLINICAL_COLUMNS, generate_clinical_table, write_clinical_table
+from hicur_monai.utils.csv_safe import neutralize_formulas
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +177,102 @@ def test_collinearity_guard(demo):
         check_collinearity(["overall_stage", "t_stage"])
     with pytest.warns(UserWarning, match="threshold of EBV"):
         design_matrix(load_clinical_table(demo[0], mode="flag", salt="s"), ["ebv_gt4000", "log10_ebv"])
+
+
+# --------------------------------------------------------------------------- headers and delimiters
+def test_duplicated_header_is_an_error_naming_both(demo, tmp_path):
+    clean = _clean(*demo)
+    age_at = SEED_COLUMNS.index("Age") + 1
+    twice = pd.concat([clean, clean[["Age"]].rename(columns={"Age": "Age2"})], axis=1)
+    path = tmp_path / "dup.csv"
+    twice.rename(columns={"Age2": "Age"}).to_csv(path, index=False)  # pandas would read the second as 'Age.1'
+    with pytest.raises(ClinicalTableError, match="duplicated column headers") as err:
+        load_clinical_table(path, salt="s")
+    assert f"'Age' (column {age_at}) and 'Age' (column {len(SEED_COLUMNS) + 1})" in str(err.value)
+    # near-duplicates: the same after case, whitespace and punctuation are folded
+    near = clean.assign(**{" AGE ": clean["Age"]})
+    with pytest.raises(ClinicalTableError, match=r"'Age' \(column \d+\) and ' AGE '"):
+        load_clinical_table(near, salt="s")
+    near_file = tmp_path / "near.csv"
+    clean.assign(**{"Death-Update": clean["Death Update"]}).to_csv(near_file, index=False)
+    with pytest.raises(ClinicalTableError, match="'Death Update' .* and 'Death-Update'"):
+        load_clinical_table(near_file, salt="s")
+    # aliases: a schema key next to the seed name of the same column
+    aliased = clean.assign(ebv=clean["Tumor Marker EBV"])
+    with pytest.raises(ClinicalTableError, match="'Tumor Marker EBV' and 'ebv' both map to"):
+        load_clinical_table(aliased, salt="s")
+    pytest.importorskip("openpyxl")
+    twice.rename(columns={"Age2": "Age"}).to_excel(tmp_path / "dup.xlsx", index=False)
+    with pytest.raises(ClinicalTableError, match="'Age' .* and 'Age'"):
+        load_clinical_table(tmp_path / "dup.xlsx", salt="s")
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_delimiter_is_sniffed(demo, tmp_path, sep):
+    clean = _clean(*demo)
+    ref = load_clinical_table(clean, salt="s").data
+    path = tmp_path / "table.csv"
+    clean.to_csv(path, index=False, sep=sep)
+    pd.testing.assert_frame_equal(load_clinical_table(path, salt="s").data, ref)
+
+
+def test_missing_columns_error_says_which_delimiter(demo, tmp_path):
+    clean = _clean(*demo).drop(columns=["Death Update"])
+    path = tmp_path / "table.csv"
+    clean.to_csv(path, index=False, sep=";")
+    with pytest.raises(ClinicalTableError, match="required columns missing.*read as semicolon-delimited"):
+        load_clinical_table(path, salt="s")
+    colon = tmp_path / "colon.csv"
+    _clean(*demo).to_csv(colon, index=False, sep=":")
+    with pytest.raises(ClinicalTableError, match="whole header was read as one column"):
+        load_clinical_table(colon, salt="s")
+
+
+# --------------------------------------------------------------------------- CSV injection
+ATTACK = "=cmd|' /C calc'!A0"
+
+
+def test_neutralize_formulas_prefixes_formula_cells_only():
+    df = pd.DataFrame({"text": [ATTACK, "+SUM(A1)", "-4 months", "@x", "\t=1", "\r=1", "plain", None],
+                       "num": [1.0, -2.0, np.nan, 3, 4, 5, 6, 7],
+                       "numeric_text": ["-4", "+1.5e3", "-.5", "12", "=1", "x", "", "-"]})
+    df["=col"] = 1
+    out = neutralize_formulas(df)
+    assert out["text"].tolist()[:7] == ["'" + v for v in df["text"].tolist()[:6]] + ["plain"]
+    assert out["text"].iloc[7] is None
+    assert out["numeric_text"].tolist() == ["-4", "+1.5e3", "-.5", "12", "'=1", "x", "", "'-"]
+    np.testing.assert_array_equal(out["num"], df["num"])
+    assert list(out.columns) == ["text", "num", "numeric_text", "'=col"]
+    assert df["text"].iloc[0] == ATTACK and "=col" in df.columns  # the input is not changed
+
+
+@pytest.mark.slow  # imports matplotlib for the report plot
+def test_judge_csvs_are_neutralised(tmp_path):
+    from hicur_monai.evaluation.aggregate import aggregate
+
+    jpath = tmp_path / "judgments.jsonl"
+    rows = [{"item_id": item, "system": system, "criterion": "accuracy", "run": run, "score": 5 + run + k,
+             "protocol": "rubric"} for k, system in enumerate((ATTACK, "B")) for item in ("i1", "i2", "i3")
+            for run in range(2)]
+    jpath.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    paths = aggregate(tmp_path / "out", judgments=jpath, n_resamples=20)
+    for name in ("summary", "item_scores"):
+        cells = set(pd.read_csv(paths[name], dtype=str, keep_default_na=False).to_numpy().ravel())
+        assert "'" + ATTACK in cells and ATTACK not in cells, name
+
+
+def test_prognosis_csvs_are_neutralised(demo, tmp_path):
+    pytest.importorskip("lifelines")
+    from hicur_monai.survival.workflow import evaluate, infer, train
+
+    table = _clean(*demo)
+    table["Image Number"] = table["Image Number"].astype(str)
+    table.loc[0, "Image Number"] = ATTACK
+    evaluate(table, tmp_path, endpoints="os", models=("cox",), n_folds=2, n_boot=5, n_boot_calibration=5,
+             report=False, salt="s", progress=False)
+    oof = pd.read_csv(tmp_path / "oof_predictions.csv", dtype=str)
+    assert "'" + ATTACK in set(oof["study_id"]) and ATTACK not in set(oof["study_id"])
+    train(table, tmp_path, endpoints="os", models=("cox",), salt="s")
+    pred = pd.read_csv(infer(tmp_path, table, tmp_path / "pred.csv", endpoints="os", models=("cox",), salt="s"),
+                       dtype=str)
+    assert "'" + ATTACK in set(pred["study_id"]) and ATTACK not in set(pred["study_id"])

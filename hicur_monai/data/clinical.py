@@ -23,6 +23,7 @@ its parts, or the EBV flag and EBV itself, are fed to one model.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
 import logging
@@ -445,9 +446,35 @@ def _salt(salt: str | bytes | None) -> str | bytes:
 
 
 # --------------------------------------------------------------------------- loading
-def _read_raw(source: str | os.PathLike | pd.DataFrame, sheet: str | int = 0) -> tuple[pd.DataFrame, str]:
+_DELIMITERS = ",;\t|"
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _header_line(path: Path) -> str:
+    """The first line of a text table (BOM removed)."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return fh.readline()
+
+
+def _sniff_delimiter(header: str) -> str:
+    """The delimiter of a text table, sniffed from its header line (``,`` ``;`` tab ``|``).
+
+    :class:`csv.Sniffer` decides; when it cannot, the candidate that splits the header
+    into the most fields wins (ties: comma).
+    """
+    try:
+        return csv.Sniffer().sniff(header, delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in _DELIMITERS}
+        return max(_DELIMITERS, key=lambda d: (counts[d], d == ","))
+
+
+def _read_raw(source: str | os.PathLike | pd.DataFrame,
+              sheet: str | int = 0) -> tuple[pd.DataFrame, str, list[str], str | None]:
+    """The table as strings, its name, its header cells exactly as written (duplicates kept) and
+    the delimiter it was read with (None for Excel and DataFrames)."""
     if isinstance(source, pd.DataFrame):
-        return source.copy(), "DataFrame"
+        return source.copy(), "DataFrame", [str(c) for c in source.columns], None
     path = Path(source)
     if not path.is_file():
         raise ClinicalTableError(f"clinical table {path} does not exist")
@@ -455,16 +482,48 @@ def _read_raw(source: str | os.PathLike | pd.DataFrame, sheet: str | int = 0) ->
     try:
         if suffix in (".xlsx", ".xlsm", ".xls"):
             raw = pd.read_excel(path, sheet_name=sheet, dtype=object)
+            first = pd.read_excel(path, sheet_name=sheet, header=None, nrows=1, dtype=object)
+            headers = ["" if _is_missing(v) else str(v) for v in first.iloc[0].tolist()] if len(first) else []
+            sep = None
         elif suffix in (".csv", ".txt", ".tsv"):
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None if suffix != ".csv" else ",",
-                              engine="python" if suffix != ".csv" else "c", encoding="utf-8-sig")
+            line = _header_line(path)
+            sep = _sniff_delimiter(line)
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig")
+            headers = next(csv.reader([line], delimiter=sep), [])
         else:
             raise ClinicalTableError(f"{path}: unsupported table format {suffix!r} (use .csv or .xlsx)")
     except ClinicalTableError:
         raise
     except Exception as err:  # the reader's own message names the problem
         raise ClinicalTableError(f"{path}: cannot be read as a table: {err}") from err
-    return raw, str(path)
+    return raw, str(path), headers, sep
+
+
+def _fold_header(name: Any) -> str:
+    """A header compared case-, whitespace- and punctuation-insensitively."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _check_duplicate_headers(headers: Sequence[str], source: str) -> None:
+    """Raise when two header cells are the same after folding case, whitespace and punctuation.
+
+    pandas renames a repeated header (``Age``, ``Age.1``) and the loader would read only the
+    first, so the check runs on the header cells as written in the file.
+    """
+    seen: dict[str, int] = {}
+    clashes = []
+    for i, h in enumerate(headers):
+        folded = _fold_header(h)
+        if not folded:
+            continue  # blank headers (trailing delimiters) hold no schema column
+        if folded in seen:
+            j = seen[folded]
+            clashes.append(f"{headers[j]!r} (column {j + 1}) and {h!r} (column {i + 1})")
+        else:
+            seen[folded] = i
+    if clashes:
+        raise ClinicalTableError(f"{source}: duplicated column headers (same after ignoring case, spaces and "
+                                 f"punctuation): {'; '.join(clashes)}; rename or remove one of each")
 
 
 _OUTCOME_KEYS = frozenset({"treatment_start", "last_follow_up", "failure", "ffs_months", "death", "os_months",
@@ -472,7 +531,7 @@ _OUTCOME_KEYS = frozenset({"treatment_start", "last_follow_up", "failure", "ffs_
 
 
 def _resolve_columns(raw: pd.DataFrame, column_map: Mapping[str, str] | None, source: str,
-                     require_outcomes: bool = True) -> dict[str, str]:
+                     require_outcomes: bool = True, delimiter: str | None = None) -> dict[str, str]:
     """Map the file's headers to schema keys (exact name, a key, case/punctuation-insensitive, or column_map)."""
     mapping: dict[str, str] = {}
     column_map = dict(column_map or {})
@@ -485,17 +544,22 @@ def _resolve_columns(raw: pd.DataFrame, column_map: Mapping[str, str] | None, so
                                          f"schema key nor a seed column name")
         else:
             spec = _BY_NAME.get(str(col).strip()) or _BY_KEY.get(str(col).strip()) or \
-                _BY_NAME_FOLDED.get(re.sub(r"[^a-z0-9]", "", str(col).lower()))
+                _BY_NAME_FOLDED.get(_fold_header(col))
         if spec is None:
             continue
-        if spec.key in mapping.values():
-            raise ClinicalTableError(f"{source}: two columns map to {spec.name!r} (one is {col!r})")
+        other = next((c for c, k in mapping.items() if k == spec.key), None)
+        if other is not None:
+            raise ClinicalTableError(f"{source}: columns {other!r} and {col!r} both map to {spec.name!r} "
+                                     "(duplicated or aliased header); rename or remove one")
         mapping[col] = spec.key
     missing = [c.name for c in SCHEMA if c.required and c.key not in mapping.values()
                and (require_outcomes or c.key not in _OUTCOME_KEYS)]
     if missing:
-        raise ClinicalTableError(f"{source}: required columns missing: {missing}; present: {list(raw.columns)} "
-                                 "(map your own names with column_map={'your name': 'seed name or key'})")
+        hint = f" (read as {_DELIMITER_NAMES[delimiter]}-delimited)" if delimiter else ""
+        if len(raw.columns) == 1:
+            hint += "; the whole header was read as one column: is the file delimited by , ; tab or |?"
+        raise ClinicalTableError(f"{source}: required columns missing: {missing}; present: {list(raw.columns)}"
+                                 f"{hint} (map your own names with column_map={{'your name': 'seed name or key'}})")
     return mapping
 
 
@@ -526,8 +590,9 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
     """
     if mode not in ("strict", "flag", "drop"):
         raise ValueError(f"mode must be 'strict', 'flag' or 'drop', not {mode!r}")
-    raw, source_name = _read_raw(source, sheet)
-    mapping = _resolve_columns(raw, column_map, source_name, require_outcomes)
+    raw, source_name, headers, delimiter = _read_raw(source, sheet)
+    _check_duplicate_headers(headers, source_name)
+    mapping = _resolve_columns(raw, column_map, source_name, require_outcomes, delimiter)
     ignored = [c for c in raw.columns if c not in mapping]
     if ignored:
         logger.info("%s: ignoring columns not in the schema: %s", source_name, ignored)

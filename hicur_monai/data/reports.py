@@ -5,7 +5,11 @@ wall; plus the fossa of Rosenmüller, torus tubarius, choanae and nasal cavity w
 and finding (congestion, swelling, neoplasm, ulceration, secretion, bleeding; "smooth"
 regions separately), with negation ("no neoplasm", "without ulceration"), uncertainty
 ("suspicious for", "cannot be excluded"), laterality ("bilateral" -> both walls) and the
-impression / diagnosis line.
+impression / diagnosis line. A mass is followed through the report: walls it extends onto
+("extending onto the posterior wall", also in a later sentence: "It spreads to the roof"),
+walls named in one list ("fills the vault and both lateral recesses", "the roof, the
+posterior wall and the left torus") and findings that refer back to it ("contact bleeding on
+touch", "its surface is ulcerated") apply to every wall it occupies.
 
 All wording lives in YAML pattern files (``hicur_monai/data/patterns/<language>.yaml``);
 this module holds only the logic, so a hospital adds its own phrasing by writing another
@@ -47,7 +51,8 @@ __all__ = [
 PATTERN_DIR = Path(__file__).resolve().parent / "patterns"
 
 _RANK = {"absent": 0, "uncertain": 1, "present": 2}
-_LIST_KEYS = ("ignore", "bilateral", "normal", "uncertainty", "global", "clause_split", "anaphora", "extension")
+_LIST_KEYS = ("ignore", "bilateral", "normal", "uncertainty", "global", "clause_split", "anaphora", "extension",
+              "lesion_reference")
 _FILLER = re.compile(
     r"\b(?:or|and|nor|any|obvious|definite|evident|of|the|a|an|is|are|was|were|seen|noted|found|identified|"
     r"observed|visible|present|detected|other|signs?|evidence)\b|[\s:;,.!()\-]+",
@@ -79,10 +84,14 @@ class PatternSet:
     uncertainty: list[re.Pattern]
     global_cues: list[re.Pattern]
     anaphora: list[re.Pattern]
+    lesion_reference: list[re.Pattern]
     extension: list[re.Pattern]
+    region_conjunctions: list[re.Pattern]
+    region_fillers: list[re.Pattern]
     clause_split: list[re.Pattern]
     impression_keys: list[str]
     impression_categories: dict[str, list[re.Pattern]]
+    impression_benign: list[re.Pattern]
 
 
 def _compile(pattern: Any, where: str) -> re.Pattern:
@@ -152,9 +161,13 @@ def _check_doc(doc: dict, path: Path) -> None:
     for key in _LIST_KEYS:
         if key in doc and not isinstance(doc[key], list):
             raise ValueError(f"{path}: key {key!r} must be a list of patterns, got {type(doc[key]).__name__}")
-    for key in ("findings", "negation", "impression"):
+    for key in ("findings", "negation", "impression", "region_lists"):
         if key in doc and not isinstance(doc[key], dict):
             raise ValueError(f"{path}: key {key!r} must be a mapping, got {type(doc[key]).__name__}")
+    for key, value in (doc.get("region_lists") or {}).items():
+        if key not in ("conjunctions", "fillers") or not isinstance(value, list):
+            raise ValueError(f"{path}: region_lists.{key} must be one of 'conjunctions', 'fillers' and hold a list "
+                             "of patterns")
     for name in doc.get("findings", {}) or {}:
         if name not in FINDINGS:
             raise ValueError(f"{path}: findings.{name} is not a known finding; known: {list(FINDINGS)}")
@@ -185,6 +198,7 @@ def _build(doc: dict, where: str, sources: list[str]) -> PatternSet:
     ]
     neg = doc.get("negation") or {}
     imp = doc.get("impression") or {}
+    lists = doc.get("region_lists") or {}
     return PatternSet(
         language=str(doc.get("language", "en")),
         sources=sources,
@@ -199,11 +213,15 @@ def _build(doc: dict, where: str, sources: list[str]) -> PatternSet:
         uncertainty=plist("uncertainty", doc.get("uncertainty")),
         global_cues=plist("global", doc.get("global")),
         anaphora=plist("anaphora", doc.get("anaphora")),
+        lesion_reference=plist("lesion_reference", doc.get("lesion_reference")),
         extension=plist("extension", doc.get("extension")),
+        region_conjunctions=plist("region_lists.conjunctions", lists.get("conjunctions")),
+        region_fillers=plist("region_lists.fillers", lists.get("fillers")),
         clause_split=plist("clause_split", doc.get("clause_split")),
         impression_keys=[str(k) for k in imp.get("keys") or []],
         impression_categories={c: plist(f"impression.categories.{c}", (imp.get("categories") or {}).get(c))
                                for c in IMPRESSION_CATEGORIES if c != "suspected_neoplasm"},
+        impression_benign=plist("impression.benign", imp.get("benign")),
     )
 
 
@@ -261,6 +279,25 @@ class ParsedReport:
 
 
 # ----------------------------------------------------------------------------- parser
+@dataclass
+class _Lesion:
+    """The mass a report is describing: its walls and the findings stated of it."""
+
+    regions: tuple[str, ...]
+    findings: dict[str, str]  #: finding -> status, "neoplasm" first
+
+
+@dataclass
+class _Positive:
+    """A present or uncertain finding of the sentence being read."""
+
+    index: int  #: position in the sentence's mentions
+    start: int  #: where it starts in the sentence
+    clause: int  #: its clause
+    own_region: bool  #: its clause names a region of its own
+    is_global: bool  #: its clause says "diffuse", "throughout" ...
+
+
 @dataclass
 class _Span:
     start: int
@@ -325,8 +362,9 @@ class ReportParser:
         named: set[str] = set()
         mentions: list[Mention] = []
         previous: tuple[str, ...] = ()
+        lesion: _Lesion | None = None
         for sentence in self._sentences(body):
-            sentence_mentions, previous = self._read_sentence(sentence, previous)
+            sentence_mentions, previous, lesion = self._read_sentence(sentence, previous, lesion)
             for m, region_keys in sentence_mentions:
                 mentions.append(m)
                 named.update(region_keys)
@@ -414,23 +452,72 @@ class ReportParser:
             regions += ["left_wall", "right_wall"]
         return tuple(dict.fromkeys(regions))
 
-    @staticmethod
-    def _group_regions(spans: list[_Span], sentence: str,
-                       clauses: list[tuple[int, int]]) -> list[tuple[int, int, list[_Span]]]:
-        """Merge region mentions of one clause joined only by connectors ("the roof and posterior wall")."""
-        groups: list[tuple[int, int, list[_Span]]] = []
+    def _gap_kind(self, gap: str) -> str | None:
+        """How the text between two region mentions joins them: ``"conj"`` (a conjunction or
+        nothing), ``"comma"`` (only commas and fillers), or None (they are not one list)."""
+        rest, conj = gap, False
+        for p in self.patterns.region_conjunctions:
+            rest, n = p.subn(" ", rest)
+            conj = conj or n > 0
+        for p in self.patterns.region_fillers:
+            rest = p.sub(" ", rest)
+        comma = "," in rest
+        if rest.replace(",", " ").strip():
+            return None
+        return "comma" if comma and not conj else "conj"
 
+    def _region_lists(self, spans: list[_Span], sentence: str) -> list[list[_Span]]:
+        """Region mentions that form one list ("the roof, the posterior wall and both fossae").
+
+        Mentions joined by a conjunction are one list; mentions joined only by a comma are one
+        list when the list ends with a conjunction ("A, B and C"), else separate statements
+        ("tumour on the roof, left wall, right wall free")."""
+        runs: list[tuple[list[_Span], list[str]]] = []
+        for s in spans:
+            kind = self._gap_kind(sentence[runs[-1][0][-1].end:s.start]) if runs else None
+            if kind:
+                runs[-1][0].append(s)
+                runs[-1][1].append(kind)
+            else:
+                runs.append(([s], []))
+        lists: list[list[_Span]] = []
+        for members, gaps in runs:
+            commas_join = bool(gaps) and gaps[-1] == "conj"
+            lists.append([members[0]])
+            for s, kind in zip(members[1:], gaps):
+                if kind == "conj" or commas_join:
+                    lists[-1].append(s)
+                else:
+                    lists.append([s])
+        return lists
+
+    @staticmethod
+    def _merge_inside_lists(bounds: list[tuple[int, int]], lists: list[list[_Span]]) -> list[tuple[int, int]]:
+        """Join clauses whose boundary falls inside a region list (a comma between its members)."""
+        out: list[tuple[int, int]] = []
+        for c0, c1 in bounds:
+            if out and any(m[0].start < c0 < m[-1].end for m in lists):
+                out[-1] = (out[-1][0], c1)
+            else:
+                out.append((c0, c1))
+        return out
+
+    @staticmethod
+    def _group_regions(lists: list[list[_Span]], clauses: list[tuple[int, int]]) -> list[tuple[int, int, list[_Span]]]:
+        """Region lists, split where a clause boundary falls inside one."""
         def clause_of(pos: int) -> int:
             return next((i for i, (c0, c1) in enumerate(clauses) if c0 <= pos < c1), -1)
 
-        for s in spans:
-            if groups and clause_of(groups[-1][0]) == clause_of(s.start):
-                gap = sentence[groups[-1][1]:s.start]
-                if re.fullmatch(r"(?:\s|\band\b|\bor\b|\bthe\b|/|&)*", gap, re.I):
-                    start, _, members = groups[-1]
-                    groups[-1] = (start, s.end, members + [s])
-                    continue
-            groups.append((s.start, s.end, [s]))
+        groups: list[tuple[int, int, list[_Span]]] = []
+        for members in lists:
+            current = [members[0]]
+            for s in members[1:]:
+                if clause_of(s.start) == clause_of(current[-1].start):
+                    current.append(s)
+                else:
+                    groups.append((current[0].start, current[-1].end, current))
+                    current = [s]
+            groups.append((current[0].start, current[-1].end, current))
         return groups
 
     def _split_on_and(self, sentence: str, bounds: list[tuple[int, int]],
@@ -452,28 +539,45 @@ class ReportParser:
             out.append((start, c1))
         return out
 
-    def _read_sentence(self, raw: str, previous: tuple[str, ...] = ()) -> tuple[list[tuple[Mention, set[str]]],
-                                                                              tuple[str, ...]]:
-        """Read one sentence; ``previous`` are the regions of the sentence before (for anaphora).
+    def _layout(self, sentence: str) -> tuple[list[tuple[int, int]], list[tuple[int, int, list[_Span]]],
+                                              list[tuple[str, ...]]]:
+        """Clauses, region groups and the regions of each group of one sentence."""
+        region_spans = self._region_spans(sentence)
+        lists = self._region_lists(region_spans, sentence)
+        bounds = self._merge_inside_lists(self._clauses(sentence), lists)
+        clauses = self._split_on_and(sentence, bounds, region_spans)
+        groups = self._group_regions(lists, clauses)
+        group_regions = [tuple(dict.fromkeys(r for s in members for r in self._resolve_regions(s, sentence)))
+                         for _, _, members in groups]
+        return clauses, groups, group_regions
+
+    def _read_sentence(self, raw: str, previous: tuple[str, ...] = (),
+                       lesion: _Lesion | None = None) -> tuple[list[tuple[Mention, set[str]]], tuple[str, ...],
+                                                               _Lesion | None]:
+        """Read one sentence.
+
+        Args:
+            raw: the sentence.
+            previous: the regions of the sentence before (for anaphora: "It is ulcerated").
+            lesion: the mass described so far (for back-references: "contact bleeding on touch",
+                and for "It extends onto the posterior wall").
 
         Returns:
-            ``(mentions, regions)``: the statements and the regions this sentence names.
+            ``(mentions, regions, lesion)``: the statements, the regions this sentence names
+            (or refers back to) and the mass after this sentence.
         """
         pats = self.patterns
         sentence = raw
         for p in pats.ignore:
             sentence = p.sub(lambda m: " " * len(m.group(0)), sentence)
-        region_spans = self._region_spans(sentence)
-        clauses = self._split_on_and(sentence, self._clauses(sentence), region_spans)
-        groups = self._group_regions(region_spans, sentence, clauses)
-        group_regions = [tuple(dict.fromkeys(r for s in members for r in self._resolve_regions(s, sentence)))
-                         for _, _, members in groups]
+        clauses, groups, group_regions = self._layout(sentence)
         named = tuple(dict.fromkeys(r for g in group_regions for r in g))
-        anaphoric = not groups and bool(previous) and _any(pats.anaphora, sentence)
-        extension_at = [m.start() for p in pats.extension for m in p.finditer(sentence)]
+        refers_to_lesion = not groups and lesion is not None and _any(pats.lesion_reference, sentence)
+        anaphoric = not groups and not refers_to_lesion and bool(previous) and _any(pats.anaphora, sentence)
+        back = lesion.regions if refers_to_lesion and lesion else previous if anaphoric else ()
 
         out: list[tuple[Mention, set[str]]] = []
-        positives: list[tuple[int, int, int]] = []  # (index in out, absolute start, clause index)
+        positives: list[_Positive] = []
         inherited_negation = False
         for ci, (c0, c1) in enumerate(clauses):
             clause = sentence[c0:c1]
@@ -490,31 +594,79 @@ class ReportParser:
                 if s.key == "normal" and status != "present":
                     continue
                 regions = self._regions_for(c0 + s.start, c0 + s.end, groups, group_regions, c0, c1)
-                if not regions and anaphoric and status != "absent":
-                    regions = previous
+                own = any(g0 >= c0 and g1 <= c1 for g0, g1, _ in groups)
+                if not regions and back and status != "absent":
+                    regions = back
                 if not regions and (status == "absent" or s.key == "normal" or is_global):
                     regions = MAIN_REGIONS
                 if s.key != "normal" and status != "absent":
-                    positives.append((len(out), c0 + s.start, ci))
+                    positives.append(_Positive(len(out), c0 + s.start, ci, own and not is_global, is_global))
                 out.append((Mention(s.key, status, tuple(regions), s.text.strip(), clause.strip(" ,;")), set(named)))
             inherited_negation = negation_here or (inherited_negation and continues_list)
 
-        # extension: a region named after "extending onto" joins the positive findings before the cue
-        for cue in extension_at:
-            later = [group_regions[i] for i, (g0, _, _) in enumerate(groups) if g0 > cue]
+        grown = self._extend(sentence, clauses, groups, group_regions, out, positives, lesion)
+        lesion = self._update_lesion(out, positives, lesion, refers_to_lesion)
+        if grown and lesion is not None:
+            lesion = _Lesion(tuple(dict.fromkeys(lesion.regions + grown)), lesion.findings)
+        return out, (named or back), lesion
+
+    def _extend(self, sentence: str, clauses: list[tuple[int, int]], groups: list[tuple[int, int, list[_Span]]],
+                group_regions: list[tuple[str, ...]], out: list[tuple[Mention, set[str]]],
+                positives: list[_Positive], lesion: _Lesion | None) -> tuple[str, ...]:
+        """A region named after "extending onto" joins the positive findings before the cue; with no
+        finding before the cue ("It extends onto the posterior wall") it joins the mass described so far.
+
+        Returns:
+            the walls added to the mass described before this sentence.
+        """
+        grown: tuple[str, ...] = ()
+        for cue in [m.start() for p in self.patterns.extension for m in p.finditer(sentence)]:
+            later = tuple(r for i, (g0, _, _) in enumerate(groups) if g0 > cue for r in group_regions[i])
             if not later:
                 continue
             cue_clause = next(i for i, (c0, c1) in enumerate(clauses) if c0 <= cue < max(c1, c0 + 1))
-            before = [p for p in positives if p[1] < cue]
-            same = [p for p in before if p[2] == cue_clause]
+            before = [p for p in positives if p.start < cue]
+            same = [p for p in before if p.clause == cue_clause]
             if not same and before:
-                last_clause = max(p[2] for p in before)
-                same = [p for p in before if p[2] == last_clause]
-            for idx, _, _ in same:
-                m, nm = out[idx]
-                extra = tuple(r for g in later for r in g if r not in m.regions)
-                out[idx] = (Mention(m.finding, m.status, m.regions + extra, m.text, m.clause), nm)
-        return out, (named or (previous if anaphoric else ()))
+                last_clause = max(p.clause for p in before)
+                same = [p for p in before if p.clause == last_clause]
+            for p in same:
+                m, nm = out[p.index]
+                extra = tuple(r for r in later if r not in m.regions)
+                out[p.index] = (Mention(m.finding, m.status, m.regions + extra, m.text, m.clause), nm)
+            if not before and lesion is not None and _any(self.patterns.anaphora + self.patterns.lesion_reference,
+                                                          sentence):
+                clause = sentence[slice(*clauses[cue_clause])].strip(" ,;")
+                for finding, status in lesion.findings.items():
+                    out.append((Mention(finding, status, later, "(the mass)", clause), set(later)))
+                grown += later
+        return grown
+
+    @staticmethod
+    def _update_lesion(out: list[tuple[Mention, set[str]]], positives: list[_Positive], lesion: _Lesion | None,
+                       refers_to_lesion: bool) -> _Lesion | None:
+        """Tie the findings of clauses without a region of their own to the mass of this sentence
+        ("..., bleeding on contact") and return the mass as it stands after the sentence."""
+        masses = [p for p in positives if out[p.index][0].finding == "neoplasm"]
+        if masses:
+            first = out[masses[0].index][0]
+            regions = tuple(dict.fromkeys(r for p in masses for r in out[p.index][0].regions))
+            lesion = _Lesion(regions, {"neoplasm": first.status})
+            mass_clauses = {p.clause for p in masses}
+            for p in positives:
+                m, nm = out[p.index]
+                if m.finding == "neoplasm" or p.is_global or not regions:
+                    continue
+                if not p.own_region:
+                    out[p.index] = (Mention(m.finding, m.status, regions, m.text, m.clause), nm)
+                elif p.clause not in mass_clauses:
+                    continue
+                lesion.findings.setdefault(m.finding, m.status)
+        elif lesion is not None and refers_to_lesion:
+            for p in positives:
+                m = out[p.index][0]
+                lesion.findings.setdefault(m.finding, m.status)
+        return lesion
 
     @staticmethod
     def _blank(clause: str, spans: list[_Span]) -> str:
@@ -562,10 +714,16 @@ class ReportParser:
     # -- impression ---------------------------------------------------------------------
     def _impression(self, text: str | None, grid: dict[str, dict[str, str]]) -> dict[str, str]:
         if text:
+            # benign growths named in the impression ("lymphoid hyperplasia") make it inflammatory,
+            # not neoplastic: they are read as a benign cue and left out of the finding words
+            folded = _fold(text)
+            benign = _any(self.patterns.impression_benign, folded)
+            for p in self.patterns.impression_benign:
+                folded = p.sub(lambda m: " " * len(m.group(0)), folded)
             statuses = {f: "absent" for f in FINDINGS}
             neg_only = set()
             normal = False
-            for sentence in self._sentences(text):
+            for sentence in self._sentences(folded):
                 for m, _ in self._read_sentence(sentence)[0]:
                     if m.finding == "normal":
                         normal = True
@@ -573,7 +731,6 @@ class ReportParser:
                         statuses[m.finding] = m.status
                     elif m.status == "absent":
                         neg_only.add(m.finding)
-            folded = _fold(text)
             cats = self.patterns.impression_categories
             neo_words = [p for p in cats.get("neoplasm", []) if p.search(folded)]
             if statuses["neoplasm"] == "present":
@@ -583,7 +740,7 @@ class ReportParser:
                 return {"text": text, "category": "suspected_neoplasm", "source": "report"}
             if neo_words and "neoplasm" not in neg_only:
                 return {"text": text, "category": "neoplasm", "source": "report"}
-            if any(statuses[f] != "absent" for f in FINDINGS if f != "neoplasm") or _any(
+            if benign or any(statuses[f] != "absent" for f in FINDINGS if f != "neoplasm") or _any(
                     cats.get("inflammation", []), folded):
                 return {"text": text, "category": "inflammation", "source": "report"}
             if normal or _any(cats.get("normal", []), folded):
@@ -624,7 +781,7 @@ def parse_report_file(path: str | Path, parser: ReportParser | None = None) -> P
 
 
 def score_findings(parsed: Sequence[ParsedReport], truths: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Precision / recall of parsed findings against ground-truth sidecars, per finding type.
+    """Precision / recall / F1 of parsed findings against ground-truth sidecars, per finding type.
 
     Each (report, wall) pair counts once per finding. ``"<finding>"`` rows score "present";
     ``"<finding>?"`` rows score "uncertain"; ``"negated"`` scores explicitly negated pairs,
@@ -669,6 +826,7 @@ def score_findings(parsed: Sequence[ParsedReport], truths: Sequence[dict]) -> di
     for key, (tp, fp, fn, support) in counts.items():
         out[key] = {"precision": tp / (tp + fp) if tp + fp else float("nan"),
                     "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                    "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
                     "tp": tp, "fp": fp, "fn": fn, "support": support}
     out["impression"] = {"accuracy": correct / len(parsed) if parsed else float("nan"), "n": len(parsed)}
     return out

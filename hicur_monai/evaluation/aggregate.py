@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hicur_monai.utils.csv_safe import neutralize_formulas
 from hicur_monai.utils.io import atomic_write_bytes, atomic_write_text
 
 from .agreement import icc, krippendorff_alpha, rating_matrix
@@ -430,13 +431,13 @@ def aggregate(
     paths = {"summary": out / "summary.csv", "item_scores": out / "item_scores.csv",
              "agreement": out / "agreement.csv", "pairwise": out / "pairwise.csv",
              "plot": out / "report.png", "report": out / "report.html"}
-    atomic_write_text(paths["summary"], summary.to_csv(index=False))
-    atomic_write_text(paths["item_scores"], scores.to_csv(index=False))
-    atomic_write_text(paths["agreement"], agreement.to_csv(index=False))
-    atomic_write_text(paths["pairwise"], pairwise.to_csv(index=False))
+    atomic_write_text(paths["summary"], neutralize_formulas(summary).to_csv(index=False))
+    atomic_write_text(paths["item_scores"], neutralize_formulas(scores).to_csv(index=False))
+    atomic_write_text(paths["agreement"], neutralize_formulas(agreement).to_csv(index=False))
+    atomic_write_text(paths["pairwise"], neutralize_formulas(pairwise).to_csv(index=False))
     if relative is not None:
         paths["relative"] = out / "relative.csv"
-        atomic_write_text(paths["relative"], relative.to_csv(index=False))
+        atomic_write_text(paths["relative"], neutralize_formulas(relative).to_csv(index=False))
     png = _plot(summary)
     atomic_write_bytes(paths["plot"], png)
     atomic_write_text(paths["report"], _report_html(summary, agreement, pairwise, relative, png, title))

@@ -36,6 +36,7 @@ from hicur_monai.data.clinical import (
 from hicur_monai.survival.features import SurvivalPipeline, load_image_features
 from hicur_monai.survival.metrics import Outcome, SurvivalPredictions, evaluate_survival, harrell_c
 from hicur_monai.survival.models import MODEL_FACTORIES, CoxModel, load_model, save_model
+from hicur_monai.utils.csv_safe import neutralize_formulas
 from hicur_monai.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
@@ -270,7 +271,7 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
     atomic_write_json(out / "metrics.json", results)
     if oof_rows:
         with atomic_open(out / "oof_predictions.csv") as fh:
-            pd.concat(oof_rows, ignore_index=True).to_csv(fh, index=False)
+            neutralize_formulas(pd.concat(oof_rows, ignore_index=True)).to_csv(fh, index=False)
     if report:
         from hicur_monai.survival.report import write_survival_report
 
@@ -334,7 +335,7 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
     result = pd.concat(rows, ignore_index=True)
     out = Path(output_csv)
     with atomic_open(out) as fh:
-        result.to_csv(fh, index=False)
+        neutralize_formulas(result).to_csv(fh, index=False)
     n_bad = int((result["note"] != "").sum())
     if n_bad:
         logger.warning("%d prediction rows without a value (see column 'note')", n_bad)
