@@ -216,6 +216,21 @@ def test_delimiter_is_sniffed(demo, tmp_path, sep):
     pd.testing.assert_frame_equal(load_clinical_table(path, salt="s").data, ref)
 
 
+def test_decimal_comma_is_an_error_not_a_thousands_separator(demo, tmp_path):
+    """A European ``1234,5`` must not become 12345 (commas were dropped before)."""
+    clean = _clean(*demo).astype({"Tumor Marker EBV": object})
+    clean.loc[clean.index[0], "Tumor Marker EBV"] = "1234,5"
+    clean.loc[clean.index[1], "Tumor Marker EBV"] = "12,345"  # thousands-grouped: read as 12345
+    path = tmp_path / "table.csv"
+    clean.to_csv(path, index=False, sep=";")
+    with pytest.raises(ClinicalTableError, match=r"Tumor Marker EBV.*1234,5.*decimal comma"):
+        load_clinical_table(path, salt="s")
+    clean.loc[clean.index[0], "Tumor Marker EBV"] = "1234.5"
+    clean.to_csv(path, index=False, sep=";")
+    ebv = load_clinical_table(path, salt="s").data["ebv"]
+    assert ebv.iloc[0] == 1234.5 and ebv.iloc[1] == 12345
+
+
 def test_missing_columns_error_says_which_delimiter(demo, tmp_path):
     clean = _clean(*demo).drop(columns=["Death Update"])
     path = tmp_path / "table.csv"

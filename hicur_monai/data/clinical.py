@@ -353,12 +353,30 @@ def _norm_category(spec: ColumnSpec, value: Any) -> str | None:
     raise ValueError(f"unknown category (allowed: {', '.join(spec.allowed or ())})")
 
 
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
+
+
+def _strip_thousands(s: str) -> str:
+    """``s`` without thousands separators; a comma anywhere else is an error, not a guess.
+
+    ``"12,345"`` and ``"1,234.5"`` are read as thousands-grouped; ``"1234,5"`` or ``"1,5"``
+    (a decimal comma, as semicolon-delimited European tables write it) would silently become
+    12345 or 15 if commas were just dropped, so they are refused with the fix spelled out.
+    """
+    if "," not in s:
+        return s
+    if _THOUSANDS.fullmatch(s):
+        return s.replace(",", "")
+    raise ValueError(f"{s!r}: a comma that is not a thousands separator (decimal comma?); "
+                     "write the number with '.' as the decimal point")
+
+
 def _norm_number(spec: ColumnSpec, value: Any) -> float:
     if _is_missing(value):
         return float("nan")
     if isinstance(value, (bool, np.bool_)):
         raise ValueError("not a number")
-    s = str(value).strip().replace(",", "")
+    s = _strip_thousands(str(value).strip())
     if spec.unit and s.lower().endswith(spec.unit.lower()):
         s = s[: -len(spec.unit)].strip()
     try:
