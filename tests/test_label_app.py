@@ -208,10 +208,6 @@ def test_server_infers_a_demo_volume_in_its_geometry(server, tmp_path):
     assert client.get("/info/", timeout=10).status_code == 200
 
 
-def _nifti_bytes(src: Path) -> bytes:
-    return src.read_bytes()
-
-
 @pytest.mark.slow
 def test_server_replays_the_attacks(server):
     """Issue 16: every attack is refused with a 4xx and a reason; nothing appears outside the studies folder."""
@@ -219,7 +215,7 @@ def test_server_replays_the_attacks(server):
     model = app / "model" / "npc_segmentation" / "models" / "model.pt"
     model_bytes = model.read_bytes()
     before = _files(root)
-    vol = _nifti_bytes(server["src"])
+    vol = server["src"].read_bytes()
 
     def put(path, field, name, data=vol, **params):
         return client.put(path, params=params, files={field: (name, data, "application/octet-stream")})
@@ -270,7 +266,9 @@ def test_server_replays_the_attacks(server):
         assert r.status_code == 400 and "params" in r.json()["detail"], r.text
         r = client.put("/datastore/image/info", params={"image": "study1"}, data={"info": bad})
         assert r.status_code == 400 and "info" in r.json()["detail"], r.text
-        r = put("/datastore/label", "label", "x.nii.gz", image="study1", tag="final")
+        r = client.put("/datastore/label", params={"image": "study1", "tag": "final"}, data={"params": bad},
+                       files={"label": ("x.nii.gz", vol)})
+        assert r.status_code == 400 and "params" in r.json()["detail"], r.text
     after = _files(root)
     new = {f for f in after - before if not f.startswith(("app/logs/", "studies/")) and "__pycache__" not in f}
     assert not new, f"files written outside the studies folder: {sorted(new)}"
