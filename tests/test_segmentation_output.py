@@ -81,9 +81,17 @@ def test_two_studies_two_masks_and_no_overwrite(tmp_path):
                for e in _chain(err.value))
     assert np.asarray(nib.load(out / "IMG0001_seg.nii.gz").dataobj).all()  # unchanged
     # asked to overwrite: replaced (bias -5: empty masks)
-    _infer(inp, out, tmp_path / "m2.pt", overwrite=True)
+    _infer(inp, out, tmp_path / "m2.pt", overwrite="true")  # as `--overwrite true` gives it
     assert not np.asarray(nib.load(out / "IMG0001_seg.nii.gz").dataobj).any()
     assert not list(out.rglob(".*tmp*"))  # no temporary files left
+
+
+def test_flags_from_the_command_line():
+    from hicur_monai.segmentation.output import as_flag
+
+    assert as_flag("false", "x") is False and as_flag("True", "x") is True and as_flag(False, "x") is False
+    with pytest.raises(ValueError, match="dicom_seg must be true or false"):
+        as_flag("maybe", "dicom_seg")
 
 
 def test_studies_that_would_share_a_name_are_refused(tmp_path):
@@ -171,6 +179,8 @@ def test_inference_on_a_dicom_series_writes_nifti_and_dicom_seg(tmp_path):
     _infer(tmp_path / "in", out, _model(tmp_path / "m.pt", 5.0))
     nifti, seg_file = out / "P1" / "CT_seg.nii.gz", out / "P1" / "CT_seg.dcm"
     assert nifti.is_file() and seg_file.is_file()
+    _infer(tmp_path / "in", tmp_path / "out2", tmp_path / "m.pt", dicom_seg="false")  # as `--dicom_seg false` gives it
+    assert (tmp_path / "out2" / "P1" / "CT_seg.nii.gz").is_file() and not list((tmp_path / "out2").rglob("*.dcm"))
     seg = _read_seg(seg_file)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(series / "slice0.dcm").SeriesInstanceUID
     assert seg.NumberOfFrames == 3 and seg.pixel_array.all()  # bias 5: every pixel of every slice

@@ -38,6 +38,7 @@ __all__ = [
     "MASK_SUFFIX",
     "SEG_SUFFIX",
     "SaveSegmentationd",
+    "as_flag",
     "mask_path",
     "planned_inference_items",
     "segmentation_postprocessing",
@@ -47,6 +48,24 @@ __all__ = [
 MASK_SUFFIX = "_seg.nii.gz"
 SEG_SUFFIX = "_seg.dcm"
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def as_flag(value: Any, name: str) -> bool:
+    """A bundle flag: a bool, or ``"true"/"false"`` (any case), ``"1"/"0"``, ``"yes"/"no"`` as the command line gives them.
+
+    Raises:
+        ValueError: any other value (``bool("false")`` would be true).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _stem(name: str) -> str:
@@ -95,6 +114,7 @@ def planned_inference_items(
         FileExistsError: a mask already exists and ``overwrite`` is false (names the first
             files and how many; set ``overwrite`` to replace them, or choose another ``output_dir``).
     """
+    overwrite = as_flag(overwrite, "overwrite")
     items = inference_items(input)
     root = _input_root(input)
     seen: dict[Path, str] = {}
@@ -173,8 +193,8 @@ class SaveSegmentationd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.input_root = _input_root(input_root) if input_root is not None else None
-        self.overwrite = bool(overwrite)
-        self.dicom_seg = bool(dicom_seg)
+        self.overwrite = as_flag(overwrite, "overwrite")
+        self.dicom_seg = as_flag(dicom_seg, "dicom_seg")
         self.segment_label = segment_label
 
     def _write_nifti(self, mask: torch.Tensor, meta: Mapping[str, Any], dest: Path) -> Path:
@@ -223,7 +243,7 @@ def segmentation_postprocessing(
     ``preprocessing`` (back to the input's orientation), then the writer.
     """
     steps: list[Any] = [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=threshold)]
-    if largest_component:
+    if as_flag(largest_component, "largest_component"):
         steps.append(KeepLargestConnectedComponentd(keys="pred", applied_labels=[1]))
     steps += [
         Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=True, to_tensor=True),
