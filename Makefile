@@ -80,7 +80,10 @@ $(LABEL_STAMP): setup.cfg
 	$(LABEL_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
 	{ test -n "$(LABEL_TORCH_INDEX)" && $(LABEL_VENV)/bin/python -m pip install --quiet --timeout 15 --retries 1 \
 	    --index-url "$(LABEL_TORCH_INDEX)" '$(LABEL_TORCH)'; } || $(LABEL_VENV)/bin/python -m pip install --quiet '$(LABEL_TORCH)'
-	$(LABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
+	# keep that torch: monai's torchvision extra would otherwise pull the newest (CUDA) torch
+	$(LABEL_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(LABEL_VENV)/torch-constraint.txt
+	$(LABEL_VENV)/bin/python -m pip install --quiet -c $(LABEL_VENV)/torch-constraint.txt \
+	    monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
 	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(LABEL_STAMP)
 

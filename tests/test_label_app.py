@@ -247,8 +247,9 @@ def test_server_replays_the_attacks(server):
     assert client.delete("/model/npc_segmentation").status_code == 403
     assert client.get("/model/npc_segmentation").status_code == 403
     assert client.get("/logs/").status_code == 403 and client.post("/reload").status_code == 403
-    assert client.put("/model/npc_segmentation", files={"file": ("m.pt", b"garbage")},
-                      headers={"Authorization": "Bearer guess"}).status_code == 403
+    for headers in ({"Authorization": "Bearer guess"}, {"X-HiCur-Token": "guess"}):
+        assert client.put("/model/npc_segmentation", files={"file": ("m.pt", b"garbage")},
+                          headers=headers).status_code == 403
     assert model.read_bytes() == model_bytes
     # inference: datastore ids only, the same answer whether or not a file exists elsewhere
     r1 = client.post("/infer/npc_segmentation", params={"image": str(server["outside"]), "output": "image"})

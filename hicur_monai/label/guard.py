@@ -10,7 +10,11 @@ Keycloak realm) every route is open. The app installs three layers:
 * :class:`GuardMiddleware`: the access policy of :func:`~hicur_monai.label.safety.check_access`
   (sessions and proxies refused; model, logs, training and deletions only with the admin
   token ``HICUR_LABEL_ADMIN_TOKEN``; datastore uploads with ``HICUR_LABEL_ANNOTATOR_TOKEN``
-  when it is set) and the ids and tags of the query string;
+  when it is set; the token goes in ``Authorization: Bearer ...`` or, where MONAI Label's own
+  Keycloak login is on and holds that header, in ``X-HiCur-Token``) and the ids and tags of
+  the query string. MONAI Label's login, when enabled, still applies on top: its roles check
+  each route, but in 0.8.5 its annotator role may replace or delete the model, so the admin
+  token is required in every case;
 * route overrides (put first in the router) for the routes that read form fields:
   malformed or unexpected ``params`` / ``info`` are a 400 with the reason, inference runs
   on datastore ids only (no uploaded files, no sessions).
@@ -148,7 +152,8 @@ class GuardMiddleware:
             path = path[len(self.prefix):] or "/"
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         auth = headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        # X-HiCur-Token where MONAI Label's own login (MONAI_LABEL_AUTH_ENABLE) uses Authorization for its JWT
+        token = headers.get("x-hicur-token") or (auth[7:].strip() if auth.lower().startswith("bearer ") else None)
         try:
             check_access(scope["method"], path, token, self.admin_token, self.annotator_token)
             query = dict(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True))
