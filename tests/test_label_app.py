@@ -122,6 +122,38 @@ def test_access_policy():
             parse_params(bad, allowed={"save_label": bool})
 
 
+def test_guard_middleware_with_tokens():
+    """The ASGI guard in front of a stand-in app: admin routes pass with the token only; ids checked in every query value."""
+    import asyncio
+
+    import httpx
+
+    from hicur_monai.label.middleware import GuardMiddleware
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"reached"})
+
+    async def run():
+        app = GuardMiddleware(inner, admin_token="s3cret", annotator_token="ann")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            out = [
+                await c.put("/model/npc_segmentation", headers={"Authorization": "Bearer s3cret"}),
+                await c.put("/model/npc_segmentation", headers={"X-HiCur-Token": "s3cret"}),
+                await c.put("/model/npc_segmentation", headers={"Authorization": "Bearer nope"}),
+                await c.put("/model/npc_segmentation"),
+                await c.put("/datastore/label?image=study1&tag=final", headers={"X-HiCur-Token": "ann"}),
+                await c.put("/datastore/label?image=study1&tag=final"),
+                await c.post("/infer/npc_segmentation?image=study1&image=../../x"),
+                await c.post("/infer/npc_segmentation?image=study1&session_id=abc"),
+                await c.get("/info/"),
+            ]
+        return [(r.status_code, r.text) for r in out]
+
+    codes = [code for code, _ in asyncio.run(run())]
+    assert codes == [200, 200, 401, 401, 200, 401, 400, 403, 200]
+
+
 # --- the real server ---
 
 

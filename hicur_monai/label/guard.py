@@ -36,18 +36,17 @@ from fastapi.responses import JSONResponse
 from monailabel.datastore.local import LocalDatastore
 from starlette.concurrency import run_in_threadpool
 
+from hicur_monai.label.middleware import GuardMiddleware
 from hicur_monai.label.safety import (
     RequestRefused,
-    check_access,
     check_id,
     check_inside,
-    check_query,
     check_suffix,
     check_tag,
     parse_params,
 )
 
-__all__ = ["ADMIN_TOKEN_ENV", "ANNOTATOR_TOKEN_ENV", "GuardMiddleware", "SafeLocalDatastore", "install_guard"]
+__all__ = ["ADMIN_TOKEN_ENV", "ANNOTATOR_TOKEN_ENV", "SafeLocalDatastore", "install_guard"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,39 +128,6 @@ class SafeLocalDatastore(LocalDatastore):
 
 def _refusal(err: RequestRefused) -> JSONResponse:
     return JSONResponse({"detail": err.reason}, status_code=err.status)
-
-
-class GuardMiddleware:
-    """ASGI middleware: the access policy and the query-string checks before MONAI Label sees a request."""
-
-    def __init__(self, app: Any, prefix: str = "", admin_token: str | None = None,
-                 annotator_token: str | None = None) -> None:
-        self.app = app
-        self.prefix = prefix.rstrip("/")
-        self.admin_token = admin_token or None
-        self.annotator_token = annotator_token or None
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        from urllib.parse import parse_qsl
-
-        path = scope.get("path", "/")
-        if self.prefix and path.startswith(self.prefix):
-            path = path[len(self.prefix):] or "/"
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        auth = headers.get("authorization", "")
-        # X-HiCur-Token where MONAI Label's own login (MONAI_LABEL_AUTH_ENABLE) uses Authorization for its JWT
-        token = headers.get("x-hicur-token") or (auth[7:].strip() if auth.lower().startswith("bearer ") else None)
-        try:
-            check_access(scope["method"], path, token, self.admin_token, self.annotator_token)
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True))
-            check_query(path, query)
-        except RequestRefused as err:
-            await _refusal(err)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def _overrides() -> APIRouter:
