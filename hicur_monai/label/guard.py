@@ -7,7 +7,7 @@ Keycloak realm) every route is open. The app installs three layers:
 * :class:`SafeLocalDatastore`: the datastore checks every id, tag and upload suffix
   (:mod:`hicur_monai.label.safety`) and that every path it writes, reads or deletes
   resolves inside the studies folder; an upload never replaces an existing image;
-* :class:`GuardMiddleware`: the access policy of :func:`~hicur_monai.label.safety.check_access`
+* :class:`~hicur_monai.label.middleware.GuardMiddleware`: the access policy of :func:`~hicur_monai.label.safety.check_access`
   (sessions and proxies refused; model, logs, training and deletions only with the admin
   token ``HICUR_LABEL_ADMIN_TOKEN``; datastore uploads with ``HICUR_LABEL_ANNOTATOR_TOKEN``
   when it is set; the token goes in ``Authorization: Bearer ...`` or, where MONAI Label's own
