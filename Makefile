@@ -68,13 +68,29 @@ clean:
 
 # MONAI Label (pins numpy < 2 and an older pydicom) in its own environment, with the hicur_monai
 # package (editable, no dependencies: the app needs only torch, monai, timm, nibabel from here).
+# torch and torchvision come first, as CPU builds where an index offers them (PyPI's Linux wheels
+# are CUDA builds, 8 GB with their libraries): pip looks in LABEL_TORCH_INDEX (PyTorch's CPU wheels)
+# with a 15 s timeout and falls back to the default index when that fails or cannot be reached.
+# The two must come from one build family: a CPU torch with PyPI's (CUDA) torchvision does not load
+# (monailabel imports torchvision: "operator torchvision::nms does not exist"). Override with e.g.
+# `make label LABEL_TORCH_INDEX=https://my.mirror/whl/cpu` or `LABEL_TORCH="torch==2.6.0 torchvision==0.21.0"`;
+# an empty LABEL_TORCH_INDEX skips the first try. The installed versions are then kept (constraint).
+LABEL_TORCH ?= torch torchvision
+LABEL_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(LABEL_STAMP): setup.cfg
 	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
 	$(LABEL_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(LABEL_VENV)/bin/python -m pip install --quiet monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
+	{ test -n "$(LABEL_TORCH_INDEX)" && $(LABEL_VENV)/bin/python -m pip install --quiet --timeout 15 --retries 1 \
+	    --index-url "$(LABEL_TORCH_INDEX)" $(LABEL_TORCH); } || $(LABEL_VENV)/bin/python -m pip install --quiet $(LABEL_TORCH)
+	# keep those builds: monai's torchvision extra would otherwise pull the newest (CUDA) pair
+	$(LABEL_VENV)/bin/python -c "import torch, torchvision; print(f'torch=={torch.__version__}\ntorchvision=={torchvision.__version__}')" \
+	    > $(LABEL_VENV)/torch-constraint.txt
+	$(LABEL_VENV)/bin/python -m pip install --quiet -c $(LABEL_VENV)/torch-constraint.txt \
+	    monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
 	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(LABEL_STAMP)
 
 label: $(LABEL_STAMP)
 	@echo "Export the app: $(VENV)/bin/hicur label-app APP --model runs/npc_segmentation/models/model.pt; start it:"
+	@echo "  (admin routes: model upload, logs, training, deletions need HICUR_LABEL_ADMIN_TOKEN in its environment; docs/security.md)"
 	@echo "  PATH=$(LABEL_VENV)/bin:\$$PATH $(LABEL_VENV)/bin/monailabel start_server --app APP --studies STUDIES --host 127.0.0.1 --port 8000 --conf zoo_source github --conf sam2 false"

@@ -14,6 +14,11 @@ Inference: ``POST /infer/npc_segmentation?image=<id>`` runs the bundle's ``infer
 (whole-volume slice inference) on a study of the studies folder. Training:
 ``POST /train/npc_segmentation`` runs ``train.json`` on the labels annotators saved (MONAI
 Label replaces ``train#dataset#data``).
+
+Safe by default (:mod:`hicur_monai.label.guard`): ids, tags and uploads are checked and kept
+inside the studies folder, sessions are off, inference runs on datastore ids only, and the
+model, logs, training and deletions need the admin token of the environment variable
+``HICUR_LABEL_ADMIN_TOKEN`` (off without it). See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -22,11 +27,17 @@ import logging
 import os
 
 from fastapi import HTTPException
+from monai.transforms import SaveImaged
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
+
+from hicur_monai.label.guard import SafeLocalDatastore, install_guard
+from hicur_monai.label.safety import RequestRefused, check_id, check_inside
+from hicur_monai.segmentation.output import SaveSegmentationd
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +58,55 @@ class HiCurNPCApp(MONAILabelApp):
             version="0.1.0",
         )
 
+    def init_datastore(self):
+        """MONAI Label's local datastore with every client name checked (a DICOMweb URL is refused)."""
+        if self.studies.startswith(("http://", "https://")):
+            raise ValueError(f"{self.studies}: this app serves a local studies folder only")
+        return SafeLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _load_sessions(self, load: bool = False):
+        return None  # sessions take client uploads and archives; off in this app
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        install_guard()  # raises if it cannot: the server never runs unguarded
+
     def infer(self, request: dict, datastore=None) -> dict:
-        """Check the study before inference: an unknown id is a 404, an unreadable file a 422, with the reason."""
+        """Inference on a datastore image only: an unknown id is a 404, an unreadable file a 422, with the reason."""
         image = request.get("image")
-        path = image if isinstance(image, str) and os.path.exists(image) else None
-        if path is None and isinstance(image, str) and image:
-            try:
-                path = (datastore or self.datastore()).get_image_uri(image)
-            except Exception:  # the datastore raises various errors for unknown ids
-                path = None
-        if not path or not os.path.exists(path):
-            raise HTTPException(status_code=404, detail=f"image {image!r} is not in the studies folder")
+        store = datastore or self.datastore()
+        try:
+            check_id(image)
+            path = store.get_image_uri(image)
+            if not path or not os.path.isfile(path):
+                raise RequestRefused(404, "")
+            check_inside(path, self.studies)
+        except RequestRefused:
+            raise HTTPException(status_code=404, detail=f"image {str(image)[:80]!r} is not in the studies folder") from None
         from hicur_monai.transforms import LoadMedicalImage
 
         try:
             LoadMedicalImage()(path)
         except Exception as err:
-            raise HTTPException(status_code=422, detail=f"image {image!r} cannot be read: {err}") from err
-        return super().infer(request, datastore)
+            reason = str(err).replace(path, image)  # no server paths in answers
+            raise HTTPException(status_code=422, detail=f"image {image!r} cannot be read: {reason}") from err
+        # the resolved path, not the id: MONAI Label would take an id that names a file in its working folder as that file
+        result = super().infer(dict(request, image=path), store)
+        if request.get("save_label") and result.get("file"):
+            tag = request.get("label_tag") or "original"
+            result["label"] = store.save_label(image, result["file"], tag, {"model": request.get("model")})
+            result["tag"] = tag
+        return result
 
     def init_infers(self) -> dict:
-        task = BundleInferTask(self.bundle_path, self.conf, type="segmentation")
+        # the bundle's writers would save files on the server: MONAI Label returns the mask instead
+        task = BundleInferTask(self.bundle_path, self.conf, type="segmentation",
+                               post_filter=[SaveImaged, SaveSegmentationd])
         if not task.is_valid():
             logger.warning(f"{self.bundle_path}: bundle has no models/model.pt; inference is unavailable")
             return {}

@@ -13,7 +13,9 @@ def _label_app(args: argparse.Namespace) -> int:
     out = export_label_app(args.dest, model=args.model, overrides=parse_overrides(args.set))
     print(f"MONAI Label app written to {out}. Start it in the `make label` environment:\n"
           f"  .venv-label/bin/monailabel start_server --app {out} --studies STUDIES --host 127.0.0.1 --port 8000 "
-          "--conf zoo_source github --conf sam2 false")
+          "--conf zoo_source github --conf sam2 false\n"
+          "Model upload, logs, training and deletions are off unless HICUR_LABEL_ADMIN_TOKEN is set in its "
+          "environment (docs/security.md).")
     return 0
 
 

@@ -17,6 +17,12 @@ from hicur_monai.segmentation.data import inference_items, read_datalist, segmen
 from hicur_monai.segmentation.figures import ContourFigure, contour_sheet, pick_slices
 from hicur_monai.segmentation.inferer import VolumeSliceInferer
 from hicur_monai.segmentation.metrics import PerSliceMetric, comparison_table, dice_by_sequence, read_metrics_csv
+from hicur_monai.segmentation.output import (
+    SaveSegmentationd,
+    mask_path,
+    planned_inference_items,
+    segmentation_postprocessing,
+)
 
 __all__ = [
     "SEGMENTATION_INSTRUCTION",
@@ -24,6 +30,7 @@ __all__ = [
     "CoarseStatesd",
     "ContourFigure",
     "PerSliceMetric",
+    "SaveSegmentationd",
     "TextEncoderStates",
     "VolumeSliceInferer",
     "comparison_table",
@@ -31,8 +38,11 @@ __all__ = [
     "contour_sheet",
     "image_hash",
     "inference_items",
+    "mask_path",
     "pick_slices",
+    "planned_inference_items",
     "read_datalist",
     "read_metrics_csv",
     "segmentation_items",
+    "segmentation_postprocessing",
 ]

@@ -41,6 +41,7 @@ class VolumeSliceInferer(Inferer):
         slice_axis: spatial axis of the slices (-1: axial for RAS volumes).
         mean, std: the model-input normalisation (``None`` to skip).
         progress: show a tqdm bar over slice batches.
+        use_coarse: ``False`` ignores ``coarse`` (a bundle flag; ``"true"``/``"false"`` strings accepted).
     """
 
     def __init__(
@@ -52,13 +53,16 @@ class VolumeSliceInferer(Inferer):
         mean: Sequence[float] | None = MEAN,
         std: Sequence[float] | None = STD,
         progress: bool = False,
+        use_coarse: bool | str = True,
     ) -> None:
+        from hicur_monai.segmentation.output import as_flag
+
         super().__init__()
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.roi_size = int(roi_size)
         self.sw_batch_size = int(sw_batch_size)
-        self.coarse = coarse
+        self.coarse = coarse if as_flag(use_coarse, "use_coarse") else None
         self.slice_axis = slice_axis
         self.mean, self.std = mean, std
         self.progress = progress
