@@ -44,7 +44,7 @@ from hicur_monai.data.curation.deid import (
 from hicur_monai.data.curation.dicom_values import integer, number, values
 from hicur_monai.data.curation.discover import Found
 from hicur_monai.data.curation.identify import Identity, default_patient_key, identify_by_rules, identify_dicom
-from hicur_monai.data.curation.manifest import new_row
+from hicur_monai.data.curation.manifest import new_row, source_columns
 from hicur_monai.data.curation.qc import check_image, check_shape, is_constant
 from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED, CurationReject
 from hicur_monai.data.curation.rules import Rules
@@ -54,6 +54,7 @@ from hicur_monai.utils.io import atomic_open, atomic_write_chunks
 
 __all__ = [
     "CurateConfig",
+    "DEFAULT_MAX_DECODED_MB",
     "IMAGE_FORMATS",
     "INPUT_FORMATS",
     "process_file",
@@ -76,6 +77,8 @@ IMAGE_FORMATS = ("npy", "png")
 INPUT_FORMATS = ("dicom", "nifti", "nrrd", "png", "jpeg")
 #: pHash input: images are box-averaged to this many pixels on each side first (imagehash's own DCT size)
 PHASH_SIZE = 32
+#: default limit of the decoded size of one file (voxels x channels x 4 bytes, MiB): 512 x 512 x 512 float32
+DEFAULT_MAX_DECODED_MB = 512
 #: files up to this size are read into memory once (hash and DICOM parse); larger ones are streamed
 READ_WHOLE_BYTES = 64 << 20
 
@@ -92,6 +95,8 @@ class CurateConfig:
         min_size: smallest accepted in-plane side (pixels).
         max_side: largest accepted side (pixels / slices).
         max_voxels: largest accepted voxel count of one file.
+        max_decoded_bytes: largest decoded size of one file (voxels x channels x 4 bytes, float32), checked
+            from the header before any decoding.
         redact_source_paths: write ``redacted:<source_id>`` instead of every source path.
         image_format: ``"npy"`` (uncompressed, default) or ``"png"``.
         png_compress_level: zlib level of written PNGs (1 = fast, 9 = small).
@@ -106,6 +111,7 @@ class CurateConfig:
     min_size: int = 32
     max_side: int = 8192
     max_voxels: int = 1 << 29
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_MB << 20
     redact_source_paths: bool = False
     image_format: str = "npy"
     png_compress_level: int = 1
@@ -373,8 +379,7 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
 def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
     cfg, pseudo = st.cfg, st.pseudo
     sid = pseudo.source_id(found.rel)
-    src = f"redacted:{sid}" if cfg.redact_source_paths else found.rel
-    base = {"source_path": src, "source_id": sid, "shard": cfg.shard}
+    base = {**source_columns(found.rel, sid, cfg.redact_source_paths), "shard": cfg.shard}
     row = new_row(row_type="input", **base)
     images: list[dict[str, Any]] = []
     try:
@@ -462,20 +467,23 @@ def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict
     secrets = path_sensitive_values(ds)
     low = found.rel.lower()
     if any(s.lower() in low for s in secrets):
-        base["source_path"] = row["source_path"] = f"redacted:{base['source_id']}"  # the path names a patient
+        redacted = source_columns(found.rel, base["source_id"], True)  # the path names a patient
+        base.update(redacted)
+        row.update(redacted)
     if _dicom_truncated(ds, os.path.getsize(found.path)):
         raise CurationReject("truncated", "pixel data runs past the end of the file")
     rows_, cols_ = integer(ds, "Rows", 0), integer(ds, "Columns", 0)
     frames = integer(ds, "NumberOfFrames", 1) or 1
-    check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg)
+    samples = integer(ds, "SamplesPerPixel", 1) or 1
+    check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg, samples)
+    slope, intercept = _rescale(ds)
     patient = pseudo.patient(ident.patient_key)
     _identity_columns(row, ident, patient, found, pseudo)
     bits = integer(ds, "BitsStored", 8) or 8
-    samples = integer(ds, "SamplesPerPixel", 1) or 1
     rgb_max = float(2**bits - 1) if ident.modality == ENDOSCOPY else 255.0
     slices: list[_Slice] | None = None
     if samples == 1 and frames == 1:
-        slices = _dicom_grey(found, st, ds, ident)  # the common case: decode from the parsed dataset
+        slices = _dicom_grey(found, st, ds, ident, slope, intercept)  # the common case: decode from the parsed dataset
     header_text = None
     if cfg.keep_dicom_header:
         deidentify_dataset(ds, pseudo, patient)
@@ -486,7 +494,21 @@ def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict
     return ident, patient, slices, header_text
 
 
-def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Slice]:
+def _rescale(ds: Any) -> tuple[float, float]:
+    """DICOM ``(RescaleSlope, RescaleIntercept)``, 1 and 0 when absent.
+
+    Raises:
+        CurationReject: ``non_finite`` when either is NaN or infinite (every pixel would be).
+    """
+    slope, intercept = number(ds, "RescaleSlope"), number(ds, "RescaleIntercept")
+    slope = 1.0 if slope is None else slope
+    intercept = 0.0 if intercept is None else intercept
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise CurationReject("non_finite", f"DICOM rescale slope {slope} / intercept {intercept} is not a finite number")
+    return slope, intercept
+
+
+def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity, slope: float, intercept: float) -> list[_Slice]:
     """A single-frame grey DICOM image decoded from its already-parsed dataset.
 
     The pixels are pydicom's ``pixel_array`` with the DICOM rescale (slope, intercept) applied,
@@ -502,9 +524,6 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     if px.ndim != 2:
         raise CurationReject("wrong_dimensionality", f"decoded array of shape {tuple(px.shape)}; expected a 2D image")
     check_image(px[None], ident.modality, st.cfg)  # integer pixels: finite by construction; constant is checked
-    slope, intercept = number(ds, "RescaleSlope"), number(ds, "RescaleIntercept")
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
     rows, cols = (int(s) for s in px.shape)
     if ident.modality == CT and px.dtype.kind in "ui" and px.dtype.itemsize <= 2:
         # CT's rule is element-wise: the quantised output is a function of the stored value, tabulated once per
@@ -654,7 +673,7 @@ def _picture(found: Found, st: _State, fmt: str, match: Any, row: dict[str, Any]
     with im:
         shape, channels = (int(im.size[0]), int(im.size[1])), len(im.getbands())
         ident = identify_by_rules(fmt, found.rel, match, channels)
-        check_shape(shape, cfg)
+        check_shape(shape, cfg, channels)
         patient = pseudo.patient(ident.patient_key)
         _identity_columns(row, ident, patient, found, pseudo)
         if ident.modality != ENDOSCOPY or im.mode not in ("RGB", "RGBA"):
