@@ -208,3 +208,70 @@ def test_nan_rescale_slope_is_non_finite(tmp_path: Path) -> None:
     inputs = _inputs(out)
     assert inputs.loc["src/p0/nan.dcm", "reason"] == inputs.loc["src/p0/inf.dcm", "reason"] == "non_finite"
     assert inputs.loc["src/p0/ok.dcm", "status"] == "accepted"
+
+
+STREAM_RULES = """\
+version: 1
+rules:
+  - glob: "*/mask.nii.gz"
+    exclude: mask
+  - regex: "mri/(?P<patient>[^/]+)/T2\\\\.nii\\\\.gz$"
+    modality: mri
+    sequence: T2
+    slices: {mask: mask.nii.gz, margin: 1}
+  - regex: "ct/(?P<patient>[^/]+)/ct\\\\.nii\\\\.gz$"
+    modality: ct
+"""
+
+
+def _stream_corpus(src: Path) -> None:
+    from curation_helpers import write_volume
+
+    write_volume(src / "mri" / "c0" / "T2.nii.gz", seed=0, shape=(40, 36, 12))  # with its mask
+    rng = np.random.default_rng(3)
+    oblique = np.array([[0, 0, -2.0, 10], [-1.0, 0, 0, 5], [0, 1.5, 0, -3], [0, 0, 0, 1]])  # permuted axes, flips
+    vol = (rng.random((40, 44, 34)) * 900).astype(np.float32)
+    (src / "mri" / "c1").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol, oblique), src / "mri" / "c1" / "T2.nii.gz")
+    m = np.zeros(vol.shape, np.uint8)
+    m[8:20, 10:30, 5:25] = 1
+    nib.save(nib.Nifti1Image(m, oblique), src / "mri" / "c1" / "mask.nii.gz")
+    ct = nib.Nifti1Image((rng.random((48, 40, 9)) * 3000 - 1024).astype(np.int16), np.diag([-0.8, 0.8, 2.5, 1]))
+    ct.header.set_slope_inter(1.0, -24.0)  # scaled on reading
+    (src / "ct" / "c2").mkdir(parents=True)
+    nib.save(ct, src / "ct" / "c2" / "ct.nii.gz")
+    bad = np.ones((36, 36, 6), np.float32)
+    (src / "ct" / "flat").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), src / "ct" / "flat" / "ct.nii.gz")
+    bad[1, 2, 3] = np.inf
+    (src / "ct" / "inf").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), src / "ct" / "inf" / "ct.nii.gz")
+
+
+def test_streamed_volumes_equal_the_loader_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large NIfTI volumes are read slab by slab and cut slice by slice (memory: one float32 copy); the rows
+    and image bytes are those of the loader path (orientation, mask range, MRI / CT scaling, rejections)."""
+    from hicur_monai.data.curation import volumes
+
+    src = tmp_path / "src"
+    _stream_corpus(src)
+    rules = write_rules(tmp_path / "rules.yaml", STREAM_RULES)
+    ref = tmp_path / "ref"
+    curate([src], ref, salt=SALT, rules=rules, progress=False)
+    monkeypatch.setattr(volumes, "STREAM_BYTES", 0)
+    monkeypatch.setattr(volumes, "SLAB_BYTES", 4096)  # several slabs per volume
+    calls: list[str] = []
+    real = volumes.read_nifti_float32
+    monkeypatch.setattr(volumes, "read_nifti_float32", lambda p: calls.append(p) or real(p))
+    streamed = tmp_path / "streamed"
+    curate([src], streamed, salt=SALT, rules=rules, progress=False)
+    a, b = pd.read_parquet(ref / "manifest.parquet"), pd.read_parquet(streamed / "manifest.parquet")
+    assert len(calls) == 5
+    pd.testing.assert_frame_equal(a, b)
+    reasons = dict(zip(a[a.row_type == "input"].source_path, a[a.row_type == "input"].reason))
+    assert reasons["src/ct/flat/ct.nii.gz"] == "constant_image" and reasons["src/ct/inf/ct.nii.gz"] == "non_finite"
+    assert reasons["src/mri/c0/T2.nii.gz"] == reasons["src/mri/c1/T2.nii.gz"] == reasons["src/ct/c2/ct.nii.gz"] == ""
+    images = a.loc[(a.row_type == "image") & (a.output_path != ""), "output_path"]
+    assert len(images) > 20
+    for p in images:
+        assert (ref / p).read_bytes() == (streamed / p).read_bytes(), p

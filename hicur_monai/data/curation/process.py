@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,7 +427,10 @@ def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
             check_shape(shape, cfg)
             patient = pseudo.patient(ident.patient_key)
             _identity_columns(row, ident, patient, found, pseudo)
-            slices = _general(found, st, ident, fmt, None, 1, 255.0)
+            if _streams(fmt, shape, ident):
+                slices = _nifti_streamed(found, st, ident)
+            else:
+                slices = _general(found, st, ident, fmt, None, 1, 255.0)
             header_text = None
         images = _write(slices, st, ident, fmt, base, patient, row, header_text)
         n_ok = sum(1 for r in images if r["status"] == ACCEPTED)
@@ -717,7 +721,7 @@ def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | 
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
-    from hicur_monai.transforms import ExtractSlices, ScaleIntensityByModality, slice_range_from_mask
+    from hicur_monai.transforms import ExtractSlices, ScaleIntensityByModality
 
     cfg = st.cfg
     try:
@@ -751,26 +755,7 @@ def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | 
             axis = cands[-1]
         else:
             t = Orientation(axcodes="LPS")(t)
-        start, stop = 0, int(t.shape[axis + 1])
-        spec = ident.slices
-        if spec is not None and spec.mask:
-            mpath = Path(found.path).parent / spec.mask
-            try:
-                mask = st.loader(str(mpath))
-                if frames is None:
-                    mask = Orientation(axcodes="LPS")(mask)
-            except Exception:  # noqa: BLE001
-                raise CurationReject("mask_error", f"mask {spec.mask!r} beside the image cannot be read") from None
-            if tuple(mask.shape[1:]) != tuple(t.shape[1:]):
-                raise CurationReject("mask_error", f"mask shape {tuple(mask.shape[1:])} differs from image {tuple(t.shape[1:])}")
-            try:
-                start, stop = slice_range_from_mask(mask, axis=axis, margin=spec.margin)
-            except ValueError:
-                raise CurationReject("no_slices_in_range", f"mask {spec.mask!r} is empty") from None
-        elif spec is not None:
-            start, stop = spec.fixed_range(stop)
-        if stop <= start:
-            raise CurationReject("no_slices_in_range", f"slice range [{start}, {stop}) is empty")
+        start, stop = _slice_range(found, st, ident, tuple(int(x) for x in t.shape[1:]), axis, frames is None)
         pieces = [(int(s.meta["slice_index"]), s) for s in ExtractSlices(axis=axis, start=start, stop=stop)(t)]
     out = []
     for k, s in pieces:
@@ -780,7 +765,7 @@ def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | 
     return out
 
 
-def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: dict[str, Any], patient: str,
+def _write(slices: Iterable[_Slice], st: _State, ident: Identity, fmt: str, base: dict[str, Any], patient: str,
            in_row: dict[str, Any], header_text: str | None) -> list[dict[str, Any]]:
     """Hash, pHash and write every slice (atomically); one manifest row each."""
     cfg = st.cfg
@@ -823,3 +808,92 @@ def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: di
                 fh.write(encode_png(sl.display, text, cfg.png_compress_level))
         rows.append(r)
     return rows
+
+
+def _slice_range(found: Found, st: _State, ident: Identity, shape: tuple[int, ...], axis: int, orient: bool
+                 ) -> tuple[int, int]:
+    """``[start, stop)`` of the slices to keep along spatial ``axis`` of a volume of spatial ``shape``:
+    all, the rule's fixed range, or the rule's mask's extent (the mask beside the image, oriented
+    like the image when ``orient``).
+
+    Raises:
+        CurationReject: ``mask_error`` or ``no_slices_in_range``.
+    """
+    from monai.transforms import Orientation
+
+    from hicur_monai.transforms import slice_range_from_mask
+
+    start, stop = 0, int(shape[axis])
+    spec = ident.slices
+    if spec is not None and spec.mask:
+        mpath = Path(found.path).parent / spec.mask
+        try:
+            mask = st.loader(str(mpath))
+            if orient:
+                mask = Orientation(axcodes="LPS")(mask)
+        except Exception:  # noqa: BLE001
+            raise CurationReject("mask_error", f"mask {spec.mask!r} beside the image cannot be read") from None
+        if tuple(mask.shape[1:]) != tuple(shape):
+            raise CurationReject("mask_error", f"mask shape {tuple(mask.shape[1:])} differs from image {tuple(shape)}")
+        try:
+            start, stop = slice_range_from_mask(mask, axis=axis, margin=spec.margin)
+        except ValueError:
+            raise CurationReject("no_slices_in_range", f"mask {spec.mask!r} is empty") from None
+    elif spec is not None:
+        start, stop = spec.fixed_range(stop)
+    if stop <= start:
+        raise CurationReject("no_slices_in_range", f"slice range [{start}, {stop}) is empty")
+    return start, stop
+
+
+def _streams(fmt: str, shape: tuple[int, ...], ident: Identity) -> bool:
+    """Whether a file is read by :func:`_nifti_streamed`: a 3D NIfTI grey volume above :data:`volumes.STREAM_BYTES`."""
+    from hicur_monai.data.curation import volumes
+
+    return (fmt == "nifti" and len(shape) == 3 and min(shape) > 1 and ident.modality != ENDOSCOPY
+            and int(np.prod(shape, dtype=np.int64)) * 4 > volumes.STREAM_BYTES)
+
+
+def _nifti_streamed(found: Found, st: _State, ident: Identity) -> Iterator[_Slice]:
+    """A large NIfTI volume with one float32 copy in memory (:mod:`.volumes`), normalised and cut one slice
+    at a time; the same values as :func:`_general` (the window is the whole volume's). Every check runs
+    before the first slice is yielded, so a rejection never leaves images behind."""
+    import torch
+    from monai.data import get_track_meta, set_track_meta
+
+    from hicur_monai.data.curation.volumes import NonFiniteVolume, lps_view, read_nifti_float32
+    from hicur_monai.transforms import ScaleIntensityByModality
+
+    try:
+        vol, affine = read_nifti_float32(found.path)
+    except NonFiniteVolume:
+        raise CurationReject("non_finite", "image contains NaN or infinite values") from None
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types on damaged files
+        raise _read_reject(err, found) from None
+    if is_constant(vol):
+        raise CurationReject("constant_image", "every pixel has the same value")
+    scale = ScaleIntensityByModality(ident.modality)
+    window = None
+    if ident.modality == MRI:
+        try:
+            window = scale.mri_window(torch.from_numpy(vol[None]))  # the whole volume's window (a view, no copy)
+        except ValueError:
+            raise CurationReject("constant_image", "intensities are constant between the scaling percentiles") from None
+    view, oriented = lps_view(vol, affine)
+    start, stop = _slice_range(found, st, ident, tuple(int(x) for x in view.shape), 2, True)
+    aff2 = np.eye(3)
+    aff2[:2, :2] = oriented[:2, :2]
+    spacing = _spacing(aff2)
+
+    def cut() -> Iterator[_Slice]:
+        track = get_track_meta()
+        set_track_meta(False)
+        try:
+            for k in range(start, stop):
+                s = torch.from_numpy(np.ascontiguousarray(view[:, :, k])[None])
+                norm = scale.apply_window(s, *window) if window is not None else scale(s)
+                yield _quantised(k, norm.numpy(), spacing)
+        finally:
+            set_track_meta(track)
+
+    return cut()
