@@ -240,6 +240,9 @@ def _stream_corpus(src: Path) -> None:
     ct.header.set_slope_inter(1.0, -24.0)  # scaled on reading
     (src / "ct" / "c2").mkdir(parents=True)
     nib.save(ct, src / "ct" / "c2" / "ct.nii.gz")
+    four = nib.Nifti1Image((rng.random((40, 36, 7, 1)) * 500).astype(np.float32), np.eye(4))  # (X, Y, Z, 1)
+    (src / "ct" / "c3").mkdir(parents=True)
+    nib.save(four, src / "ct" / "c3" / "ct.nii.gz")
     bad = np.ones((36, 36, 6), np.float32)
     (src / "ct" / "flat").mkdir(parents=True)
     nib.save(nib.Nifti1Image(bad, np.eye(4)), src / "ct" / "flat" / "ct.nii.gz")
@@ -266,11 +269,12 @@ def test_streamed_volumes_equal_the_loader_path(tmp_path: Path, monkeypatch: pyt
     streamed = tmp_path / "streamed"
     curate([src], streamed, salt=SALT, rules=rules, progress=False)
     a, b = pd.read_parquet(ref / "manifest.parquet"), pd.read_parquet(streamed / "manifest.parquet")
-    assert len(calls) == 5
+    assert len(calls) == 6
     pd.testing.assert_frame_equal(a, b)
     reasons = dict(zip(a[a.row_type == "input"].source_path, a[a.row_type == "input"].reason))
     assert reasons["src/ct/flat/ct.nii.gz"] == "constant_image" and reasons["src/ct/inf/ct.nii.gz"] == "non_finite"
     assert reasons["src/mri/c0/T2.nii.gz"] == reasons["src/mri/c1/T2.nii.gz"] == reasons["src/ct/c2/ct.nii.gz"] == ""
+    assert reasons["src/ct/c3/ct.nii.gz"] == ""
     images = a.loc[(a.row_type == "image") & (a.output_path != ""), "output_path"]
     assert len(images) > 20
     for p in images:

@@ -239,6 +239,7 @@ def curate(
         "version": _VERSION, "salt_fingerprint": pseudo.fingerprint(),
         "sources": [prefix for _p, prefix in source_prefixes(sources)], "shard": f"{shard_t[0]}/{shard_t[1]}",
         "rules": Path(parsed.source).name, "near_threshold": near_threshold, "split": list(split), "min_size": min_size,
+        "follow_external_links": follow_external_links, "max_decoded_mb": max_decoded_mb,
     }
     _check_run_file(out, shard_t, info, resume)
     cfg = CurateConfig(out_dir=str(out), rules=parsed, salt=salt, shard=info["shard"], min_size=min_size,

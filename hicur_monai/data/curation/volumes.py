@@ -29,7 +29,7 @@ class NonFiniteVolume(ValueError):
 
 
 def read_nifti_float32(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """A 3D NIfTI volume as a C-ordered float32 ``(X, Y, Z)`` array and its 4x4 affine.
+    """A 3D NIfTI volume (or ``(X, Y, Z, 1)``) as a C-ordered float32 ``(X, Y, Z)`` array and its 4x4 affine.
 
     The values are what MONAI's ``NibabelReader`` then ``LoadImage(dtype=float32)`` give
     (``np.asanyarray(img.dataobj)``, scaled by the header's slope and intercept, cast to
@@ -42,14 +42,15 @@ def read_nifti_float32(path: str) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     img = nib.load(path, keep_file_open=True)
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 3:
-        raise ValueError(f"expected a 3D volume, got shape {shape}")
+    full = tuple(int(s) for s in img.shape)
+    if len(full) < 3 or any(s != 1 for s in full[3:]):
+        raise ValueError(f"expected a 3D volume, got shape {full}")
+    shape, extra = full[:3], (0,) * (len(full) - 3)  # trailing axes of size 1: a channel the loader moves first
     buf = np.empty(shape, np.float32)
     step = max(1, SLAB_BYTES // (shape[0] * shape[1] * 4))
     for k in range(0, shape[2], step):
         part = buf[:, :, k:k + step]
-        part[...] = np.asanyarray(img.dataobj[:, :, k:k + step])
+        part[...] = np.asanyarray(img.dataobj[(slice(None), slice(None), slice(k, k + step), *extra)])
         if not np.isfinite(part).all():
             raise NonFiniteVolume("image contains NaN or infinite values")
     affine = np.array(img.affine, dtype=np.float64, copy=True)
