@@ -26,6 +26,7 @@ xxh3-128.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -507,7 +508,7 @@ def _rescale(ds: Any) -> tuple[float, float]:
     slope, intercept = number(ds, "RescaleSlope"), number(ds, "RescaleIntercept")
     slope = 1.0 if slope is None else slope
     intercept = 0.0 if intercept is None else intercept
-    if not (np.isfinite(slope) and np.isfinite(intercept)):
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
         raise CurationReject("non_finite", f"DICOM rescale slope {slope} / intercept {intercept} is not a finite number")
     return slope, intercept
 
