@@ -158,6 +158,9 @@ def read_parts(paths: Iterable[str | os.PathLike], columns: Sequence[str] | None
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types
             raise ValueError(f"{p}: not a readable manifest part ({type(err).__name__}: {err})") from None
         missing = set(columns or COLUMNS) - set(t.column_names)
+        if missing == {"source_path_hex"}:  # a part of a run from before the column existed: all names were text
+            t = t.append_column("source_path_hex", pa.array([""] * len(t), pa.string()))
+            missing = set()
         if missing:
             raise ValueError(f"{p}: manifest part lacks columns {sorted(missing)}")
         tables.append(t.select(list(columns or COLUMNS)))
