@@ -21,6 +21,8 @@ Usage (from the repository root)::
     python benchmarks/curation.py rss --files 10000 --sizes tiny --workers 2
     python benchmarks/curation.py stages   # CPU ms of each step on one 512x512 CT slice and one endoscopy frame
     python benchmarks/curation.py phash    # pHash distances: copies of one image vs different images (threshold)
+    python benchmarks/curation.py volume --side 288            # peak RSS of one 288^3 NIfTI: streamed path
+    python benchmarks/curation.py volume --side 288 --no-stream  # ... and through the loader (each in a fresh process)
     python benchmarks/curation.py all      # throughput and both RSS runs, with the RSS ratio
 """
 
@@ -586,9 +588,48 @@ def phash_quality(args: argparse.Namespace) -> dict:
     return res
 
 
+def _write_volume(path: str, n: int) -> None:
+    import nibabel as nib
+
+    vol = np.random.default_rng(0).integers(0, 1000, (n, n, n), dtype=np.int16)
+    nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+
+
+def volume(args: argparse.Namespace) -> dict:
+    """Peak RSS growth (above the imports) of curating one ``side^3`` MRI NIfTI volume (int16 on disk),
+    streamed slab by slice (:mod:`hicur_monai.data.curation.volumes`) or, with ``--no-stream``, through the
+    toolkit loader; in this process (``--workers 1``), so run each mode in a fresh process."""
+    from hicur_monai.data.curation import curate, volumes
+    from hicur_monai.data.curation.pipeline import _preload
+
+    with tempfile.TemporaryDirectory(prefix="hicur-volume-") as tmp:
+        src = Path(tmp) / "src" / "p0"
+        src.mkdir(parents=True)
+        n = args.side
+        with ProcessPoolExecutor(1) as pool:  # written by another process: its memory is not this one's peak
+            pool.submit(_write_volume, str(src / "T2.nii.gz"), n).result()
+        rules = Path(tmp) / "rules.yaml"
+        rules.write_text('version: 1\nrules:\n  - glob: "*.nii.gz"\n    modality: mri\n    sequence: T2\n')
+        if args.no_stream:
+            volumes.STREAM_BYTES = 1 << 62
+        _preload()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        summary = curate([src.parent], Path(tmp) / "out", salt=SALT, rules=rules, workers=1, progress=False,
+                         max_decoded_mb=max(512, n**3 * 4 / 2**20 + 1))
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mib = n**3 * 4 / 2**20
+    res = {"side": n, "streamed": not args.no_stream, "float32_mib": round(mib, 1),
+           "rss_growth_mib": round((peak - base) / 1024, 1), "growth_per_float32_byte": round((peak - base) / 1024 / mib, 2),
+           "images": summary["images"]["total"], "seconds": round(seconds, 2)}
+    print(json.dumps(res))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["throughput", "rss", "stages", "phash", "all"])
+    p.add_argument("what", choices=["throughput", "rss", "stages", "phash", "volume", "all"])
     p.add_argument("--files", type=int, default=600)
     p.add_argument("--sizes", choices=sorted(SIZES), default="realistic",
                    help="in-plane sizes of the corpus (realistic: CT 512, MR 256-512, endoscopy 1280x1024)")
@@ -599,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20, help="stages: calls per step")
     p.add_argument("--rounds", type=int, default=3,
                    help="throughput: interleaved rounds of bare decode + full pipeline (median reported)")
+    p.add_argument("--side", type=int, default=288, help="volume: side of the cubic NIfTI volume")
+    p.add_argument("--no-stream", action="store_true", help="volume: read through the toolkit loader")
     args = p.parse_args(argv)
     if args.what == "throughput":
         throughput(args)
@@ -608,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         stages(args)
     elif args.what == "phash":
         phash_quality(args)
+    elif args.what == "volume":
+        volume(args)
     else:
         throughput(args)
         out = []

@@ -138,11 +138,11 @@ def test_bad_input_corpus(capfd: pytest.CaptureFixture) -> None:
 
 def _corpus_for_kill(root: Path) -> Path:
     src = root / "src"
-    for i in range(36):
+    for i in range(24):
         d = src / f"p{i:03d}"
         d.mkdir(parents=True)
-        Image.fromarray(endoscopy_frame(100 + i, size=240)).save(d / "frame.png")
-    for j in range(3):
+        Image.fromarray(endoscopy_frame(100 + i, size=120)).save(d / "frame.png")
+    for j in range(2):
         write_volume(src / "mri" / f"c{j}" / "T2.nii.gz", seed=j, shape=(64, 64, 16))
     return src
 
@@ -160,38 +160,70 @@ rules:
 """
 
 
+def _wait_until_group_gone(pgid: int) -> None:
+    """Wait until no live process is left in process group ``pgid`` (Linux ``/proc``; zombies are dead).
+
+    SIGKILLed worker processes of the killed run must be gone before the resume starts, or one of
+    them could still finish an image write. Fails (never passes) when one outlives a minute.
+    """
+    def alive() -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(d.name))
+        return pids
+
+    for _ in range(1200):
+        if not alive():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes {alive()} of the killed run still alive after a minute")
+
+
 @pytest.mark.slow
 def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """A run SIGKILLed (with its workers) right after its 3rd part file, then resumed, gives the manifest of an
+    uninterrupted run; no temporary file is left, committed images are not written again, and every image on
+    disk is listed once. The kill point is the test hook ``KILL_AFTER_PARTS_ENV`` (not a race with a timer)."""
+    from hicur_monai.data.curation.manifest import read_parts
+    from hicur_monai.data.curation.pipeline import KILL_AFTER_PARTS_ENV
+
     src = _corpus_for_kill(tmp_path)
     rules = write_rules(tmp_path / "rules.yaml", RULES)
     killed = tmp_path / "killed"
     code = (f"from hicur_monai.data.curation import curate; "
             f"curate([{str(src)!r}], {str(killed)!r}, salt={SALT!r}, rules={str(rules)!r}, workers=2, "
-            f"progress=False, flush_every=3, flush_seconds=60)")
+            f"progress=False, flush_every=3, flush_seconds=3600)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            env={**os.environ, KILL_AFTER_PARTS_ENV: "3"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    _wait_until_group_gone(proc.pid)
     parts = killed / "parts" / "shard-0000-of-0001"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 3 and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make the corpus bigger"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "manifest.parquet").exists()
-    n_parts = len(list(parts.glob("part-*.parquet")))
+    committed = sorted(parts.glob("part-*.parquet"))
+    assert len(committed) == 3 and not (killed / "manifest.parquet").exists()
+    before = read_parts(committed)
+    kept = {p: (killed / p).stat().st_ino for p in before.loc[before.output_path != "", "output_path"]}
+    assert len(set(before.loc[before.row_type == "input", "source_id"])) == 9  # 3 parts x flush_every files
     with pytest.raises(FileExistsError, match="--resume"):
         curate([src], killed, salt=SALT, rules=rules, workers=1, progress=False)
-    summary = curate([src], killed, salt=SALT, rules=rules, workers=1, resume=True, progress=False)
-    assert len(list(parts.glob("part-*.parquet"))) > n_parts
+    summary = curate([src], killed, salt=SALT, rules=rules, workers=2, resume=True, progress=False)
     ref = tmp_path / "ref"
     curate([src], ref, salt=SALT, rules=rules, workers=1, progress=False)
     a = pd.read_parquet(ref / "manifest.parquet")
     b = pd.read_parquet(killed / "manifest.parquet")
     pd.testing.assert_frame_equal(a, b)
-    assert b[b.row_type == "input"].source_id.is_unique and summary["inputs"]["total"] == 36 + 6
+    assert b[b.row_type == "input"].source_id.is_unique and summary["inputs"]["total"] == 24 + 4
     assert not list(killed.rglob(".*.tmp"))
+    assert {p: (killed / p).stat().st_ino for p in kept} == kept  # committed images were not rewritten
+    listed = b.loc[b.row_type == "image", "output_path"]
+    listed = listed[listed != ""]
     written = {p.relative_to(killed).as_posix() for p in (killed / "images").rglob("*.npy")}
-    assert written == set(b.loc[b.row_type == "image", "output_path"])
+    assert listed.is_unique and written == set(listed)
 
 
 def test_worker_crash_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,6 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-dicom-header", action="store_true",
                    help="store the PS3.15-de-identified DICOM header (DICOM JSON) beside each image "
                         "(<image>.dicom.json; a text chunk of PNGs)")
+    p.add_argument("--follow-external-links", action="store_true",
+                   help="follow symbolic links whose target lies outside their SRC (default: an outside_source row)")
+    p.add_argument("--max-decoded-mb", type=float, default=None, metavar="MB",
+                   help="largest decoded size of one file, voxels x channels x 4 bytes, checked from its header "
+                        "before decoding (default 512: a 512 x 512 x 512 volume); larger files get a too_large row")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
     p.set_defaults(func=_dispatch)
@@ -75,7 +80,9 @@ def run_curate(args: argparse.Namespace) -> int:
                          shard=args.shard, resume=args.resume, near_threshold=args.near_threshold,
                          split=_split(args.split), min_size=args.min_size,
                          redact_source_paths=args.redact_source_paths, progress=not args.no_progress,
-                         image_format=args.image_format, keep_dicom_header=args.keep_dicom_header)
+                         image_format=args.image_format, keep_dicom_header=args.keep_dicom_header,
+                         follow_external_links=args.follow_external_links,
+                         **({} if args.max_decoded_mb is None else {"max_decoded_mb": args.max_decoded_mb}))
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"hicur curate: {err}", file=sys.stderr)
         return 2

@@ -29,6 +29,9 @@ __all__ = [
     "COLUMNS",
     "SCHEMA",
     "new_row",
+    "path_columns",
+    "source_columns",
+    "source_path_bytes",
     "write_part",
     "read_parts",
     "assign_splits",
@@ -45,7 +48,10 @@ MANIFEST_NAME = "manifest.parquet"
 #: column -> (arrow type, meaning)
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "row_type": (pa.string(), "'input' (one per discovered path) or 'image' (one per output image)"),
-    "source_path": (pa.string(), "input path relative to the source's parent folder, or 'redacted:<source_id>'"),
+    "source_path": (pa.string(), "input path relative to the source's parent folder, or 'redacted:<source_id>'; "
+                                 "a byte of the name that is not valid UTF-8 shows as \\xNN (see source_path_hex)"),
+    "source_path_hex": (pa.string(), "the path's bytes in hex when they are not valid UTF-8 (source_path_bytes() gives "
+                                     "them back); empty otherwise and when redacted"),
     "source_id": (pa.string(), "keyed hash of the relative source path (16 hex); joins image rows to their input row"),
     "format": (pa.string(), "dicom, nifti, nrrd, png, jpeg; empty when unknown"),
     "patient": (pa.string(), "pseudonymous patient id (P + 16 hex, keyed by the salt); empty when unknown"),
@@ -87,9 +93,53 @@ def new_row(**values: Any) -> dict[str, Any]:
     return row
 
 
+def path_columns(rel: str) -> dict[str, str]:
+    """``source_path`` and ``source_path_hex`` of a relative path as discovery gives it (``os.fsdecode`` form).
+
+    A name whose bytes are not valid UTF-8 arrives with surrogate escapes, which neither Parquet
+    nor CSV can hold: ``source_path`` then shows each such byte as ``\\xNN`` and
+    ``source_path_hex`` keeps the exact bytes (:func:`source_path_bytes`).
+    """
+    if rel.isascii():
+        return {"source_path": rel, "source_path_hex": ""}
+    raw = os.fsencode(rel)
+    try:
+        return {"source_path": raw.decode("utf-8"), "source_path_hex": ""}
+    except UnicodeDecodeError:
+        return {"source_path": raw.decode("utf-8", "backslashreplace"), "source_path_hex": raw.hex()}
+
+
+def source_columns(rel: str, source_id: str, redact: bool) -> dict[str, str]:
+    """``source_path``, ``source_path_hex`` and ``source_id`` of a row (``redact``: the id only)."""
+    if redact:
+        return {"source_path": f"redacted:{source_id}", "source_path_hex": "", "source_id": source_id}
+    return {**path_columns(rel), "source_id": source_id}
+
+
+def source_path_bytes(row: Any) -> bytes | None:
+    """The exact bytes of a manifest row's source path (relative to the source's parent folder);
+    ``None`` when the path is redacted. ``os.fsdecode`` of them is the name ``os.scandir`` gives."""
+    path, hexed = str(row["source_path"]), row.get("source_path_hex") or ""
+    if path.startswith("redacted:"):
+        return None
+    return bytes.fromhex(str(hexed)) if hexed else path.encode("utf-8")
+
+
+def _text_safe(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose strings UTF-8 can encode (a lone surrogate from a file name in a reader's message
+    becomes ``\\udcNN`` text), so one odd message never stops a part from being written."""
+    def safe(v: Any) -> Any:
+        return v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
+
+    return [{k: safe(v) for k, v in r.items()} for r in rows]
+
+
 def write_part(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     """Write rows to one Parquet part file atomically."""
-    table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+    try:
+        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+    except UnicodeEncodeError:
+        table = pa.Table.from_pylist(_text_safe(rows), schema=SCHEMA)
     with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
     return Path(path)
@@ -108,6 +158,9 @@ def read_parts(paths: Iterable[str | os.PathLike], columns: Sequence[str] | None
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types
             raise ValueError(f"{p}: not a readable manifest part ({type(err).__name__}: {err})") from None
         missing = set(columns or COLUMNS) - set(t.column_names)
+        if missing == {"source_path_hex"}:  # a part of a run from before the column existed: all names were text
+            t = t.append_column("source_path_hex", pa.array([""] * len(t), pa.string()))
+            missing = set()
         if missing:
             raise ValueError(f"{p}: manifest part lacks columns {sorted(missing)}")
         tables.append(t.select(list(columns or COLUMNS)))

@@ -31,19 +31,39 @@ from hicur_monai.data.curation.manifest import (
     format_summary,
     new_row,
     read_parts,
+    source_columns,
     summarize,
     write_manifest,
     write_part,
 )
-from hicur_monai.data.curation.process import CurateConfig, init_worker, run_batch_in_worker, run_in_worker
+from hicur_monai.data.curation.process import (
+    DEFAULT_MAX_DECODED_MB,
+    CurateConfig,
+    init_worker,
+    run_batch_in_worker,
+    run_in_worker,
+)
 from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED
 from hicur_monai.data.curation.rules import load_rules
 from hicur_monai.utils.io import atomic_write_json
 
-__all__ = ["curate", "merge", "shard_tag"]
+__all__ = ["KILL_AFTER_PARTS_ENV", "curate", "merge", "shard_tag"]
 
 log = logging.getLogger(__name__)
 _VERSION = 1
+#: Test hook: with this environment variable set to N > 0, the curating process SIGKILLs its worker
+#: processes and itself right after committing its N-th part file -- a ``kill -9`` at a moment the
+#: caller chooses (``tests/test_curation_robust.py``). Never set it outside tests.
+KILL_AFTER_PARTS_ENV = "HICUR_CURATION_TEST_KILL_AFTER_PARTS"
+
+
+def _kill_hard() -> None:
+    """SIGKILL the pool's worker processes, then this process (the :data:`KILL_AFTER_PARTS_ENV` hook)."""
+    import signal
+
+    for child in mp.active_children():
+        os.kill(child.pid, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def shard_tag(shard: tuple[int, int]) -> str:
@@ -83,6 +103,8 @@ class _PartWriter:
         self.files = 0
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self.last = time.monotonic()
+        self.committed = 0
+        self.kill_after = int(os.environ.get(KILL_AFTER_PARTS_ENV) or 0)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         self.rows.extend(rows)
@@ -96,6 +118,9 @@ class _PartWriter:
         if self.rows:
             write_part(self.folder / f"part-{self.seq:06d}.parquet", self.rows)  # atomic, fsynced
             self.seq += 1
+            self.committed += 1
+            if self.kill_after and self.committed >= self.kill_after:
+                _kill_hard()
         self.rows, self.files, self.last = [], 0, time.monotonic()
 
 
@@ -168,6 +193,8 @@ def curate(
     image_format: str = "npy",
     keep_dicom_header: bool = False,
     batch_size: int = 8,
+    follow_external_links: bool = False,
+    max_decoded_mb: float = DEFAULT_MAX_DECODED_MB,
 ) -> dict[str, Any]:
     """Curate image folders into de-identified, de-duplicated 2D images (NPY or PNG) and a manifest.
 
@@ -189,6 +216,10 @@ def curate(
         image_format: ``"npy"`` (uncompressed, default) or ``"png"``.
         keep_dicom_header: store the PS3.15-de-identified DICOM header beside each image (``<image>.dicom.json``).
         batch_size: files per worker task (fewer inter-process round trips).
+        follow_external_links: follow symbolic links whose target lies outside their source
+            (default: an ``outside_source`` row each).
+        max_decoded_mb: largest decoded size of one file (voxels x channels x 4 bytes, in MiB), checked
+            from its header before decoding (``too_large`` rows above it).
 
     Returns:
         The summary (what ``manifest-summary.json`` holds), with ``"manifest"`` (path) added.
@@ -198,6 +229,8 @@ def curate(
         ValueError: bad arguments, or a resume with another salt / other sources.
     """
     shard_t = parse_shard(shard)
+    if not max_decoded_mb > 0:
+        raise ValueError(f"max_decoded_mb must be a positive number of MiB, got {max_decoded_mb!r}")
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     parsed = load_rules(rules)
@@ -206,11 +239,13 @@ def curate(
         "version": _VERSION, "salt_fingerprint": pseudo.fingerprint(),
         "sources": [prefix for _p, prefix in source_prefixes(sources)], "shard": f"{shard_t[0]}/{shard_t[1]}",
         "rules": Path(parsed.source).name, "near_threshold": near_threshold, "split": list(split), "min_size": min_size,
+        "follow_external_links": follow_external_links, "max_decoded_mb": max_decoded_mb,
     }
     _check_run_file(out, shard_t, info, resume)
     cfg = CurateConfig(out_dir=str(out), rules=parsed, salt=salt, shard=info["shard"], min_size=min_size,
                        redact_source_paths=redact_source_paths, png_compress_level=png_compress_level,
-                       image_format=image_format, keep_dicom_header=keep_dicom_header)
+                       image_format=image_format, keep_dicom_header=keep_dicom_header,
+                       max_decoded_bytes=int(max_decoded_mb * (1 << 20)))
     folder = _parts_dir(out, shard_t)
     done = _done_ids(folder, out, keep_dicom_header) if resume else set()
     if resume:  # temp files of writes a kill interrupted (the files are redone)
@@ -218,7 +253,7 @@ def curate(
             tmp.unlink(missing_ok=True)
     writer = _PartWriter(folder, flush_every, flush_seconds)
     counts: Counter[str] = Counter()
-    todo = (f for f in discover(sources) if in_shard(f.rel, shard_t))
+    todo = (f for f in discover(sources, follow_external_links) if in_shard(f.rel, shard_t))
     bar = _progress(None, progress)
     t0 = time.monotonic()
 
@@ -348,9 +383,8 @@ def _run_pool(cfg: CurateConfig, workers: int, items: Iterator[Found], record: A
 def _crashed_row(cfg: CurateConfig, f: Found) -> dict[str, Any]:
     pseudo = Pseudonymizer(cfg.salt)
     sid = pseudo.source_id(f.rel)
-    return new_row(row_type="input", source_path=f"redacted:{sid}" if cfg.redact_source_paths else f.rel, source_id=sid,
-                   shard=cfg.shard, status=REJECTED, reason="worker_crashed",
-                   detail="the worker process died on this file twice")
+    return new_row(row_type="input", **source_columns(f.rel, sid, cfg.redact_source_paths), shard=cfg.shard,
+                   status=REJECTED, reason="worker_crashed", detail="the worker process died on this file twice")
 
 
 def _finalize(parts: Sequence[Path], out: Path, name: str, near_threshold: int, split: Sequence[float]) -> dict[str, Any]:

@@ -26,8 +26,10 @@ xxh3-128.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from hicur_monai.data.curation.deid import (
 from hicur_monai.data.curation.dicom_values import integer, number, values
 from hicur_monai.data.curation.discover import Found
 from hicur_monai.data.curation.identify import Identity, default_patient_key, identify_by_rules, identify_dicom
-from hicur_monai.data.curation.manifest import new_row
+from hicur_monai.data.curation.manifest import new_row, source_columns
 from hicur_monai.data.curation.qc import check_image, check_shape, is_constant
 from hicur_monai.data.curation.reasons import ACCEPTED, REJECTED, CurationReject
 from hicur_monai.data.curation.rules import Rules
@@ -54,6 +56,7 @@ from hicur_monai.utils.io import atomic_open, atomic_write_chunks
 
 __all__ = [
     "CurateConfig",
+    "DEFAULT_MAX_DECODED_MB",
     "IMAGE_FORMATS",
     "INPUT_FORMATS",
     "process_file",
@@ -76,6 +79,8 @@ IMAGE_FORMATS = ("npy", "png")
 INPUT_FORMATS = ("dicom", "nifti", "nrrd", "png", "jpeg")
 #: pHash input: images are box-averaged to this many pixels on each side first (imagehash's own DCT size)
 PHASH_SIZE = 32
+#: default limit of the decoded size of one file (voxels x channels x 4 bytes, MiB): 512 x 512 x 512 float32
+DEFAULT_MAX_DECODED_MB = 512
 #: files up to this size are read into memory once (hash and DICOM parse); larger ones are streamed
 READ_WHOLE_BYTES = 64 << 20
 
@@ -92,6 +97,8 @@ class CurateConfig:
         min_size: smallest accepted in-plane side (pixels).
         max_side: largest accepted side (pixels / slices).
         max_voxels: largest accepted voxel count of one file.
+        max_decoded_bytes: largest decoded size of one file (voxels x channels x 4 bytes, float32), checked
+            from the header before any decoding.
         redact_source_paths: write ``redacted:<source_id>`` instead of every source path.
         image_format: ``"npy"`` (uncompressed, default) or ``"png"``.
         png_compress_level: zlib level of written PNGs (1 = fast, 9 = small).
@@ -106,6 +113,7 @@ class CurateConfig:
     min_size: int = 32
     max_side: int = 8192
     max_voxels: int = 1 << 29
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_MB << 20
     redact_source_paths: bool = False
     image_format: str = "npy"
     png_compress_level: int = 1
@@ -373,8 +381,7 @@ def process_file(found: Found, st: _State) -> list[dict[str, Any]]:
 def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
     cfg, pseudo = st.cfg, st.pseudo
     sid = pseudo.source_id(found.rel)
-    src = f"redacted:{sid}" if cfg.redact_source_paths else found.rel
-    base = {"source_path": src, "source_id": sid, "shard": cfg.shard}
+    base = {**source_columns(found.rel, sid, cfg.redact_source_paths), "shard": cfg.shard}
     row = new_row(row_type="input", **base)
     images: list[dict[str, Any]] = []
     try:
@@ -421,7 +428,10 @@ def _process_file(found: Found, st: _State) -> list[dict[str, Any]]:
             check_shape(shape, cfg)
             patient = pseudo.patient(ident.patient_key)
             _identity_columns(row, ident, patient, found, pseudo)
-            slices = _general(found, st, ident, fmt, None, 1, 255.0)
+            if _streams(fmt, shape, ident):
+                slices = _nifti_streamed(found, st, ident)
+            else:
+                slices = _general(found, st, ident, fmt, None, 1, 255.0)
             header_text = None
         images = _write(slices, st, ident, fmt, base, patient, row, header_text)
         n_ok = sum(1 for r in images if r["status"] == ACCEPTED)
@@ -462,20 +472,23 @@ def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict
     secrets = path_sensitive_values(ds)
     low = found.rel.lower()
     if any(s.lower() in low for s in secrets):
-        base["source_path"] = row["source_path"] = f"redacted:{base['source_id']}"  # the path names a patient
+        redacted = source_columns(found.rel, base["source_id"], True)  # the path names a patient
+        base.update(redacted)
+        row.update(redacted)
     if _dicom_truncated(ds, os.path.getsize(found.path)):
         raise CurationReject("truncated", "pixel data runs past the end of the file")
     rows_, cols_ = integer(ds, "Rows", 0), integer(ds, "Columns", 0)
     frames = integer(ds, "NumberOfFrames", 1) or 1
-    check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg)
+    samples = integer(ds, "SamplesPerPixel", 1) or 1
+    check_shape((cols_, rows_) + ((frames,) if frames > 1 else ()), cfg, samples)
+    slope, intercept = _rescale(ds)
     patient = pseudo.patient(ident.patient_key)
     _identity_columns(row, ident, patient, found, pseudo)
     bits = integer(ds, "BitsStored", 8) or 8
-    samples = integer(ds, "SamplesPerPixel", 1) or 1
     rgb_max = float(2**bits - 1) if ident.modality == ENDOSCOPY else 255.0
     slices: list[_Slice] | None = None
     if samples == 1 and frames == 1:
-        slices = _dicom_grey(found, st, ds, ident)  # the common case: decode from the parsed dataset
+        slices = _dicom_grey(found, st, ds, ident, slope, intercept)  # the common case: decode from the parsed dataset
     header_text = None
     if cfg.keep_dicom_header:
         deidentify_dataset(ds, pseudo, patient)
@@ -486,7 +499,21 @@ def _dicom(found: Found, st: _State, match: Any, row: dict[str, Any], base: dict
     return ident, patient, slices, header_text
 
 
-def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Slice]:
+def _rescale(ds: Any) -> tuple[float, float]:
+    """DICOM ``(RescaleSlope, RescaleIntercept)``, 1 and 0 when absent.
+
+    Raises:
+        CurationReject: ``non_finite`` when either is NaN or infinite (every pixel would be).
+    """
+    slope, intercept = number(ds, "RescaleSlope"), number(ds, "RescaleIntercept")
+    slope = 1.0 if slope is None else slope
+    intercept = 0.0 if intercept is None else intercept
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise CurationReject("non_finite", f"DICOM rescale slope {slope} / intercept {intercept} is not a finite number")
+    return slope, intercept
+
+
+def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity, slope: float, intercept: float) -> list[_Slice]:
     """A single-frame grey DICOM image decoded from its already-parsed dataset.
 
     The pixels are pydicom's ``pixel_array`` with the DICOM rescale (slope, intercept) applied,
@@ -502,9 +529,6 @@ def _dicom_grey(found: Found, st: _State, ds: Any, ident: Identity) -> list[_Sli
     if px.ndim != 2:
         raise CurationReject("wrong_dimensionality", f"decoded array of shape {tuple(px.shape)}; expected a 2D image")
     check_image(px[None], ident.modality, st.cfg)  # integer pixels: finite by construction; constant is checked
-    slope, intercept = number(ds, "RescaleSlope"), number(ds, "RescaleIntercept")
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
     rows, cols = (int(s) for s in px.shape)
     if ident.modality == CT and px.dtype.kind in "ui" and px.dtype.itemsize <= 2:
         # CT's rule is element-wise: the quantised output is a function of the stored value, tabulated once per
@@ -654,7 +678,7 @@ def _picture(found: Found, st: _State, fmt: str, match: Any, row: dict[str, Any]
     with im:
         shape, channels = (int(im.size[0]), int(im.size[1])), len(im.getbands())
         ident = identify_by_rules(fmt, found.rel, match, channels)
-        check_shape(shape, cfg)
+        check_shape(shape, cfg, channels)
         patient = pseudo.patient(ident.patient_key)
         _identity_columns(row, ident, patient, found, pseudo)
         if ident.modality != ENDOSCOPY or im.mode not in ("RGB", "RGBA"):
@@ -698,7 +722,7 @@ def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | 
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
-    from hicur_monai.transforms import ExtractSlices, ScaleIntensityByModality, slice_range_from_mask
+    from hicur_monai.transforms import ExtractSlices, ScaleIntensityByModality
 
     cfg = st.cfg
     try:
@@ -732,26 +756,7 @@ def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | 
             axis = cands[-1]
         else:
             t = Orientation(axcodes="LPS")(t)
-        start, stop = 0, int(t.shape[axis + 1])
-        spec = ident.slices
-        if spec is not None and spec.mask:
-            mpath = Path(found.path).parent / spec.mask
-            try:
-                mask = st.loader(str(mpath))
-                if frames is None:
-                    mask = Orientation(axcodes="LPS")(mask)
-            except Exception:  # noqa: BLE001
-                raise CurationReject("mask_error", f"mask {spec.mask!r} beside the image cannot be read") from None
-            if tuple(mask.shape[1:]) != tuple(t.shape[1:]):
-                raise CurationReject("mask_error", f"mask shape {tuple(mask.shape[1:])} differs from image {tuple(t.shape[1:])}")
-            try:
-                start, stop = slice_range_from_mask(mask, axis=axis, margin=spec.margin)
-            except ValueError:
-                raise CurationReject("no_slices_in_range", f"mask {spec.mask!r} is empty") from None
-        elif spec is not None:
-            start, stop = spec.fixed_range(stop)
-        if stop <= start:
-            raise CurationReject("no_slices_in_range", f"slice range [{start}, {stop}) is empty")
+        start, stop = _slice_range(found, st, ident, tuple(int(x) for x in t.shape[1:]), axis, frames is None)
         pieces = [(int(s.meta["slice_index"]), s) for s in ExtractSlices(axis=axis, start=start, stop=stop)(t)]
     out = []
     for k, s in pieces:
@@ -761,7 +766,7 @@ def _general(found: Found, st: _State, ident: Identity, fmt: str, frames: int | 
     return out
 
 
-def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: dict[str, Any], patient: str,
+def _write(slices: Iterable[_Slice], st: _State, ident: Identity, fmt: str, base: dict[str, Any], patient: str,
            in_row: dict[str, Any], header_text: str | None) -> list[dict[str, Any]]:
     """Hash, pHash and write every slice (atomically); one manifest row each."""
     cfg = st.cfg
@@ -804,3 +809,97 @@ def _write(slices: list[_Slice], st: _State, ident: Identity, fmt: str, base: di
                 fh.write(encode_png(sl.display, text, cfg.png_compress_level))
         rows.append(r)
     return rows
+
+
+def _slice_range(found: Found, st: _State, ident: Identity, shape: tuple[int, ...], axis: int, orient: bool
+                 ) -> tuple[int, int]:
+    """``[start, stop)`` of the slices to keep along spatial ``axis`` of a volume of spatial ``shape``:
+    all, the rule's fixed range, or the rule's mask's extent (the mask beside the image, oriented
+    like the image when ``orient``).
+
+    Raises:
+        CurationReject: ``mask_error`` or ``no_slices_in_range``.
+    """
+    from monai.transforms import Orientation
+
+    from hicur_monai.transforms import slice_range_from_mask
+
+    start, stop = 0, int(shape[axis])
+    spec = ident.slices
+    if spec is not None and spec.mask:
+        mpath = Path(found.path).parent / spec.mask
+        try:
+            mask = st.loader(str(mpath))
+            if orient:
+                mask = Orientation(axcodes="LPS")(mask)
+        except Exception:  # noqa: BLE001
+            raise CurationReject("mask_error", f"mask {spec.mask!r} beside the image cannot be read") from None
+        if tuple(mask.shape[1:]) != tuple(shape):
+            raise CurationReject("mask_error", f"mask shape {tuple(mask.shape[1:])} differs from image {tuple(shape)}")
+        try:
+            start, stop = slice_range_from_mask(mask, axis=axis, margin=spec.margin)
+        except ValueError:
+            raise CurationReject("no_slices_in_range", f"mask {spec.mask!r} is empty") from None
+    elif spec is not None:
+        start, stop = spec.fixed_range(stop)
+    if stop <= start:
+        raise CurationReject("no_slices_in_range", f"slice range [{start}, {stop}) is empty")
+    return start, stop
+
+
+def _streams(fmt: str, shape: tuple[int, ...], ident: Identity) -> bool:
+    """Whether a file is read by :func:`_nifti_streamed`: a 3D NIfTI grey volume above :data:`volumes.STREAM_BYTES`."""
+    from hicur_monai.data.curation import volumes
+
+    return (fmt == "nifti" and len(shape) == 3 and min(shape) > 1 and ident.modality != ENDOSCOPY
+            and int(np.prod(shape, dtype=np.int64)) * 4 > volumes.STREAM_BYTES)
+
+
+def _nifti_streamed(found: Found, st: _State, ident: Identity) -> Iterator[_Slice]:
+    """A large NIfTI volume with one float32 copy in memory (:mod:`.volumes`), normalised and cut one slice
+    at a time; the same values as :func:`_general` (the window is the whole volume's). Every check runs
+    before the first slice is yielded, so a rejection never leaves images behind."""
+    import torch
+    from monai.data import get_track_meta, set_track_meta
+
+    from hicur_monai.data.curation import volumes
+    from hicur_monai.data.curation.volumes import NonFiniteVolume, lps_view
+    from hicur_monai.transforms import ScaleIntensityByModality
+
+    try:
+        vol, affine = volumes.read_nifti_float32(found.path)
+    except NonFiniteVolume:
+        raise CurationReject("non_finite", "image contains NaN or infinite values") from None
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types on damaged files
+        raise _read_reject(err, found) from None
+    if is_constant(vol):
+        raise CurationReject("constant_image", "every pixel has the same value")
+    scale = ScaleIntensityByModality(ident.modality)
+    window = None
+    if ident.modality == MRI:
+        try:
+            window = scale.mri_window(torch.from_numpy(vol[None]))  # the whole volume's window (a view, no copy)
+        except ValueError:
+            raise CurationReject("constant_image", "intensities are constant between the scaling percentiles") from None
+    view, oriented = lps_view(vol, affine)
+    start, stop = _slice_range(found, st, ident, tuple(int(x) for x in view.shape), 2, True)
+    aff2 = np.eye(3)
+    aff2[:2, :2] = oriented[:2, :2]
+    spacing = _spacing(aff2)
+
+    block = max(1, volumes.SLAB_BYTES // (int(view.shape[0]) * int(view.shape[1]) * 4))
+
+    def cut() -> Iterator[_Slice]:
+        track = get_track_meta()
+        set_track_meta(False)
+        try:
+            for b in range(start, stop, block):  # a block of slices copied at once: whole cache lines, not a gather
+                chunk = np.ascontiguousarray(np.moveaxis(view[:, :, b:min(stop, b + block)], 2, 0))
+                for j, k in enumerate(range(b, b + chunk.shape[0])):
+                    s = torch.from_numpy(chunk[j][None])
+                    norm = scale.apply_window(s, *window) if window is not None else scale(s)
+                    yield _quantised(k, norm.numpy(), spacing)
+        finally:
+            set_track_meta(track)
+
+    return cut()

@@ -13,10 +13,12 @@ from hicur_monai.modality import ENDOSCOPY
 __all__ = ["check_shape", "check_image", "is_constant"]
 
 
-def check_shape(shape: Sequence[int], cfg: Any) -> None:
+def check_shape(shape: Sequence[int], cfg: Any, channels: int = 1) -> None:
     """Reject absurd, wrong-dimensional and too-small shapes read from a header (before decoding).
 
     ``shape`` is the spatial shape (2D, or 3D with slices last; a trailing 4th axis > 1 is 4D).
+    The decoded size, ``voxels x channels x 4`` bytes (float32, the type volumes are read as),
+    must not exceed ``cfg.max_decoded_bytes``: a few-KB compressed file may declare gigabytes.
 
     Raises:
         CurationReject: ``wrong_dimensionality``, ``too_large`` or ``too_small``.
@@ -30,6 +32,11 @@ def check_shape(shape: Sequence[int], cfg: Any) -> None:
         raise CurationReject("wrong_dimensionality", f"shape {shape} has an empty axis")
     if max(shape) > cfg.max_side or int(np.prod(shape, dtype=np.int64)) > cfg.max_voxels:
         raise CurationReject("too_large", f"shape {shape} exceeds the limits (side {cfg.max_side}, voxels {cfg.max_voxels})")
+    decoded = int(np.prod(shape, dtype=np.int64)) * max(1, int(channels)) * 4
+    if decoded > cfg.max_decoded_bytes:
+        raise CurationReject("too_large", f"shape {shape} x {channels} channels decodes to {decoded / (1 << 20):.0f} MiB, "
+                                          f"above the limit of {cfg.max_decoded_bytes / (1 << 20):.0f} MiB "
+                                          "(--max-decoded-mb)")
     if min(shape[:2]) < cfg.min_size:
         raise CurationReject("too_small", f"in-plane size {shape[:2]} is below the minimum {cfg.min_size}")
 
@@ -63,7 +70,7 @@ def check_image(img: Any, modality: str, cfg: Any) -> None:
         raise CurationReject("wrong_dimensionality", f"endoscopy must be a 2D RGB image, got shape {shape}")
     if modality != ENDOSCOPY and channels != 1:
         raise CurationReject("wrong_dimensionality", f"{modality} must be single-channel, got {channels} channels")
-    check_shape(spatial, cfg)
+    check_shape(spatial, cfg, channels)
     a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise CurationReject("non_finite", "image contains NaN or infinite values")

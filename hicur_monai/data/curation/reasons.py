@@ -22,6 +22,11 @@ REASONS: dict[str, str] = {
     "broken_symlink": "a symbolic link whose target does not exist",
     "directory_loop": "a symbolic link to a folder that is already being walked (a loop); not followed",
     "symlink_alias": "a symbolic link to a folder already walked through another path; not walked twice",
+    "symlink_loop": "a symbolic link that leads back to itself through other links (the system reports a loop)",
+    "outside_source": "a symbolic link whose target lies outside its source folder; not followed "
+                      "(`--follow-external-links` follows it)",
+    "unreadable_entry": "a folder entry the file system cannot describe (I/O error, name too long, ...); "
+                        "the detail names the error",
     "not_a_regular_file": "a socket, FIFO or device node",
     "excluded_by_rule": "an `exclude` rule of the rules file matched the path",
     # format / reading
@@ -37,11 +42,12 @@ REASONS: dict[str, str] = {
     "localizer": "a DICOM localiser / scout image",
     "burned_in_annotation": "DICOM BurnedInAnnotation is YES: identifiers may be part of the pixels",
     # quality control
-    "non_finite": "the image contains NaN or infinite values",
+    "non_finite": "the image contains NaN or infinite values, or its DICOM rescale slope / intercept is not a finite number",
     "constant_image": "the image is empty or constant (no information)",
     "wrong_dimensionality": "not a 2D image or 3D volume of the expected channels (e.g. 4D, 1D, grey endoscopy)",
     "too_small": "an in-plane side is below the minimum size",
-    "too_large": "an absurd size (side or voxel count above the limits)",
+    "too_large": "an absurd size read from the header before decoding: a side, the voxel count or the decoded "
+                 "size (voxels x channels x 4 bytes, `--max-decoded-mb`) above the limits",
     "no_slices_in_range": "the slice range of a rule or mask selects no slice (empty mask)",
     "mask_error": "the mask named by a rule cannot be read or does not match the image",
     "empty_slice": "a slice of a volume that is constant (e.g. outside the body)",
