@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from hicur_monai.data.nasopharynx import FINDINGS, MAIN_REGIONS, category_from_grid, empty_grid
 from hicur_monai.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
-__all__ = ["generate_endoscopy", "region_masks", "sample_findings", "render_frame", "write_report"]
+__all__ = ["generate_endoscopy", "region_masks", "sample_findings", "render_frame", "write_frame", "write_report"]
 
 # ----------------------------------------------------------------------------- geometry
 _FIELD_RADIUS = 0.94  # circular field of view, in normalised coordinates [-1, 1]
@@ -544,17 +544,30 @@ def generate_endoscopy(out_dir: Path, n_frames: int, seed: int, image_size: int 
     out_dir = Path(out_dir)
     (out_dir / "endoscopy").mkdir(parents=True, exist_ok=True)
     (out_dir / "reports").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i in range(n_frames):
-        fid, pid = f"endo_{i:04d}", f"endo_p{i:04d}"
-        grid = sample_findings(np.random.default_rng([int(seed), i, 0]))
-        text, truth = write_report(grid, np.random.default_rng([int(seed), i, 2]))
-        if write_images:
-            frame = render_frame(grid, np.random.default_rng([int(seed), i, 1]), image_size)
-            with atomic_open(out_dir / "endoscopy" / f"{fid}.png", "wb", encoding=None) as fh:
-                Image.fromarray(frame).save(fh, format="PNG", compress_level=1)
-        atomic_write_text(out_dir / "reports" / f"{fid}.txt", text)
-        atomic_write_json(out_dir / "reports" / f"{fid}.json", {"id": fid, "patient": pid, **truth})
-        entries.append({"image": f"endoscopy/{fid}.png", "report": f"reports/{fid}.txt",
-                        "findings": f"reports/{fid}.json", "modality": "endoscopy", "patient": pid})
-    return entries
+    return [write_frame(out_dir, i, seed, image_size=image_size, write_images=write_images) for i in range(n_frames)]
+
+
+def write_frame(out_dir: Path, index: int, seed: int, grid: dict[str, dict[str, str]] | None = None,
+                patient: str | None = None, study: str | None = None, image_size: int = 384,
+                write_images: bool = True) -> dict:
+    """Write frame ``endo_<index>``: its PNG, report and ground-truth sidecar; return its datalist entry.
+
+    Args:
+        out_dir: cohort root (``endoscopy/`` and ``reports/`` must exist).
+        index, seed: the frame depends only on ``(seed, index)`` (and ``grid``).
+        grid: the patient's findings (the linked cohort derives it from the tumour); drawn when ``None``.
+        patient, study: the patient the frame belongs to (default ``endo_p<index>``) and their MRI study.
+    """
+    fid, pid = f"endo_{index:04d}", patient or f"endo_p{index:04d}"
+    if grid is None:
+        grid = sample_findings(np.random.default_rng([int(seed), index, 0]))
+    text, truth = write_report(grid, np.random.default_rng([int(seed), index, 2]))
+    if write_images:
+        frame = render_frame(grid, np.random.default_rng([int(seed), index, 1]), image_size)
+        with atomic_open(out_dir / "endoscopy" / f"{fid}.png", "wb", encoding=None) as fh:
+            Image.fromarray(frame).save(fh, format="PNG", compress_level=1)
+    link = {"study": study} if study else {}
+    atomic_write_text(out_dir / "reports" / f"{fid}.txt", text)
+    atomic_write_json(out_dir / "reports" / f"{fid}.json", {"id": fid, "patient": pid, **link, **truth})
+    return {"image": f"endoscopy/{fid}.png", "report": f"reports/{fid}.txt",
+            "findings": f"reports/{fid}.json", "modality": "endoscopy", "patient": pid, **link}
