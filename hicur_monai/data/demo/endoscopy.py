@@ -56,6 +56,17 @@ def _grid_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
+@functools.lru_cache(maxsize=4)
+def _vignette(size: int) -> np.ndarray:
+    """The dark airway at the bottom centre, light falloff from the scope tip and the black surround."""
+    u, v = _grid_uv(size)
+    r = np.sqrt(u**2 + v**2)
+    lumen = np.exp(-(((u / 0.42) ** 2) + (((v - 0.62) / 0.33) ** 2)) * 1.6)
+    light = 0.55 + 0.55 * np.exp(-(r**2) / 0.55)
+    field = np.clip((_FIELD_RADIUS - r) / 0.04, 0.0, 1.0)
+    return ((1.0 - 0.85 * lumen) * light * field).astype(np.float32)[..., None]
+
+
 def region_masks(size: int = 384) -> dict[str, np.ndarray]:
     """Boolean masks (``size x size``) of the four walls in a generated frame, plus ``"airway"``."""
     u, v = _grid_uv(size)
@@ -176,7 +187,6 @@ def render_frame(grid: dict[str, dict[str, str]], rng: np.random.Generator, size
     """
     u, v = _grid_uv(size)
     masks = region_masks(size)
-    r = np.sqrt(u**2 + v**2)
     fmask = _soft_masks(size)
     whole = _Patch(np.ones((size, size), np.float32), 0, 0)
 
@@ -244,11 +254,8 @@ def render_frame(grid: dict[str, dict[str, str]], rng: np.random.Generator, size
         _paint(img, _blob(rng, size, gu, gv * 0.7, rng.uniform(0.008, 0.02), blur=1.5).scaled(0.8), white)
 
     # the dark airway at the bottom centre, light falloff from the scope tip, black surround
-    lumen = np.exp(-(((u / 0.42) ** 2) + (((v - 0.62) / 0.33) ** 2)) * 1.6)
-    light = 0.55 + 0.55 * np.exp(-(r**2) / 0.55)
-    field = np.clip((_FIELD_RADIUS - r) / 0.04, 0.0, 1.0)
-    img *= ((1.0 - 0.85 * lumen) * light * field).astype(np.float32)[..., None]
-    img += rng.normal(0, 0.008, img.shape).astype(np.float32)  # sensor noise
+    img *= _vignette(size)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.008)  # sensor noise
     out = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
     return np.asarray(out.filter(ImageFilter.GaussianBlur(0.6)))
 
