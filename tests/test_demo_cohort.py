@@ -86,13 +86,18 @@ def test_parse_t_stage(text, stage):
 
 def test_deterministic_by_seed(tmp_path: Path, demo_cohort: Path):
     again = generate_demo_cohort(tmp_path / "again", seed=0, preset="tiny", workers=2, progress=False)
-    other = generate_demo_cohort(tmp_path / "other", seed=1, preset="tiny", n_patients=3, n_ct=1, n_endoscopy=2,
+    other = generate_demo_cohort(tmp_path / "other", seed=1, preset="tiny", n_patients=3, n_ct=1, n_endoscopy=4,
                                  workers=1, progress=False)
     for rel in ("mri/IMG0003/T2.nii.gz", "mri/IMG0003/mask.nii.gz", "ct/IMG0001/CT.nii.gz"):
         a = np.asarray(nib.load(demo_cohort / rel).dataobj)
         b = np.asarray(nib.load(again / rel).dataobj)
         np.testing.assert_array_equal(a, b)
-    assert (demo_cohort / "clinical/clinical.csv").read_bytes() == (again / "clinical/clinical.csv").read_bytes()
+    for rel in ("clinical/clinical.csv", "clinical/truth.json", "reports/mri/IMG0002.txt", "reports/mri/IMG0002.json",
+                "reports/endo_0003.txt", "reports/endo_0003.json", "endoscopy/endo_0003.png"):
+        assert (demo_cohort / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert len(json.loads((other / "datalist.json").read_text())["endoscopy"]) == 4
+    with pytest.raises(ValueError, match="at least one endoscopy frame"):
+        generate_demo_cohort(tmp_path / "few", preset="tiny", n_patients=3, n_endoscopy=2, workers=1, progress=False)
     first = sorted((demo_cohort / "endoscopy").iterdir())[0].name
     assert (demo_cohort / "endoscopy" / first).read_bytes() == (again / "endoscopy" / first).read_bytes()
     a = np.asarray(nib.load(demo_cohort / "mri/IMG0001/T1.nii.gz").dataobj)

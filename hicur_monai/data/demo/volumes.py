@@ -250,22 +250,24 @@ def _regions(x, y, z, shape, lm, tissue, air: dict, foramina: dict) -> dict[str,
     posterior = zone & ~roof & _full((y < 2) & (np.abs(x) < 10), shape)
     lateral = zone & ~roof & ~posterior
     sb = (z >= zr) & (z < zs)
-    return {
-        "left_wall": (lateral & _full(x < 0, shape)) | _full(air["fossa_left"], shape),
-        "right_wall": (lateral & _full(x > 0, shape)) | _full(air["fossa_right"], shape),
-        "roof": roof,
-        "posterior_wall": posterior,
+    ext = {
         "nasal_cavity": _full(_ellipse(x, y, (0, 50), (14, 27)) & (y >= choanae) & np_level, shape),
         "oropharynx": _full(_superellipse(x, y, (0, 7), (20, 16)) & (z < zf) & (z > zf - 30) & (y < choanae),
                             shape),
         "parapharyngeal_space": pps["left"] | pps["right"],
-        "parapharyngeal_left": pps["left"], "parapharyngeal_right": pps["right"],
-        "skull_base": _full(_ellipse(x, y, (0, 2), (27, 33)) & sb, shape) & ~_full(foramina["left"] | foramina["right"],
-                                                                                   shape),
+        "skull_base": _full(_ellipse(x, y, (0, 2), (27, 33)) & sb & ~(foramina["left"] | foramina["right"]), shape),
         "intracranial": (tissue == _BRAIN) & _full(z >= zr, shape),
-        "foramen_left": _full(foramina["left"], shape), "foramen_right": _full(foramina["right"], shape),
-        "airway": airway,
     }
+    outside = np.logical_or.reduce(list(ext.values()))  # walls and extension regions do not overlap
+    walls = {
+        "left_wall": ((lateral & _full(x < 0, shape)) | _full(air["fossa_left"], shape)) & ~outside,
+        "right_wall": ((lateral & _full(x > 0, shape)) | _full(air["fossa_right"], shape)) & ~outside,
+        "roof": roof & ~outside,
+        "posterior_wall": posterior & ~outside,
+    }
+    return {**walls, **ext, "parapharyngeal_left": pps["left"], "parapharyngeal_right": pps["right"],
+            "foramen_left": _full(foramina["left"], shape), "foramen_right": _full(foramina["right"], shape),
+            "airway": airway}
 
 
 def _tumour_lobes(spec: TumourSpec, lm: dict[str, float], rng: np.random.Generator, min_rz: float
