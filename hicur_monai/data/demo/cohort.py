@@ -172,7 +172,7 @@ def generate_demo_cohort(
         out_dir: destination folder (created; existing files are overwritten).
         seed: the one seed everything is derived from (same seed, same bytes of content).
         preset: ``"default"`` (499 patients), ``"small"``, ``"tiny"`` (tests) or a :class:`CohortPreset`.
-        workers: processes for the MRI/CT studies (default: all CPU cores, at most 8).
+        workers: processes for the MRI/CT studies and endoscopy frames (default: all CPU cores, at most 8).
         progress: show a progress bar.
         overrides: any :class:`CohortPreset` field, e.g. ``n_patients=100``.
     """
