@@ -116,3 +116,14 @@ def test_preview_writes_a_contact_sheet_per_modality(demo_cohort: Path, tmp_path
         with Image.open(path) as im:
             assert im.width > 200 and im.height > 150
             assert len(set(im.convert("L").getdata())) > 20  # a picture, not a blank canvas
+
+
+def test_anatomy_preview_shows_the_studies_with_their_reports(demo_cohort: Path, tmp_path: Path):
+    from PIL import Image
+
+    from hicur_monai.data.demo.preview import preview_anatomy
+
+    path = preview_anatomy(demo_cohort, tmp_path, n=2)
+    assert path == tmp_path / "mri_anatomy.png"
+    with Image.open(path) as im:
+        assert im.width > 400 and len(set(im.convert("L").getdata())) > 50
