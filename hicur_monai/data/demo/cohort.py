@@ -229,15 +229,7 @@ def generate_demo_cohort(
                 "image": rel(res["ct"]["CT"]), "label": rel(res["ct"]["mask"]), "modality": "ct",
                 "patient": patients[i], "study": res["study"], "t_stage": t_stages[i],
             })
-    frames: dict[str, list[str]] = {}
-    for e in endo_entries:
-        frames.setdefault(e["patient"], []).append(e["image"])
-    report_list = [{"report": rel(r["report"]["report"]), "findings": rel(r["report"]["findings"]), "modality": "mri",
-                    "patient": patients[i], "study": r["study"]} for i, r in enumerate(results)]
-    patient_list = [{"patient": patients[i], "study": study_ids[i], "clinical_row": i, "t_stage": specs[i].t_stage,
-                     "n_stage": specs[i].n_stage, "side": specs[i].side, "mri": f"mri/{study_ids[i]}",
-                     "mri_report": report_list[i]["report"], "endoscopy": frames.get(patients[i], [])}
-                    for i in range(cfg.n_patients)]
+    report_list, patient_list = _linked_lists(results, endo_entries, patients, study_ids, specs, rel)
     datalist = {"mri": mri_list, "ct": ct_list, "endoscopy": endo_entries, "real": real_entries,
                 "clinical": clinical_paths, "mri_reports": report_list, "patients": patient_list}
     atomic_write_json(out / "datalist.json", datalist)
@@ -256,6 +248,21 @@ def generate_demo_cohort(
     atomic_write_text(out / "README.txt", _README.format(**manifest["counts"], seed=seed))
     log.info("demo cohort written to %s in %.1f s: %s", out, manifest["seconds"], json.dumps(manifest["counts"]))
     return out
+
+
+def _linked_lists(results: list[dict], endo_entries: list[dict], patients: list[str], study_ids: list[str],
+                  specs: list[TumourSpec], rel) -> tuple[list[dict], list[dict]]:
+    """The ``mri_reports`` and ``patients`` data lists (each patient's study, report, frames, clinical row)."""
+    frames: dict[str, list[str]] = {}
+    for e in endo_entries:
+        frames.setdefault(e["patient"], []).append(e["image"])
+    report_list = [{"report": rel(r["report"]["report"]), "findings": rel(r["report"]["findings"]), "modality": "mri",
+                    "patient": patients[i], "study": r["study"]} for i, r in enumerate(results)]
+    patient_list = [{"patient": patients[i], "study": study_ids[i], "clinical_row": i, "t_stage": specs[i].t_stage,
+                     "n_stage": specs[i].n_stage, "side": specs[i].side, "mri": f"mri/{study_ids[i]}",
+                     "mri_report": report_list[i]["report"], "endoscopy": frames.get(patients[i], [])}
+                    for i in range(len(patients))]
+    return report_list, patient_list
 
 
 def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool) -> list[dict]:
