@@ -190,3 +190,29 @@ def test_cox_recovers_true_log_hr(clean):
     s = lifelines.CoxPHFitter().fit(df, "T", "E").summary
     truth = pd.Series(TRUE_LOG_HR)
     assert ((s["coef lower 95%"] <= truth) & (truth <= s["coef upper 95%"])).all(), s
+
+
+def test_image_covariate_enters_the_hazard_and_is_declared():
+    """With the true image factor as a covariate, Cox recovers its declared log HR; bad input is refused."""
+    lifelines = pytest.importorskip("lifelines")
+    from hicur_monai.data.demo.clinical import IMAGE_LOG_HR, clinical_baseline
+
+    base = clinical_baseline(1500, seed=5)
+    rng = np.random.default_rng(1)
+    nec = (rng.random(1500) < np.array([0.08, 0.22, 0.42, 0.62])[base["t_stage"] - 1]).astype(float)
+    table, truth = generate_clinical_table(1500, seed=5, image_covariates={"tumour_necrosis": nec},
+                                           messy_fraction=0.0)
+    assert list(table["7th N Stage"]) == [f"N{k}" for k in base["n_stage"]]  # same baseline as announced
+    assert truth["image_covariates"]["tumour_necrosis"]["log_hr"] == IMAGE_LOG_HR["tumour_necrosis"]
+    x = encode_covariates(table["Age"].astype(int), base["t_stage"], base["n_stage"],
+                          table["Tumor Marker EBV"].astype(float), base["necrosis"], base["male"])
+    df = pd.DataFrame(x, columns=list(TRUE_LOG_HR)).assign(tumour_necrosis=nec)
+    df["T"] = _months(table["No Failure Survival Time - Update"])
+    df["E"] = (table["Treatment Failure (Long-Term Efficacy) - Update"] == "Yes").to_numpy().astype(int)
+    s = lifelines.CoxPHFitter().fit(df, "T", "E").summary
+    lo, hi = s.loc["tumour_necrosis", ["coef lower 95%", "coef upper 95%"]]
+    assert lo <= IMAGE_LOG_HR["tumour_necrosis"] <= hi and lo > 0
+    with pytest.raises(ValueError, match="unknown image covariate"):
+        generate_clinical_table(10, seed=0, image_covariates={"volume": np.zeros(10)})
+    with pytest.raises(ValueError, match="need 10 finite values"):
+        generate_clinical_table(10, seed=0, image_covariates={"tumour_necrosis": np.zeros(9)})

@@ -86,13 +86,18 @@ def test_parse_t_stage(text, stage):
 
 def test_deterministic_by_seed(tmp_path: Path, demo_cohort: Path):
     again = generate_demo_cohort(tmp_path / "again", seed=0, preset="tiny", workers=2, progress=False)
-    other = generate_demo_cohort(tmp_path / "other", seed=1, preset="tiny", n_patients=3, n_ct=1, n_endoscopy=2,
+    other = generate_demo_cohort(tmp_path / "other", seed=1, preset="tiny", n_patients=3, n_ct=1, n_endoscopy=4,
                                  workers=1, progress=False)
     for rel in ("mri/IMG0003/T2.nii.gz", "mri/IMG0003/mask.nii.gz", "ct/IMG0001/CT.nii.gz"):
         a = np.asarray(nib.load(demo_cohort / rel).dataobj)
         b = np.asarray(nib.load(again / rel).dataobj)
         np.testing.assert_array_equal(a, b)
-    assert (demo_cohort / "clinical/clinical.csv").read_bytes() == (again / "clinical/clinical.csv").read_bytes()
+    for rel in ("clinical/clinical.csv", "clinical/truth.json", "reports/mri/IMG0002.txt", "reports/mri/IMG0002.json",
+                "reports/endo_0003.txt", "reports/endo_0003.json", "endoscopy/endo_0003.png"):
+        assert (demo_cohort / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert len(json.loads((other / "datalist.json").read_text())["endoscopy"]) == 4
+    with pytest.raises(ValueError, match="at least one endoscopy frame"):
+        generate_demo_cohort(tmp_path / "few", preset="tiny", n_patients=3, n_endoscopy=2, workers=1, progress=False)
     first = sorted((demo_cohort / "endoscopy").iterdir())[0].name
     assert (demo_cohort / "endoscopy" / first).read_bytes() == (again / "endoscopy" / first).read_bytes()
     a = np.asarray(nib.load(demo_cohort / "mri/IMG0001/T1.nii.gz").dataobj)
@@ -111,3 +116,14 @@ def test_preview_writes_a_contact_sheet_per_modality(demo_cohort: Path, tmp_path
         with Image.open(path) as im:
             assert im.width > 200 and im.height > 150
             assert len(set(im.convert("L").getdata())) > 20  # a picture, not a blank canvas
+
+
+def test_anatomy_preview_shows_the_studies_with_their_reports(demo_cohort: Path, tmp_path: Path):
+    from PIL import Image
+
+    from hicur_monai.data.demo.preview import preview_anatomy
+
+    path = preview_anatomy(demo_cohort, tmp_path, n=2)
+    assert path == tmp_path / "mri_anatomy.png"
+    with Image.open(path) as im:
+        assert im.width > 400 and len(set(im.convert("L").getdata())) > 50

@@ -47,7 +47,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hicur_monai.data.demo.preview import preview_pipelines
+    from hicur_monai.data.demo.preview import preview_anatomy, preview_pipelines
 
     if not (args.data / "datalist.json").is_file():
         _generate(args.data, args.seed, args.preset)
@@ -55,4 +55,6 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"demo cohort: using {args.data} (delete it to regenerate)")
     for kind, path in preview_pipelines(args.data, args.out, seed=args.seed).items():
         print(f"contact sheet [{kind}]: {path}")
+    if (args.data / "reports" / "mri").is_dir():
+        print(f"MRI anatomy and reports: {preview_anatomy(args.data, args.out)}")
     return 0

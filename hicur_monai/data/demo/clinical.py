@@ -39,7 +39,7 @@ value, kind).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,10 @@ __all__ = [
     "CLINICAL_COLUMNS",
     "COVARIATES",
     "TRUE_LOG_HR",
+    "IMAGE_COVARIATES",
+    "IMAGE_LOG_HR",
+    "IMAGE_CENTRE",
+    "clinical_baseline",
     "DAYS_PER_MONTH",
     "ajcc7_overall_stage",
     "encode_covariates",
@@ -122,6 +126,17 @@ TRUE_LOG_HR: dict[str, float] = {
     "male": 0.0,
 }
 
+#: image-borne covariates the demo cohort can add to the hazard (not columns of the table)
+IMAGE_COVARIATES: dict[str, str] = {
+    "tumour_necrosis": "necrotic core of the primary tumour (non-enhancing on T1C, bright on T2): 1=present, 0=absent",
+}
+
+#: their true log hazard ratios (declared before any model runs)
+IMAGE_LOG_HR: dict[str, float] = {"tumour_necrosis": 0.70}
+
+#: the linear predictor is centred at these values (about the cohort's prevalence)
+IMAGE_CENTRE: dict[str, float] = {"tumour_necrosis": 0.35}
+
 #: days in an average month; months written in the table are ``round(days / DAYS_PER_MONTH)``
 DAYS_PER_MONTH = 365.25 / 12
 
@@ -166,7 +181,8 @@ def _months_str(m: int) -> str:
 
 def generate_clinical_table(n_patients: int = 499, seed: int = 0,
                             study_ids: Sequence[str] | None = None,
-                            messy_fraction: float = 0.04) -> tuple[pd.DataFrame, dict]:
+                            messy_fraction: float = 0.04,
+                            image_covariates: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, dict]:
     """Generate the synthetic prognosis table and the truth behind it.
 
     Args:
@@ -176,6 +192,10 @@ def generate_clinical_table(n_patients: int = 499, seed: int = 0,
             ``n_patients`` of them (the first ``n_patients`` are used). Default
             ``STUDY0001``, ``STUDY0002``, ...
         messy_fraction: fraction of rows that get one realistic formatting problem.
+        image_covariates: image-borne covariates (names from :data:`IMAGE_LOG_HR`, one value per
+            patient) that enter the hazard with their declared log HR; the demo cohort passes the
+            necrotic core it draws into each MRI. Not columns of the table (only the image shows
+            them); declared in ``truth["image_covariates"]``. ``None``: the clinical-only model.
 
     Returns:
         ``(table, truth)``: the table as strings exactly as written to CSV (blank = ``""``),
@@ -194,45 +214,22 @@ def generate_clinical_table(n_patients: int = 499, seed: int = 0,
         raise ValueError("study_ids must be unique (one study per patient)")
     rng = np.random.default_rng(seed)
     n = n_patients
-
-    # --- baseline characteristics -------------------------------------------------------
-    male = rng.random(n) < 0.72
-    age = np.clip(np.rint(rng.normal(47.0, 11.0, n)), 18, 85).astype(int)
-    t_stage = rng.choice([1, 2, 3, 4], size=n, p=[0.15, 0.25, 0.38, 0.22])
-    n_stage = rng.choice([0, 1, 2, 3], size=n, p=[0.18, 0.42, 0.28, 0.12])
-    overall = [ajcc7_overall_stage(int(t), int(k)) for t, k in zip(t_stage, n_stage)]
-    # EBV DNA (copies/mL): undetectable in ~15%, otherwise log-normal rising with N stage
-    log_ebv = rng.normal(2.6 + 0.35 * n_stage, 0.9)
-    ebv = np.where(rng.random(n) < 0.15, 0, np.rint(10.0 ** log_ebv)).astype(int)
-    intracranial = t_stage == 4
-    skull_base = (t_stage >= 3) & ((t_stage == 3) | (rng.random(n) < 0.7))
-    # nodes (7th ed.: N1 unilateral cervical and/or retropharyngeal, N2 bilateral, N3 >6 cm or supraclavicular)
-    rp_nodes = (n_stage >= 1) & (rng.random(n) < 0.8)
-    neck_nodes = (n_stage >= 2) | ((n_stage == 1) & (~rp_nodes | (rng.random(n) < 0.6)))
-    rp_sides = np.where(rp_nodes, rng.choice([1, 2], size=n, p=[0.6, 0.4]), 0)
-    neck_sides = np.where(neck_nodes, np.where(n_stage >= 2, 2, 1), 0)
-    neck_sides = np.where((n_stage == 3) & (rng.random(n) < 0.3), 1, neck_sides)  # N3 may be unilateral
-    lower_neck = (n_stage == 3) & (rng.random(n) < 0.8)
-    rp_necrosis = rp_nodes & (rng.random(n) < 0.35)
-    neck_necrosis = neck_nodes & (rng.random(n) < 0.25 + 0.1 * n_stage)
-    necrosis = rp_necrosis | neck_necrosis
-
-    regress = np.array(["Complete Regression", "Partial Regression", "No Regression"])
-    np_regress = rng.choice(3, size=n, p=[0.35, 0.55, 0.10])
-    neck_regress = rng.choice(3, size=n, p=[0.40, 0.50, 0.10])
-    effective = (np_regress < 2) & ((neck_regress < 2) | ~neck_nodes)
-
-    machine = rng.choice(["MRI-1", "MRI-2", "MRI-3"], size=n, p=[0.4, 0.35, 0.25])
-    field = {"MRI-1": "1.5T", "MRI-2": "3T", "MRI-3": "3T"}
-
-    start_ord = rng.integers(date(2012, 1, 1).toordinal(), date(2016, 12, 31).toordinal() + 1, size=n)
-    image_lead_days = rng.integers(3, 22, size=n)
+    b = _draw_baseline(rng, n)
+    male, age, t_stage, n_stage, ebv = b["male"], b["age"], b["t_stage"], b["n_stage"], b["ebv"]
+    overall, intracranial, skull_base = b["overall"], b["intracranial"], b["skull_base"]
+    rp_nodes, neck_nodes, rp_sides, neck_sides = b["rp_nodes"], b["neck_nodes"], b["rp_sides"], b["neck_sides"]
+    lower_neck, rp_necrosis, neck_necrosis, necrosis = b["lower_neck"], b["rp_necrosis"], b["neck_necrosis"], b["necrosis"]
+    regress, np_regress, neck_regress, effective = b["regress"], b["np_regress"], b["neck_regress"], b["effective"]
+    machine, field, start_ord, image_lead_days = b["machine"], b["field"], b["start_ord"], b["image_lead_days"]
+    image = _check_image_covariates(image_covariates, n)
 
     # --- survival model -----------------------------------------------------------------
     x = encode_covariates(age, t_stage, n_stage, ebv, necrosis, male)
     beta = np.array([TRUE_LOG_HR[c] for c in COVARIATES])
     centre = np.array([_CENTRE[c] for c in COVARIATES])
     lp = (x - centre) @ beta
+    for name, values in image.items():
+        lp = lp + (values - IMAGE_CENTRE[name]) * IMAGE_LOG_HR[name]
 
     def latent_days(scale_months: float) -> np.ndarray:
         u = rng.random(n)
@@ -352,7 +349,100 @@ def generate_clinical_table(n_patients: int = 499, seed: int = 0,
         "linear_predictor": [round(float(v), 6) for v in lp],
         "messy": messy,
     }
+    if image:
+        truth["image_covariates"] = _image_truth(image, t_stage)
+        for ep in truth["endpoints"].values():
+            ep["image_log_hr"] = {k: IMAGE_LOG_HR[k] for k in image}
     return table, truth
+
+
+def _image_truth(image: dict[str, np.ndarray], t_stage: np.ndarray) -> dict[str, Any]:
+    """What ``truth.json`` declares about the image-borne covariates (models never read it)."""
+    out: dict[str, Any] = {}
+    for name, values in image.items():
+        by_t = {f"T{t}": round(float(values[t_stage == t].mean()), 4) for t in (1, 2, 3, 4) if (t_stage == t).any()}
+        corr = float(np.corrcoef(values, t_stage)[0, 1]) if values.std() > 0 and t_stage.std() > 0 else float("nan")
+        out[name] = {
+            "log_hr": IMAGE_LOG_HR[name],
+            "encoding": IMAGE_COVARIATES[name],
+            "linear_predictor_centre": IMAGE_CENTRE[name],
+            "mean_by_t_stage": by_t,
+            "correlation_with_t_stage": round(corr, 4),
+            "values": [round(float(v), 6) for v in values],
+            "note": "enters every endpoint's hazard beside the clinical covariates (same shared beta); not a "
+                    "column of clinical.csv, only visible in the MRI. A clinical-only Cox fit omits it, so its "
+                    "T-stage coefficient absorbs part of it (the two are correlated).",
+        }
+    return out
+
+
+
+def clinical_baseline(n_patients: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The baseline characteristics (T, N, EBV, nodes, skull base, ...) of the table that
+    ``generate_clinical_table(n_patients, seed)`` writes, as clean arrays (no messy cells).
+
+    The same seed gives the same baseline whatever ``image_covariates`` are given later, so
+    the demo cohort can derive each tumour from its patient's T/N before the event times are drawn.
+    """
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    return _draw_baseline(np.random.default_rng(seed), n_patients)
+
+
+def _draw_baseline(rng: np.random.Generator, n: int) -> dict[str, Any]:
+    """Draw the baseline columns (the first draws of the table's random stream, in a fixed order)."""
+    male = rng.random(n) < 0.72
+    age = np.clip(np.rint(rng.normal(47.0, 11.0, n)), 18, 85).astype(int)
+    t_stage = rng.choice([1, 2, 3, 4], size=n, p=[0.15, 0.25, 0.38, 0.22])
+    n_stage = rng.choice([0, 1, 2, 3], size=n, p=[0.18, 0.42, 0.28, 0.12])
+    overall = [ajcc7_overall_stage(int(t), int(k)) for t, k in zip(t_stage, n_stage)]
+    # EBV DNA (copies/mL): undetectable in ~15%, otherwise log-normal rising with N stage
+    log_ebv = rng.normal(2.6 + 0.35 * n_stage, 0.9)
+    ebv = np.where(rng.random(n) < 0.15, 0, np.rint(10.0 ** log_ebv)).astype(int)
+    intracranial = t_stage == 4
+    skull_base = (t_stage >= 3) & ((t_stage == 3) | (rng.random(n) < 0.7))
+    # nodes (7th ed.: N1 unilateral cervical and/or retropharyngeal, N2 bilateral, N3 >6 cm or supraclavicular)
+    rp_nodes = (n_stage >= 1) & (rng.random(n) < 0.8)
+    neck_nodes = (n_stage >= 2) | ((n_stage == 1) & (~rp_nodes | (rng.random(n) < 0.6)))
+    rp_sides = np.where(rp_nodes, rng.choice([1, 2], size=n, p=[0.6, 0.4]), 0)
+    neck_sides = np.where(neck_nodes, np.where(n_stage >= 2, 2, 1), 0)
+    neck_sides = np.where((n_stage == 3) & (rng.random(n) < 0.3), 1, neck_sides)  # N3 may be unilateral
+    lower_neck = (n_stage == 3) & (rng.random(n) < 0.8)
+    rp_necrosis = rp_nodes & (rng.random(n) < 0.35)
+    neck_necrosis = neck_nodes & (rng.random(n) < 0.25 + 0.1 * n_stage)
+    necrosis = rp_necrosis | neck_necrosis
+
+    regress = np.array(["Complete Regression", "Partial Regression", "No Regression"])
+    np_regress = rng.choice(3, size=n, p=[0.35, 0.55, 0.10])
+    neck_regress = rng.choice(3, size=n, p=[0.40, 0.50, 0.10])
+    effective = (np_regress < 2) & ((neck_regress < 2) | ~neck_nodes)
+
+    machine = rng.choice(["MRI-1", "MRI-2", "MRI-3"], size=n, p=[0.4, 0.35, 0.25])
+    field = {"MRI-1": "1.5T", "MRI-2": "3T", "MRI-3": "3T"}
+
+    start_ord = rng.integers(date(2012, 1, 1).toordinal(), date(2016, 12, 31).toordinal() + 1, size=n)
+    image_lead_days = rng.integers(3, 22, size=n)
+    return {
+        "male": male, "age": age, "t_stage": t_stage, "n_stage": n_stage, "overall": overall, "ebv": ebv,
+        "intracranial": intracranial, "skull_base": skull_base, "rp_nodes": rp_nodes, "neck_nodes": neck_nodes,
+        "rp_sides": rp_sides, "neck_sides": neck_sides, "lower_neck": lower_neck, "rp_necrosis": rp_necrosis,
+        "neck_necrosis": neck_necrosis, "necrosis": necrosis, "regress": regress, "np_regress": np_regress,
+        "neck_regress": neck_regress, "effective": effective, "machine": machine, "field": field,
+        "start_ord": start_ord, "image_lead_days": image_lead_days,
+    }
+
+
+def _check_image_covariates(image_covariates: Mapping[str, Any] | None, n: int) -> dict[str, np.ndarray]:
+    """Validate image-borne covariates: known names (:data:`IMAGE_LOG_HR`), one finite value per patient."""
+    out: dict[str, np.ndarray] = {}
+    for name, values in (image_covariates or {}).items():
+        if name not in IMAGE_LOG_HR:
+            raise ValueError(f"unknown image covariate {name!r}; known: {sorted(IMAGE_LOG_HR)}")
+        arr = np.asarray(values, dtype=float)
+        if arr.shape != (n,) or not np.isfinite(arr).all():
+            raise ValueError(f"image covariate {name!r}: need {n} finite values, got shape {arr.shape}")
+        out[name] = arr
+    return out
 
 
 def _make_messy(table: pd.DataFrame, rng: np.random.Generator, fraction: float) -> list[dict[str, Any]]:

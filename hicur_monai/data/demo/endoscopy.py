@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from hicur_monai.data.nasopharynx import FINDINGS, MAIN_REGIONS, category_from_grid, empty_grid
 from hicur_monai.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
-__all__ = ["generate_endoscopy", "region_masks", "sample_findings", "render_frame", "write_report"]
+__all__ = ["generate_endoscopy", "region_masks", "sample_findings", "render_frame", "write_frame", "write_report"]
 
 # ----------------------------------------------------------------------------- geometry
 _FIELD_RADIUS = 0.94  # circular field of view, in normalised coordinates [-1, 1]
@@ -54,6 +54,17 @@ def _grid_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
     ax = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     v, u = np.meshgrid(ax, ax, indexing="ij")
     return u, v
+
+
+@functools.lru_cache(maxsize=4)
+def _vignette(size: int) -> np.ndarray:
+    """The dark airway at the bottom centre, light falloff from the scope tip and the black surround."""
+    u, v = _grid_uv(size)
+    r = np.sqrt(u**2 + v**2)
+    lumen = np.exp(-(((u / 0.42) ** 2) + (((v - 0.62) / 0.33) ** 2)) * 1.6)
+    light = 0.55 + 0.55 * np.exp(-(r**2) / 0.55)
+    field = np.clip((_FIELD_RADIUS - r) / 0.04, 0.0, 1.0)
+    return ((1.0 - 0.85 * lumen) * light * field).astype(np.float32)[..., None]
 
 
 def region_masks(size: int = 384) -> dict[str, np.ndarray]:
@@ -176,7 +187,6 @@ def render_frame(grid: dict[str, dict[str, str]], rng: np.random.Generator, size
     """
     u, v = _grid_uv(size)
     masks = region_masks(size)
-    r = np.sqrt(u**2 + v**2)
     fmask = _soft_masks(size)
     whole = _Patch(np.ones((size, size), np.float32), 0, 0)
 
@@ -244,11 +254,8 @@ def render_frame(grid: dict[str, dict[str, str]], rng: np.random.Generator, size
         _paint(img, _blob(rng, size, gu, gv * 0.7, rng.uniform(0.008, 0.02), blur=1.5).scaled(0.8), white)
 
     # the dark airway at the bottom centre, light falloff from the scope tip, black surround
-    lumen = np.exp(-(((u / 0.42) ** 2) + (((v - 0.62) / 0.33) ** 2)) * 1.6)
-    light = 0.55 + 0.55 * np.exp(-(r**2) / 0.55)
-    field = np.clip((_FIELD_RADIUS - r) / 0.04, 0.0, 1.0)
-    img *= ((1.0 - 0.85 * lumen) * light * field).astype(np.float32)[..., None]
-    img += rng.normal(0, 0.008, img.shape).astype(np.float32)  # sensor noise
+    img *= _vignette(size)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.008)  # sensor noise
     out = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
     return np.asarray(out.filter(ImageFilter.GaussianBlur(0.6)))
 
@@ -544,17 +551,30 @@ def generate_endoscopy(out_dir: Path, n_frames: int, seed: int, image_size: int 
     out_dir = Path(out_dir)
     (out_dir / "endoscopy").mkdir(parents=True, exist_ok=True)
     (out_dir / "reports").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i in range(n_frames):
-        fid, pid = f"endo_{i:04d}", f"endo_p{i:04d}"
-        grid = sample_findings(np.random.default_rng([int(seed), i, 0]))
-        text, truth = write_report(grid, np.random.default_rng([int(seed), i, 2]))
-        if write_images:
-            frame = render_frame(grid, np.random.default_rng([int(seed), i, 1]), image_size)
-            with atomic_open(out_dir / "endoscopy" / f"{fid}.png", "wb", encoding=None) as fh:
-                Image.fromarray(frame).save(fh, format="PNG", compress_level=1)
-        atomic_write_text(out_dir / "reports" / f"{fid}.txt", text)
-        atomic_write_json(out_dir / "reports" / f"{fid}.json", {"id": fid, "patient": pid, **truth})
-        entries.append({"image": f"endoscopy/{fid}.png", "report": f"reports/{fid}.txt",
-                        "findings": f"reports/{fid}.json", "modality": "endoscopy", "patient": pid})
-    return entries
+    return [write_frame(out_dir, i, seed, image_size=image_size, write_images=write_images) for i in range(n_frames)]
+
+
+def write_frame(out_dir: Path, index: int, seed: int, grid: dict[str, dict[str, str]] | None = None,
+                patient: str | None = None, study: str | None = None, image_size: int = 384,
+                write_images: bool = True) -> dict:
+    """Write frame ``endo_<index>``: its PNG, report and ground-truth sidecar; return its datalist entry.
+
+    Args:
+        out_dir: cohort root (``endoscopy/`` and ``reports/`` must exist).
+        index, seed: the frame depends only on ``(seed, index)`` (and ``grid``).
+        grid: the patient's findings (the linked cohort derives it from the tumour); drawn when ``None``.
+        patient, study: the patient the frame belongs to (default ``endo_p<index>``) and their MRI study.
+    """
+    fid, pid = f"endo_{index:04d}", patient or f"endo_p{index:04d}"
+    if grid is None:
+        grid = sample_findings(np.random.default_rng([int(seed), index, 0]))
+    text, truth = write_report(grid, np.random.default_rng([int(seed), index, 2]))
+    if write_images:
+        frame = render_frame(grid, np.random.default_rng([int(seed), index, 1]), image_size)
+        with atomic_open(out_dir / "endoscopy" / f"{fid}.png", "wb", encoding=None) as fh:
+            Image.fromarray(frame).save(fh, format="PNG", compress_level=1)
+    link = {"study": study} if study else {}
+    atomic_write_text(out_dir / "reports" / f"{fid}.txt", text)
+    atomic_write_json(out_dir / "reports" / f"{fid}.json", {"id": fid, "patient": pid, **link, **truth})
+    return {"image": f"endoscopy/{fid}.png", "report": f"reports/{fid}.txt",
+            "findings": f"reports/{fid}.json", "modality": "endoscopy", "patient": pid, **link}

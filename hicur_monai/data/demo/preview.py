@@ -1,7 +1,8 @@
 """Run the shared transform pipelines on every modality of a cohort and draw contact sheets.
 
 This is what ``hicur demo`` shows at the foundation stage: the exact pipelines the bundles
-include (``transforms/*.json``), applied to the demo cohort, one PNG per modality.
+include (``transforms/*.json``), applied to the demo cohort, one PNG per modality; and
+:func:`preview_anatomy`: the raw MRI studies at the tumour's level with what their reports say.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hicur_monai.data.demo.cohort import load_datalist
 from hicur_monai.transforms.fragments import build_pipeline
 from hicur_monai.utils.visualize import contact_sheet
 
-__all__ = ["PREVIEW_PIPELINES", "preview_pipelines"]
+__all__ = ["PREVIEW_PIPELINES", "preview_anatomy", "preview_pipelines"]
 
 #: modality -> the fragments composed for its preview (2D, 3-channel, 384 px, in [0, 1])
 PREVIEW_PIPELINES: dict[str, tuple[str, ...]] = {
@@ -72,3 +73,34 @@ def preview_pipelines(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike,
             suptitle=f"{kind}: " + " -> ".join(refs),
         )
     return written
+
+
+def preview_anatomy(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 3) -> Path:
+    """Write ``<out_dir>/mri_anatomy.png``: T1, T2 and T1C of the first ``n`` studies at the tumour's
+    largest section (anterior up, the patient's left on the image's left), the mask's contour in red
+    and the report's ground truth (side, T/N, extension, necrosis) in the titles."""
+    import json
+
+    import nibabel as nib
+
+    cohort = Path(cohort_dir)
+    reports = load_datalist(cohort, "mri_reports")[:n]
+    if not reports:
+        raise FileNotFoundError(f"{cohort}: no MRI reports in datalist.json; regenerate with `hicur demo-data`")
+    images, masks, titles = [], [], []
+    for item in reports:
+        truth = json.loads(Path(item["findings"]).read_text())
+        study = cohort / "mri" / item["study"]
+        mask = np.asarray(nib.load(study / "mask.nii.gz").dataobj) > 0
+        z = int(np.argmax(mask.sum(axis=(0, 1))))  # the tumour's largest axial section
+        ext = [k.replace("_", " ") for k, v in truth["extensions"].items() if v] + (["necrosis"] if truth["necrosis"] else [])
+        for seq in ("T1", "T2", "T1C"):
+            vol = np.asarray(nib.load(study / f"{seq}.nii.gz").dataobj, np.float32)
+            lo, hi = np.percentile(vol, (0.5, 99.5))
+            images.append(np.clip((vol[:, :, z] - lo) / max(hi - lo, 1e-6), 0, 1)[None])
+            masks.append(mask[:, :, z][None].astype(np.float32))
+            titles.append(f"{item['study']} {seq} z={z}\n{truth['side']} T{truth['t_stage']}N{truth['n_stage']}: "
+                          + (", ".join(ext) or "confined"))
+    return contact_sheet(images, Path(out_dir) / "mri_anatomy.png", titles=titles, masks=masks, ncols=3,
+                         suptitle="demo MRI: axial head-and-neck phantoms at the tumour's level (red: mask)",
+                         tile_inches=3.0)
