@@ -83,7 +83,7 @@ $(LABEL_STAMP): setup.cfg
 	{ test -n "$(LABEL_TORCH_INDEX)" && $(LABEL_VENV)/bin/python -m pip install --quiet --timeout 15 --retries 1 \
 	    --index-url "$(LABEL_TORCH_INDEX)" $(LABEL_TORCH); } || $(LABEL_VENV)/bin/python -m pip install --quiet $(LABEL_TORCH)
 	# keep those builds: monai's torchvision extra would otherwise pull the newest (CUDA) pair
-	$(LABEL_VENV)/bin/python -c "import torch, torchvision; print(f'torch=={torch.__version__}\ntorchvision=={torchvision.__version__}')" \
+	$(LABEL_VENV)/bin/python -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}\ntorchvision=={v(\"torchvision\")}')" \
 	    > $(LABEL_VENV)/torch-constraint.txt
 	$(LABEL_VENV)/bin/python -m pip install --quiet -c $(LABEL_VENV)/torch-constraint.txt \
 	    monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
