@@ -247,3 +247,32 @@ def test_unit_keys_from_clients_must_be_short_strings(store, item_id, label):
     with pytest.raises(RatingError, match="must be a non-empty string"):
         store.view("alice", item_id, label)
     assert store.counts()["scores"] == 0
+
+
+def test_group_commit_keeps_each_submission_all_or_nothing(store):
+    """Submissions waiting on a running write go in one transaction; a bad one fails alone."""
+    units = [u for u in store.units("alice")][:3]
+    jobs = [("alice", units[0].item_id, units[0].label), ("alice", units[1].item_id, "ZZ"),
+            ("bob", units[2].item_id, units[2].label)]
+    errors: dict[int, BaseException] = {}
+
+    def submit(k: int) -> None:
+        try:
+            store.submit(*jobs[k], FOUR)
+        except RatingError as err:
+            errors[k] = err
+
+    commits = store.commits
+    with store._lock:  # a write in progress: the three queue up behind it
+        threads = [threading.Thread(target=submit, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        while len(store._pending) < 3:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert store.commits == commits + 1  # one transaction (one fsync) for the three
+    assert list(errors) == [1] and "no answer labelled 'ZZ'" in str(errors[1])
+    assert store.view("alice", units[0].item_id, units[0].label)["scores"] == {k: float(v) for k, v in FOUR.items()}
+    assert store.view("bob", units[2].item_id, units[2].label)["scores"] == {k: float(v) for k, v in FOUR.items()}
+    assert store.counts()["audit"] == 8  # two submissions x four criteria; nothing of the bad one

@@ -3,10 +3,12 @@
 One database file holds the study (items, answers), the raters (scrypt password hashes),
 each rater's private label -> system mapping, the latest scores and an append-only audit
 of every submission. The database runs in WAL mode so that many raters read and write at
-once; every submission is one ``BEGIN IMMEDIATE`` transaction (all four criteria or none).
-Writers of one process queue on a lock (first come, first served) before SQLite's own
-lock, whose busy handler sleeps in growing steps and made the slowest submissions wait
-hundreds of milliseconds under 20 concurrent raters. The file (and its ``-wal`` / ``-shm``
+once. Every submission is all-or-nothing (all four criteria or none): submissions that
+arrive while one is being written are committed together, each in its own savepoint, in
+one ``BEGIN IMMEDIATE`` transaction with ``synchronous=FULL`` (group commit: one fsync for
+the group; each call returns once its scores are on disk). With a commit costing one fsync
+(about 35 ms on the test machine's disk) and SQLite's busy handler sleeping in growing
+steps, one transaction per submission kept 20 concurrent raters at a p95 of 600-800 ms. The file (and its ``-wal`` / ``-shm``
 companions) is created with mode 0600: it holds the password hashes.
 
 Passwords: scrypt with the OWASP minimum cost (N=2^17, r=8, p=1); the parameters are part
@@ -178,6 +180,19 @@ def _labels(n: int) -> list[str]:
     return out
 
 
+@dataclass
+class _Submission:
+    """One rater's scores of one unit, waiting for the group commit."""
+
+    rater: str
+    item_id: str
+    label: str
+    scores: dict[str, float]
+    at: str = ""
+    error: BaseException | None = None
+    done: bool = False
+
+
 @dataclass(frozen=True)
 class Unit:
     """One answer as one rater sees it."""
@@ -205,6 +220,9 @@ class RatingStore:
         _private_file(self.path)
         with _WRITE_LOCKS_GUARD:
             self._lock = _WRITE_LOCKS.setdefault(self.path.resolve(), threading.Lock())
+        self._pending: list[_Submission] = []
+        self._pending_lock = threading.Lock()
+        self.commits = 0  # write transactions committed by this object
         with self._connect() as con:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -228,10 +246,16 @@ class RatingStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed on success, rolled back on any error.
 
-        Writers of this process queue on :attr:`_lock` first (fair, no sleeping); SQLite's
-        busy timeout still guards against other processes.
+        Writers of this process queue on :attr:`_lock` first (no sleeping); SQLite's busy
+        timeout still guards against other processes.
         """
-        with self._lock, self._connect() as con:
+        with self._lock, self._transaction() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error); the caller holds :attr:`_lock`."""
+        with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
@@ -239,6 +263,7 @@ class RatingStore:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+            self.commits += 1
 
     # -- study setup -------------------------------------------------------------------
     def add_study(self, items: Sequence[Item], answers: Sequence[Answer], images_dir: str | os.PathLike | None = None) -> None:
@@ -439,10 +464,12 @@ class RatingStore:
 
     # -- scoring -----------------------------------------------------------------------
     def submit(self, rater: str, item_id: str, label: str, scores: Mapping[str, float]) -> str:
-        """Store the rater's scores of one unit in one transaction; returns the timestamp.
+        """Store the rater's scores of one unit, all or nothing; returns the timestamp.
 
         Every criterion must be given, each a number in [0, 10]; the previous values stay in
-        the audit table.
+        the audit table. Submissions arriving while another is being written are committed
+        together in the next transaction (group commit: one fsync for all of them, each in
+        its own savepoint); the call returns once its scores are durable.
 
         Raises:
             RatingError: unknown rater/unit, a missing or unknown criterion, or a bad score.
@@ -463,19 +490,54 @@ class RatingStore:
             if not 0 <= value <= 10:  # NaN fails this too
                 raise RatingError(f"score of {criterion!r} must be from 0 to 10, got {value:g}")
             clean[criterion] = value
+        job = _Submission(rater, item_id, label, clean)
+        with self._pending_lock:
+            self._pending.append(job)
+        with self._lock:
+            if not job.done:  # not committed by an earlier leader: commit everything waiting
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        if job.error is not None:
+            raise job.error
+        return job.at
+
+    def _commit_batch(self, batch: list[_Submission]) -> None:
+        """Group commit: the waiting submissions in one transaction (one fsync), each in a savepoint.
+
+        A submission that fails (unknown unit, ...) is rolled back to its savepoint alone and
+        its submitter gets the error; the others are committed. The caller holds :attr:`_lock`.
+        """
+        try:
+            with self._transaction() as con:
+                for job in batch:
+                    con.execute("SAVEPOINT submission")
+                    try:
+                        job.at = self._apply(con, job)
+                    except RatingError as err:
+                        con.execute("ROLLBACK TO submission")
+                        job.error = err
+                    con.execute("RELEASE submission")
+        except BaseException as err:  # the commit failed: nothing of the batch is stored
+            for job in batch:
+                job.error = job.error or err
+            raise
+        finally:
+            for job in batch:
+                job.done = True
+
+    def _apply(self, con: sqlite3.Connection, job: _Submission) -> str:
         at = _now()
-        with self._write() as con:
-            self._require_rater(con, rater)
-            system = self._system(con, rater, item_id, label)
-            for criterion, value in clean.items():
-                prev = con.execute("SELECT score FROM scores WHERE rater=? AND item_id=? AND system=? AND criterion=?",
-                                   (rater, item_id, system, criterion)).fetchone()
-                con.execute("INSERT INTO scores VALUES (?,?,?,?,?,?) ON CONFLICT(rater, item_id, system, criterion) "
-                            "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at",
-                            (rater, item_id, system, criterion, value, at))
-                con.execute("INSERT INTO audit (rater, item_id, system, criterion, score, previous, at) "
-                            "VALUES (?,?,?,?,?,?,?)", (rater, item_id, system, criterion, value,
-                                                       prev[0] if prev else None, at))
+        self._require_rater(con, job.rater)
+        system = self._system(con, job.rater, job.item_id, job.label)
+        key = (job.rater, job.item_id, system)
+        for criterion, value in job.scores.items():
+            prev = con.execute("SELECT score FROM scores WHERE rater=? AND item_id=? AND system=? AND criterion=?",
+                               (*key, criterion)).fetchone()
+            con.execute("INSERT INTO scores VALUES (?,?,?,?,?,?) ON CONFLICT(rater, item_id, system, criterion) "
+                        "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at", (*key, criterion, value, at))
+            con.execute("INSERT INTO audit (rater, item_id, system, criterion, score, previous, at) "
+                        "VALUES (?,?,?,?,?,?,?)", (*key, criterion, value, prev[0] if prev else None, at))
         return at
 
     # -- export ------------------------------------------------------------------------
