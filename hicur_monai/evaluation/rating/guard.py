@@ -8,8 +8,9 @@
   accounts are throttled like real ones (no account discovery through the lockout).
 * :func:`make_auth` is the coroutine Gradio's ``POST /login`` awaits: it checks the
   throttle, runs the scrypt check in a small thread pool (at most ``workers`` hashes of
-  128 MiB at once) and never on the event loop, so guessing clients do not slow down the
-  raters' requests.
+  128 MiB at once) and never on the event loop; the pool's threads run at the lowest CPU
+  priority (Linux: per-thread nice 19), so that hashes, a guesser's included, take the CPU
+  only when the raters' requests leave it free.
 * :class:`RequestGuard` (ASGI middleware) records each request's client address for the
   throttle, refuses bodies over ``max_body`` bytes with 413 before anything is read or
   written (chunked bodies are buffered up to the limit), and refuses file uploads with 403:
@@ -22,6 +23,7 @@ import asyncio
 import contextvars
 import json
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -119,6 +121,14 @@ class LoginThrottle:
             return len(self._recent((kind, name), self.clock())) >= self.limits[kind]
 
 
+def _lowest_priority() -> None:
+    """Thread-pool initializer: this thread at nice 19 (Linux; elsewhere a no-op)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not permitted
+        pass
+
+
 def make_auth(verify: Callable[[str, str], bool], throttle: LoginThrottle,
               workers: int = 2) -> Callable[[str, str], Awaitable[bool]]:
     """The ``auth`` coroutine for :meth:`gradio.Blocks.launch`.
@@ -134,7 +144,8 @@ def make_auth(verify: Callable[[str, str], bool], throttle: LoginThrottle,
     """
     from fastapi import HTTPException
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password-check")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password-check",
+                              initializer=_lowest_priority)
 
     async def auth(username: str, password: str) -> bool:
         address = client_address.get()
