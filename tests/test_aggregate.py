@@ -205,3 +205,15 @@ def test_unknown_criteria_are_errors_naming_file_and_row(tmp_path):
     p.write_text("rater,item_id,system,criterion,score\np1,i1,A,accuracy,7\np1,i1,A,Accuracy ,7\n")
     with pytest.raises(ValueError, match=r"p.csv: row 3: unknown criterion 'Accuracy '"):
         A.load_physician_scores(p)
+
+
+def test_cli_aggregate_names_an_unknown_criterion_and_accepts_declared_ones(tmp_path, capsys):
+    from hicur_monai.cli import main
+
+    p = tmp_path / "p.csv"
+    p.write_text("rater,item_id,system,criterion,score\n" + "".join(
+        f"p{r},i{i},A,style,{(i + r) % 11}\n" for r in range(2) for i in range(3)))
+    assert main(["judge", "aggregate", "--physicians", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert "p.csv: row 2: unknown criterion 'style'" in capsys.readouterr().err
+    assert main(["judge", "aggregate", "--physicians", str(p), "--out", str(tmp_path / "o"), "--n-resamples", "50",
+                 "--criteria", "style"]) == 0

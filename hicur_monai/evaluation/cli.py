@@ -106,8 +106,9 @@ def _judge_aggregate(args: argparse.Namespace) -> int:
     if not args.judgments and not args.physicians:
         print("hicur judge aggregate: give --judgments, --physicians or both", file=sys.stderr)
         return 2
+    criteria = {"criteria": tuple(args.criteria)} if args.criteria else {}
     paths = aggregate(args.out, judgments=args.judgments, physicians=args.physicians, items=args.items,
-                      combine=args.combine, n_resamples=args.n_resamples, seed=args.seed)
+                      combine=args.combine, n_resamples=args.n_resamples, seed=args.seed, **criteria)
     print(f"report: {paths['report']}")
     return 0
 
@@ -214,6 +215,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="final score: mean of all ratings (pooled) or of judge and physician means (equal)")
     p.add_argument("--n-resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--criteria", nargs="+", metavar="NAME",
+                   help="criteria the inputs may hold (default: accuracy completeness reliability safety; "
+                        "any other is an error naming its file and line)")
     p.set_defaults(func=_judge_aggregate)
 
     p = jsub.add_parser("demo", help="offline demo: lexical judge, simulated raters, report")
