@@ -124,7 +124,8 @@ def test_uploads_and_large_bodies_are_refused_and_nothing_is_left(site):
         units, _ = _call(c, "units")  # still serving
         assert units["total"] == N_ITEMS * len(SYSTEMS)
     tmp = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-    assert not list(tmp.rglob(name)) if tmp.is_dir() else True
+    leftovers = list(tmp.rglob(name)) if tmp.is_dir() else []
+    assert not leftovers, leftovers
 
 
 def test_failed_logins_lock_the_account_with_a_clear_message(site):
