@@ -230,3 +230,11 @@ def test_openai_teacher_end_to_end(server, tmp_path):
     assert [a["raw"] for a in fail["attempts"]] == ["Sure! Here is a nice conversation."] * 2
     assert all("<<<SOURCE" in r["body"]["messages"][1]["content"] for r in server.requests)
     assert s["teacher"] == "openai:tiny"
+
+
+def test_sdk_client_is_configured_explicitly(server):
+    m, _ = _model(server, timeout=30, max_retries=3)
+    client = m._client
+    assert isinstance(client, openai.OpenAI) and client.max_retries == 3
+    assert client.timeout.read == 30 and client.timeout.connect == 10
+    assert str(client.base_url).rstrip("/") == server.url

@@ -123,18 +123,14 @@ class OpenAIChatModel(ChatModel):
 
     def _make_client(self) -> Any:
         try:
-            import httpx2 as httpx
-        except ImportError:  # SDK versions on httpx
-            import httpx
-        try:
             import openai
         except ImportError:
             raise ImportError("the 'openai' backend needs the openai SDK: pip install 'hicur-monai[vlm]'") from None
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         self._omit_auth = not key
+        timeout = type(openai.DEFAULT_TIMEOUT)(self.timeout, connect=min(self.timeout, 10.0))  # the SDK's httpx
         return openai.OpenAI(base_url=self.url.rsplit("/chat/completions", 1)[0], api_key=key or _NO_KEY,
-                             max_retries=self.max_retries,
-                             timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
+                             max_retries=self.max_retries, timeout=timeout)
 
     def _count(self, **inc: int) -> None:
         with self._stats_lock:
