@@ -91,7 +91,7 @@ def main() -> None:
     counts = store.counts()
     expected = args.raters * args.scores * 4
     lat = sorted(latencies)
-    print(f"raters x answers     : {args.raters} x {args.scores} (concurrent, HTTP, one transaction each)")
+    print(f"raters x answers     : {args.raters} x {args.scores} (concurrent, HTTP, each submission all-or-nothing, group-committed)")
     print(f"wall time            : {wall:.2f} s")
     print(f"submissions / s      : {len(lat) / wall:.1f}")
     print(f"latency median / p95 : {statistics.median(lat) * 1000:.0f} ms / {lat[int(0.95 * (len(lat) - 1))] * 1000:.0f} ms")
