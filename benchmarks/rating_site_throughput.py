@@ -2,14 +2,19 @@
 
 Starts the Gradio site on 127.0.0.1 with a fresh study, logs every rater in (``POST /login``),
 lets them submit through ``POST /gradio_api/run/submit`` concurrently, then checks that
-every score was stored exactly once and prints the figures.
+every score was stored exactly once and prints the figures. With ``--guessers N``, N more
+clients (from another loopback address, 127.0.0.2) guess passwords of the raters' accounts
+through ``POST /login`` for as long as the raters submit; the figures then show what the
+login throttling leaves of the attack and what the guessing costs the raters.
 
-    python benchmarks/rating_site_throughput.py --raters 10 --scores 50
+    python benchmarks/rating_site_throughput.py --raters 20 --scores 20
+    python benchmarks/rating_site_throughput.py --raters 20 --scores 20 --guessers 1
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import tempfile
 import threading
@@ -21,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raters", type=int, default=10)
     ap.add_argument("--scores", type=int, default=50, help="answers each rater scores")
+    ap.add_argument("--guessers", type=int, default=0, help="clients guessing passwords while the raters submit")
     args = ap.parse_args()
 
     import httpx
@@ -41,7 +47,21 @@ def main() -> None:
     demo = serve(store.path, port=0, block=False)
     latencies: list[float] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(args.raters + 1)
+    barrier = threading.Barrier(args.raters + args.guessers + 1)
+    done = threading.Event()
+    guesses: collections.Counter[int] = collections.Counter()
+
+    def guesser(g: int) -> None:
+        transport = httpx.HTTPTransport(local_address="127.0.0.2")  # the attacker's own address
+        with httpx.Client(base_url=demo.local_url, transport=transport,
+                          timeout=120) as c:
+            barrier.wait()
+            k = 0
+            while not done.is_set():
+                r = c.post("login", data={"username": f"rater{k % args.raters}", "password": f"guess-{g}-{k}"})
+                with lock:
+                    guesses[r.status_code] += 1
+                k += 1
 
     def rater(i: int) -> None:
         with httpx.Client(base_url=demo.local_url, timeout=120) as c:
@@ -56,22 +76,31 @@ def main() -> None:
                     latencies.append(time.perf_counter() - t)
 
     threads = [threading.Thread(target=rater, args=(i,)) for i in range(args.raters)]
-    for t in threads:
+    attackers = [threading.Thread(target=guesser, args=(g,)) for g in range(args.guessers)]
+    for t in threads + attackers:
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    done.set()
+    for t in attackers:
+        t.join()
     demo.close()
     counts = store.counts()
     expected = args.raters * args.scores * 4
     lat = sorted(latencies)
-    print(f"raters x answers     : {args.raters} x {args.scores} (concurrent, HTTP, one transaction each)")
+    print(f"raters x answers     : {args.raters} x {args.scores} (concurrent, HTTP, each submission all-or-nothing, group-committed)")
     print(f"wall time            : {wall:.2f} s")
     print(f"submissions / s      : {len(lat) / wall:.1f}")
     print(f"latency median / p95 : {statistics.median(lat) * 1000:.0f} ms / {lat[int(0.95 * (len(lat) - 1))] * 1000:.0f} ms")
     print(f"score rows stored    : {counts['scores']} (expected {expected}), audit rows {counts['audit']}")
+    if args.guessers:
+        n = sum(guesses.values())
+        print(f"password guesses     : {n} from {args.guessers} client(s) in {wall:.2f} s; "
+              f"{guesses[400]} checked (HTTP 400), {guesses[429]} refused by the throttle (HTTP 429), "
+              f"other {n - guesses[400] - guesses[429]}")
     if counts["scores"] != expected or counts["audit"] != expected:
         raise SystemExit("MISMATCH: scores lost or duplicated")
 

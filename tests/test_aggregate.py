@@ -160,3 +160,60 @@ def test_krippendorff_alpha_matches_published_example():
     assert round(krippendorff_alpha(mat.to_numpy().T, "interval"), 3) == 0.849
     with pytest.raises(ValueError, match="more than one rating"):
         rating_matrix(pd.concat([long, long.iloc[:1]]), "unit", "coder")
+
+
+# -- the HTML report: every string from the inputs escaped; unknown criteria refused ------------
+XSS = "<script>alert(1)</script>"
+
+
+def test_report_html_escapes_every_input_string(tmp_path):
+    systems = [f"sys{XSS}", f"other\"><img src=x onerror=alert(2)>{XSS}"]
+    kind = f"kind{XSS}"
+    jpath = tmp_path / "j.jsonl"
+    with jpath.open("w") as fh:
+        for protocol, criterion in (("rubric", "accuracy"), ("llava-med", "overall")):
+            for s, system in enumerate(systems):
+                for i in range(4):
+                    for run in range(2):
+                        fh.write(json.dumps({"item_id": f"i{i}{XSS}", "system": system, "kind": kind,
+                                             "criterion": criterion, "run": run, "score": (i + s + run) % 10,
+                                             "reference_score": 5, "protocol": protocol}) + "\n")
+    ppath = tmp_path / "p.csv"
+    pd.DataFrame([{"rater": f"r{k}{XSS}", "item_id": f"i{i}{XSS}", "system": system, "criterion": "accuracy",
+                   "score": (i * k) % 11, "kind": kind} for k in range(2) for i in range(4) for system in systems]
+                 ).to_csv(ppath, index=False)
+    paths = A.aggregate(tmp_path / "out", judgments=jpath, physicians=ppath, n_resamples=50, title=f"T{XSS}")
+    html = paths["report"].read_text()
+    for heading in ("Scores", "LLaVA-Med relative score", "Agreement", "Pairwise comparison"):
+        assert f"<h2>{heading}" in html
+    assert "<script" not in html and "<img src=x" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10  # title, systems in every table, kinds
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+
+
+def test_unknown_criteria_are_errors_naming_file_and_row(tmp_path):
+    j = tmp_path / "j.jsonl"
+    j.write_text('{"item_id": "i", "system": "s", "criterion": "accuracy", "run": 0, "score": 5}\n'
+                 '{"item_id": "i", "system": "s", "criterion": "<b>style</b>", "run": 0, "score": 5}\n')
+    with pytest.raises(ValueError, match=r"j.jsonl:2: unknown criterion '<b>style</b>'"):
+        A.load_judgments(j)
+    assert len(A.load_judgments(j, criteria=("accuracy", "<b>style</b>"))) == 2  # declared extra criterion
+    j.write_text('{"item_id": "i", "system": "s", "criterion": "overall", "run": 0, "score": 5}\n')
+    with pytest.raises(ValueError, match="unknown criterion 'overall'"):  # only the LLaVA-Med protocol has it
+        A.load_judgments(j)
+    p = tmp_path / "p.csv"
+    p.write_text("rater,item_id,system,criterion,score\np1,i1,A,accuracy,7\np1,i1,A,Accuracy ,7\n")
+    with pytest.raises(ValueError, match=r"p.csv: row 3: unknown criterion 'Accuracy '"):
+        A.load_physician_scores(p)
+
+
+def test_cli_aggregate_names_an_unknown_criterion_and_accepts_declared_ones(tmp_path, capsys):
+    from hicur_monai.cli import main
+
+    p = tmp_path / "p.csv"
+    p.write_text("rater,item_id,system,criterion,score\n" + "".join(
+        f"p{r},i{i},A,style,{(i + r) % 11}\n" for r in range(2) for i in range(3)))
+    assert main(["judge", "aggregate", "--physicians", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert "p.csv: row 2: unknown criterion 'style'" in capsys.readouterr().err
+    assert main(["judge", "aggregate", "--physicians", str(p), "--out", str(tmp_path / "o"), "--n-resamples", "50",
+                 "--criteria", "style"]) == 0

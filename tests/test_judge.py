@@ -244,6 +244,35 @@ def test_read_items_and_answers_name_file_line_and_field(tmp_path):
         read_answers(a, items)
 
 
+
+def test_stage_ii_field_names_are_read_and_bad_records_named(tmp_path):
+    # the held-out files of `hicur instructions build` as items; LLaVA model_vqa answers
+    conv = tmp_path / "eval_conversation.jsonl"
+    conv.write_text(json.dumps({"question_id": "p1_conv0", "pair_id": "p1", "image": "p1.png", "category": "conversation",
+                                "text": "Is there a mass?", "reference": "Yes, on the left wall.", "history": []}) + "\n")
+    det = tmp_path / "eval_detailed.jsonl"
+    det.write_text(json.dumps({"question_id": "p1_detail", "pair_id": "p1", "image": "p1.png", "category": "detailed",
+                               "text": "Describe it.", "reference": "A mass on the left wall."}) + "\n")
+    items = read_items([conv, det])
+    assert [(it.item_id, it.question, it.kind) for it in items] == [
+        ("p1_conv0", "Is there a mass?", "conversation"), ("p1_detail", "Describe it.", "detailed")]
+    assert items[0].extra == {"pair_id": "p1", "history": []}
+    a = tmp_path / "answers.jsonl"
+    a.write_text(json.dumps({"question_id": "p1_detail", "model_id": "llava", "prompt": "Describe it.",
+                             "text": "A left-sided mass."}) + "\n")
+    (ans,) = read_answers(a, items)
+    assert (ans.item_id, ans.system, ans.answer) == ("p1_detail", "llava", "A left-sided mass.")
+    # bad records: a ValueError naming file, line and field
+    det.write_text(det.read_text() + json.dumps({"pair_id": "p2", "text": "Describe it.", "reference": "R"}) + "\n")
+    with pytest.raises(ValueError, match=r"eval_detailed.jsonl:2: missing field 'item_id' \(or 'question_id'\)"):
+        read_items([conv, det])
+    a.write_text(json.dumps({"question_id": "p1_detail", "system": "s", "text": 7}) + "\n")
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: field 'answer' must be a string, got int"):
+        read_answers(a, items)
+    a.write_text(json.dumps({"item_id": "p1_detail", "question_id": "p1_conv0", "system": "s", "answer": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: fields 'item_id' and 'question_id'.* differ"):
+        read_answers(a, items)
+
 # -- with the real OpenAI-compatible backend against a local server --------------------------
 def test_rubric_judge_over_openai_backend_on_localhost(tmp_path):
     import threading

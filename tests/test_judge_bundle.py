@@ -58,3 +58,47 @@ def test_cli_judge_run_resume_and_aggregate(tmp_path, capsys):
     assert main(["judge", "run", "--items", str(bad), "--answers", str(bad), "--judge", "lexical",
                  "--out", str(tmp_path / "y.jsonl")]) == 2
     assert "bad.jsonl:1: missing field 'question'" in capsys.readouterr().err
+
+
+def test_stage_ii_answers_go_into_the_bundle_as_they_come_out(demo_cohort, tmp_path):
+    """instructions build -> VLM answers (tiny model) -> report_evaluation, files untouched."""
+    import sys
+    from pathlib import Path
+
+    from monai.bundle import run
+
+    from hicur_monai.data.instructions import build_instruction_data, collect_pairs
+    from hicur_monai.llm.teacher import make_teacher
+    from hicur_monai.vlm.generate import VLMAnswerer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from vlm_helpers import tiny_vlm
+
+    held_out = tmp_path / "instructions"
+    pairs, _ = collect_pairs(demo_cohort / "reports", demo_cohort / "endoscopy")
+    build_instruction_data(pairs, make_teacher("rule"), held_out, n_eval=1, progress=False)
+    questions = sorted(held_out.glob("eval_*.jsonl"))
+    assert '"question_id"' in questions[0].read_text()  # the VLM's own field names
+    answers = tmp_path / "answers" / "tiny-vlm.jsonl"
+    done = VLMAnswerer(tiny_vlm(), questions, answers, image_folder=demo_cohort / "endoscopy", system="tiny-vlm",
+                       max_new_tokens=3, device="cpu", progress=False).run()
+    assert done["answered_now"] == done["questions"] > 0 and done["errors"] == 0
+    out = tmp_path / "eval"
+    run(config_file=[f"{BUNDLE}/inference.json", f"{BUNDLE}/evaluate.json"], output_dir=str(out), runs=1,
+        n_resamples=50, items_file=[str(q) for q in questions], answers_files=[str(answers)])
+    records = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert len(records) == done["questions"] * 4 and {r["system"] for r in records} == {"tiny-vlm"}
+    assert set(pd.read_csv(out / "report" / "summary.csv")["kind"]) == {"all", "conversation", "detailed"}
+    # a bad record fails with a message naming the file, line and field
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(answers.read_text().replace('"item_id"', '"id"', 1))
+    with pytest.raises(Exception) as err:
+        run(config_file=f"{BUNDLE}/inference.json", output_dir=str(out / "bad"), runs=1,
+            items_file=[str(q) for q in questions], answers_files=[str(bad)])
+    chain = []
+    e = err.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(x, ValueError) and f"{bad}:1: missing field 'item_id' (or 'question_id')" in str(x)
+               for x in chain)

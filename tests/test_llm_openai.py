@@ -1,15 +1,19 @@
-"""OpenAI-compatible HTTP client against a local test server on 127.0.0.1."""
+"""OpenAI-compatible HTTP client (openai SDK transport) against a local test server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hicur_monai.llm import ChatModelError, GenerationConfig, load_chat_model
-from hicur_monai.llm.openai_http import RateLimiter, request_key
+openai = pytest.importorskip("openai", reason="the openai backend needs the openai SDK (pip install 'hicur-monai[vlm]')")
+
+from hicur_monai.llm import ChatModelError, GenerationConfig, load_chat_model  # noqa: E402
+from hicur_monai.llm.openai_http import RateLimiter, request_key  # noqa: E402
 
 MSG = [{"role": "user", "content": "Describe the roof."}]
 
@@ -18,17 +22,21 @@ class _Server:
     """A chat-completions server whose replies are scripted per test."""
 
     def __init__(self):
-        self.script: list = []  # items: (status, body-str) or "ok"
+        self.script: list = []  # items: (status, body-str), (status, body-str, headers) or "ok"
         self.requests: list[dict] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+
             def log_message(self, *a):  # keep test output quiet
                 pass
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                                        "port": self.client_address[1]})
+                headers = {}
                 item = server.script.pop(0) if server.script else "ok"
                 if item == "teacher":  # answer a teacher prompt the way a good teacher model would
                     from hicur_monai.llm.rule import RuleChatModel
@@ -39,11 +47,13 @@ class _Server:
                     status, text = 200, json.dumps({"choices": [{"message": {"role": "assistant",
                                                                               "content": f"echo {len(server.requests)}"}}]})
                 else:
-                    status, text = item
+                    status, text, *more = item
+                    headers = more[0] if more else {}
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                if status == 429:
-                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", str(len(text.encode())))
+                for k, v in headers.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(text.encode())
 
@@ -64,6 +74,29 @@ def server():
     s.close()
 
 
+class _SdkClock:
+    """The SDK's ``time`` module with ``sleep`` recorded instead of slept."""
+
+    def __init__(self):
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.fixture(autouse=True)
+def sdk_sleeps(monkeypatch):
+    """What the SDK would sleep between its HTTP retries (no test waits for real)."""
+    import openai._base_client as base
+
+    clock = _SdkClock()
+    monkeypatch.setattr(base, "time", clock)
+    return clock.slept
+
+
 def _model(server, **kw):
     sleeps: list[float] = []
     kw.setdefault("max_retries", 2)
@@ -74,20 +107,42 @@ def _model(server, **kw):
 
 def test_reply_payload_and_api_key(server, monkeypatch):
     monkeypatch.setenv("HICUR_TEST_KEY", "sekret")
-    m, _ = _model(server)
+    m, _ = _model(server, extra_body={"response_format": {"type": "json_object"}})
     assert m(MSG, GenerationConfig(max_new_tokens=7, temperature=0.0, seed=3)) == "echo 1"
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sekret"
-    assert req["body"]["model"] == "tiny" and req["body"]["messages"] == MSG
+    assert req["body"] == m.payload(MSG, GenerationConfig(max_new_tokens=7, temperature=0.0, seed=3))
     assert req["body"]["max_tokens"] == 7 and req["body"]["seed"] == 3
+    assert req["body"]["response_format"] == {"type": "json_object"}
+    monkeypatch.delenv("HICUR_TEST_KEY")
+    m, _ = _model(server)
+    m(MSG)
+    assert server.requests[-1]["auth"] is None  # no key: no Authorization header
 
 
-def test_500_then_success_is_retried_with_backoff(server):
+def test_connections_are_kept_alive(server):
+    m, _ = _model(server)
+    for k in range(3):
+        m(MSG, GenerationConfig(max_new_tokens=5 + k))
+    assert len(server.requests) == 3 and len({r["port"] for r in server.requests}) == 1  # one TCP connection
+
+
+def test_500_then_success_is_retried_with_backoff(server, sdk_sleeps):
     server.script = [(500, "boom"), (503, "busy"), "ok"]
     m, sleeps = _model(server)
     assert m(MSG) == "echo 3"
-    assert sleeps == [0.5, 1.0]  # exponential backoff
-    assert m.stats["retries"] == 2 and m.stats["failures"] == 0
+    assert sleeps == [] and len(sdk_sleeps) == 2  # the SDK retried: exponential backoff with jitter
+    assert 0.375 <= sdk_sleeps[0] <= 0.5 and 0.75 <= sdk_sleeps[1] <= 1.0
+    assert m.stats["retries"] == 2 and m.stats["requests"] == 3 and m.stats["failures"] == 0
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_in_seconds_or_as_http_date(server, sdk_sleeps, form):
+    value = "30" if form == "seconds" else email.utils.formatdate(time.time() + 30, usegmt=True)
+    server.script = [(429, "slow down", {"Retry-After": value}), "ok"]
+    m, _ = _model(server)
+    assert m(MSG) == "echo 2"
+    assert len(sdk_sleeps) == 1 and 28 <= sdk_sleeps[0] <= 31, sdk_sleeps
 
 
 def test_malformed_json_is_retried_then_fails(server):
@@ -106,10 +161,12 @@ def test_client_error_is_not_retried(server):
     assert len(server.requests) == 1 and sleeps == []
 
 
-def test_rate_limited_429_is_retried(server):
-    server.script = [(429, "slow down"), "ok"]
+def test_retries_used_up_is_an_error(server):
+    server.script = [(503, "busy")] * 3
     m, _ = _model(server)
-    assert m(MSG) == "echo 2"
+    with pytest.raises(ChatModelError, match="HTTP 503"):
+        m(MSG)
+    assert len(server.requests) == 3 and m.stats["failures"] == 1
 
 
 def test_cache_on_disk_keyed_by_request(server, tmp_path):
@@ -173,3 +230,11 @@ def test_openai_teacher_end_to_end(server, tmp_path):
     assert [a["raw"] for a in fail["attempts"]] == ["Sure! Here is a nice conversation."] * 2
     assert all("<<<SOURCE" in r["body"]["messages"][1]["content"] for r in server.requests)
     assert s["teacher"] == "openai:tiny"
+
+
+def test_sdk_client_is_configured_explicitly(server):
+    m, _ = _model(server, timeout=30, max_retries=3)
+    client = m._client
+    assert isinstance(client, openai.OpenAI) and client.max_retries == 3
+    assert client.timeout.read == 30 and client.timeout.connect == 10
+    assert str(client.base_url).rstrip("/") == server.url

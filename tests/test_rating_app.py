@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import threading
@@ -25,8 +26,12 @@ CRITERIA = ("accuracy", "completeness", "reliability", "safety")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    from hicur_monai.evaluation.rating import store as store_module
     from hicur_monai.evaluation.rating.app import serve
+    from hicur_monai.evaluation.rating.guard import LoginThrottle
 
+    mp = pytest.MonkeyPatch()
+    mp.setitem(store_module.SCRYPT_PARAMS, "n", 2**10)  # fast accounts; the cost is tested in test_rating_store
     root = tmp_path_factory.mktemp("rating")
     study = make_demo_study(root / "study", n_items=N_ITEMS)
     items = read_items(study["items"])
@@ -37,9 +42,11 @@ def site(tmp_path_factory):
     for i in range(N_RATERS):
         store.add_rater(f"rater{i}", f"password-{i}")
     store.add_rater("browser", "browser-password")
-    demo = serve(store.path, port=0, block=False)
+    store.add_rater("victim", "victim-password")
+    demo = serve(store.path, port=0, block=False, throttle=LoginThrottle(max_per_account=3, max_per_address=1000))
     yield store, demo.local_url
     demo.close()
+    mp.undo()
 
 
 def _expected(i: int, k: int) -> dict[str, float]:
@@ -78,8 +85,111 @@ def test_server_binds_to_localhost_and_requires_login(site):
         units, _ = _call(c, "units")
         assert units["total"] == N_ITEMS * len(SYSTEMS)
         r = c.post("gradio_api/run/submit", json={"data": [units["units"][0]["item_id"], "ZZ", 1, 1, 1, 1]})
-        assert r.status_code == 500 and "no answer labelled 'ZZ'" in r.text
+        assert r.status_code == 404 and "no answer labelled 'ZZ'" in r.text
 
+
+
+def test_bad_api_input_is_a_4xx_with_a_reason_and_no_internal_text(site):
+    store, url = site
+    with contextlib.closing(_login(url, "rater1", "password-1")) as c:
+        units, _ = _call(c, "units")
+        u = units["units"][0]
+        cases = [
+            ({"data": [{"a": 1}, u["label"], 1, 1, 1, 1]}, 422, "item_id must be a non-empty string"),
+            ({"data": [u["item_id"], u["label"], 11, 1, 1, 1]}, 422, "must be from 0 to 10"),
+            ({"data": [u["item_id"], u["label"], "NaN", 1, 1, 1]}, 422, "must be a number"),
+            ({"data": [u["item_id"], u["label"], 1, 1]}, 400, "'data' must hold 6 value(s)"),
+            ({"items": []}, 400, "must be a JSON object"),
+        ]
+        for body, status, reason in cases:
+            r = c.post("gradio_api/run/submit", json=body)
+            assert r.status_code == status and reason in r.json()["error"], (body, r.status_code, r.text)
+            assert "sqlite" not in r.text.lower() and "binding" not in r.text.lower()
+        r = c.post("gradio_api/run/view", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.text
+        assert store.view("rater1", u["item_id"], u["label"])["scores"]["accuracy"] is None  # nothing stored
+
+
+def test_uploads_and_large_bodies_are_refused_and_nothing_is_left(site):
+    import tempfile
+    from pathlib import Path
+
+    _, url = site
+    name = f"evil-{secrets.token_hex(6)}.bin"
+    with contextlib.closing(_login(url, "rater2", "password-2")) as c:
+        r = c.post("gradio_api/upload", files={"files": (name, b"x" * (2 << 20))})
+        assert r.status_code in (403, 413) and "upload" in r.text
+        r = c.post("gradio_api/run/view", json={"data": ["x" * (2 << 20), "A"]})
+        assert r.status_code == 413 and "larger than" in r.text
+        units, _ = _call(c, "units")  # still serving
+        assert units["total"] == N_ITEMS * len(SYSTEMS)
+    tmp = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    leftovers = list(tmp.rglob(name)) if tmp.is_dir() else []
+    assert not leftovers, leftovers
+
+
+def test_failed_logins_lock_the_account_with_a_clear_message(site):
+    _, url = site
+    for _ in range(3):
+        with pytest.raises(PermissionError, match="HTTP 400"):
+            _login(url, "victim", "guess-password")
+    with pytest.raises(PermissionError, match="HTTP 429") as err:
+        _login(url, "victim", "victim-password")  # even the right password, while locked
+    assert "Too many failed logins for this account; try again in 15 minutes" in str(err.value)
+    with contextlib.closing(_login(url, "rater3", "password-3")) as c:  # other accounts unaffected
+        assert _call(c, "units")[0]["total"] == N_ITEMS * len(SYSTEMS)
+
+
+def test_throttle_per_account_and_address_expires_and_counts_attempts_in_flight():
+    from hicur_monai.evaluation.rating.guard import LoginLocked, LoginThrottle
+
+    now = [0.0]
+    t = LoginThrottle(max_per_account=3, max_per_address=5, window=600, clock=lambda: now[0])
+    for _ in range(3):
+        t.begin("alice", "10.0.0.1")  # three failures (never marked succeeded)
+    with pytest.raises(LoginLocked, match="account; try again in 10 minutes") as err:
+        t.begin("alice", "10.0.0.2")
+    assert err.value.retry_after == 600
+    tok = t.begin("bob", "10.0.0.1")
+    t.succeeded("bob", "10.0.0.1", tok)  # a success does not count against the address
+    t.begin("carol", "10.0.0.1")
+    t.begin("dave", "10.0.0.1")
+    with pytest.raises(LoginLocked, match="address"):  # 5 failures from one address, any accounts
+        t.begin("erin", "10.0.0.1")
+    t.begin("erin", "10.0.0.9")  # another address is fine
+    now[0] = 601.0
+    assert not t.locked("account", "alice") and not t.locked("address", "10.0.0.1")
+    t.begin("alice", "10.0.0.1")
+
+
+def test_password_check_runs_off_the_event_loop():
+    import asyncio
+
+    from hicur_monai.evaluation.rating.guard import LoginThrottle, make_auth
+
+    release = threading.Event()
+    threads: list[int] = []
+
+    nice: list[int] = []
+
+    def slow_verify(user: str, password: str) -> bool:  # blocks until the loop releases it
+        threads.append(threading.get_ident())
+        if hasattr(os, "getpriority"):
+            nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return release.wait(timeout=20) and password == "right-password"
+
+    auth = make_auth(slow_verify, LoginThrottle())
+
+    async def scenario() -> tuple[bool, bool]:
+        login = asyncio.ensure_future(auth("alice", "right-password"))
+        await asyncio.sleep(0.05)  # the loop still runs while the hash is being computed
+        release.set()
+        return await login, threading.get_ident() not in threads
+
+    ok, off_loop = asyncio.run(scenario())
+    auth.pool.shutdown()
+    assert ok and off_loop and threads
+    assert nice in ([], [19])  # hashes yield the CPU to the raters' requests (Linux)
 
 @pytest.mark.slow
 def test_ten_raters_submit_at_once_through_the_api(site):

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import sqlite3
+import stat
 import threading
 
 import pandas as pd
 import pytest
 
 from hicur_monai.cli import main
+from hicur_monai.evaluation.rating import store as store_module
 from hicur_monai.evaluation.rating.store import RatingError, RatingStore, hash_password, verify_password
 from hicur_monai.evaluation.records import Answer, Item
 
 SYSTEMS = [f"SYSTEM_{c}" for c in "PQRSTU"]
+
+
+@pytest.fixture(autouse=True)
+def _cheap_hashes(request, monkeypatch):
+    """Accounts at a low scrypt cost for speed, except in the test of the cost itself."""
+    if "owasp" not in request.node.name:
+        monkeypatch.setitem(store_module.SCRYPT_PARAMS, "n", 2**10)
 
 
 @pytest.fixture()
@@ -92,6 +103,8 @@ def test_zero_is_a_score_and_rescoring_keeps_history(store):
     ({**FOUR, "accuracy": -0.5}, "from 0 to 10"),
     ({**FOUR, "accuracy": None}, "must be a number"),
     ({**FOUR, "accuracy": True}, "must be a number"),
+    ({**FOUR, "accuracy": math.nan}, "from 0 to 10"),
+    ({**FOUR, "accuracy": "7"}, "must be a number"),
     ({"accuracy": 1, "completeness": 2, "reliability": 3}, r"missing \['safety'\]"),
     ({**FOUR, "beauty": 3}, r"unknown \['beauty'\]"),
 ])
@@ -192,3 +205,74 @@ def test_cli_init_add_rater_export(tmp_path, monkeypatch, capsys):
     assert load_physician_scores(out)["score"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert main(["rate", "export", "--db", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
     assert "no study database" in capsys.readouterr().err
+
+
+def test_owasp_scrypt_cost_and_older_hashes_still_verify_then_upgrade(tmp_path):
+    h = hash_password("s3cret-pass")
+    algo, n, r, p, salt, digest = h.split("$")
+    assert (algo, int(n), int(r), int(p)) == ("scrypt", 2**17, 8, 1)  # OWASP minimum
+    assert len(bytes.fromhex(salt)) == 16 and len(bytes.fromhex(digest)) == 32
+    old = hash_password("old-password", params={"n": 2**14})  # what earlier versions stored
+    assert old.split("$")[1] == str(2**14) and verify_password("old-password", old)
+    assert store_module.needs_rehash(old) and not store_module.needs_rehash(h)
+    s = RatingStore(tmp_path / "s.sqlite")
+    with sqlite3.connect(s.path) as con:  # an account made by an earlier version
+        con.execute("INSERT INTO raters VALUES ('dr_old', ?, '2025-01-01')", (old,))
+    assert not s.verify("dr_old", "wrong-password")
+    assert s.verify("dr_old", "old-password")
+    with sqlite3.connect(s.path) as con:
+        stored = con.execute("SELECT password FROM raters WHERE rater='dr_old'").fetchone()[0]
+    assert stored.split("$")[1] == str(2**17) and stored != old  # re-hashed at login
+    assert not verify_password("x", "scrypt$1073741824$8$1$00$00")  # absurd stored cost refused, no MemoryError
+
+
+def test_database_and_wal_files_are_private(tmp_path):
+    s = RatingStore(tmp_path / "study.sqlite")
+    reader = sqlite3.connect(s.path)  # an open connection keeps the -wal / -shm files in place
+    reader.execute("SELECT COUNT(*) FROM raters").fetchone()
+    s.add_rater("alice", "password-alice")
+    files = [s.path, tmp_path / "study.sqlite-wal", tmp_path / "study.sqlite-shm"]
+    for f in files:
+        assert f.exists() and stat.S_IMODE(f.stat().st_mode) == 0o600, (f, oct(f.stat().st_mode))
+    reader.close()
+    os.chmod(s.path, 0o644)  # a database made by an earlier version
+    RatingStore(s.path)
+    assert stat.S_IMODE(s.path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("item_id,label", [({"$gt": ""}, "A"), ("it00", ["A"]), ("", "A"), ("x" * 300, "A")])
+def test_unit_keys_from_clients_must_be_short_strings(store, item_id, label):
+    with pytest.raises(RatingError, match="must be a non-empty string"):
+        store.submit("alice", item_id, label, FOUR)
+    with pytest.raises(RatingError, match="must be a non-empty string"):
+        store.view("alice", item_id, label)
+    assert store.counts()["scores"] == 0
+
+
+def test_group_commit_keeps_each_submission_all_or_nothing(store):
+    """Submissions waiting on a running write go in one transaction; a bad one fails alone."""
+    units = [u for u in store.units("alice")][:3]
+    jobs = [("alice", units[0].item_id, units[0].label), ("alice", units[1].item_id, "ZZ"),
+            ("bob", units[2].item_id, units[2].label)]
+    errors: dict[int, BaseException] = {}
+
+    def submit(k: int) -> None:
+        try:
+            store.submit(*jobs[k], FOUR)
+        except RatingError as err:
+            errors[k] = err
+
+    commits = store.commits
+    with store._lock:  # a write in progress: the three queue up behind it
+        threads = [threading.Thread(target=submit, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        while len(store._pending) < 3:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert store.commits == commits + 1  # one transaction (one fsync) for the three
+    assert list(errors) == [1] and "no answer labelled 'ZZ'" in str(errors[1])
+    assert store.view("alice", units[0].item_id, units[0].label)["scores"] == {k: float(v) for k, v in FOUR.items()}
+    assert store.view("bob", units[2].item_id, units[2].label)["scores"] == {k: float(v) for k, v in FOUR.items()}
+    assert store.counts()["audit"] == 8  # two submissions x four criteria; nothing of the bad one

@@ -19,7 +19,6 @@ it is the mean of the judge mean and the physician mean (judge and panel weigh t
 from __future__ import annotations
 
 import base64
-import html
 import io
 import itertools
 import logging
@@ -35,6 +34,7 @@ from hicur_monai.utils.csv_safe import neutralize_formulas
 from hicur_monai.utils.io import atomic_write_bytes, atomic_write_text
 
 from .agreement import icc, krippendorff_alpha, rating_matrix
+from .judge import CRITERIA
 from .records import iter_jsonl, read_items
 
 __all__ = [
@@ -52,23 +52,37 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SOURCES = ("judge", "physician", "final")
+#: criteria per judge protocol besides the rubric's: the LLaVA-Med protocol scores one "overall"
+_PROTOCOL_CRITERIA = {"llava-med": ("overall",)}
 
 
-def load_judgments(path: str | os.PathLike) -> pd.DataFrame:
+def _check_criterion(criterion: str, allowed: Sequence[str], where: str) -> None:
+    if criterion not in allowed:
+        raise ValueError(f"{where}: unknown criterion {criterion!r}; expected one of {list(allowed)}")
+
+
+def load_judgments(path: str | os.PathLike, criteria: Sequence[str] = CRITERIA) -> pd.DataFrame:
     """Judge records (from :func:`~hicur_monai.evaluation.judge.run_judge`) as a table.
 
     Missing judgments (``"score": null``) are kept with ``score`` NaN and ``status``
     ``"missing"``; they never count as 0.
 
+    Args:
+        path: JSON-lines judge records.
+        criteria: the criteria a rubric record may have (LLaVA-Med records have ``"overall"``).
+
     Raises:
         ValueError: naming the line of a record without ``item_id``, ``system``,
-            ``criterion`` or ``run``, or with a score that is not a number.
+            ``criterion`` or ``run``, with a criterion outside ``criteria``, or with a
+            score that is not a number.
     """
     rows = []
     for lineno, rec in iter_jsonl(path):
         for key in ("item_id", "system", "criterion", "run"):
             if key not in rec:
                 raise ValueError(f"{path}:{lineno}: judgment record has no {key!r}")
+        allowed = _PROTOCOL_CRITERIA.get(rec.get("protocol", ""), tuple(criteria))
+        _check_criterion(str(rec["criterion"]), allowed, f"{path}:{lineno}")
         score = rec.get("score")
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
             raise ValueError(f"{path}:{lineno}: 'score' must be a number or null, got {score!r}")
@@ -90,11 +104,16 @@ def load_judgments(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def load_physician_scores(path: str | os.PathLike) -> pd.DataFrame:
+def load_physician_scores(path: str | os.PathLike, criteria: Sequence[str] = CRITERIA) -> pd.DataFrame:
     """Physician scores exported by ``hicur rate export`` (one row per rater, item, system, criterion).
 
+    Args:
+        path: the CSV file.
+        criteria: the criteria a row may have.
+
     Raises:
-        ValueError: naming the file and the missing column or bad row.
+        ValueError: naming the file and the missing column or the bad row (a score that is
+            not a number, a criterion outside ``criteria``).
     """
     df = pd.read_csv(path, dtype={"rater": str, "item_id": str, "system": str, "criterion": str})
     need = {"rater", "item_id", "system", "criterion", "score"}
@@ -104,6 +123,8 @@ def load_physician_scores(path: str | os.PathLike) -> pd.DataFrame:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(f"{path}: row {i + 2}: score {df['score'].iloc[i]!r} is not a number")
+    for i, criterion in enumerate(df["criterion"]):
+        _check_criterion(criterion, tuple(criteria), f"{path}: row {i + 2}")
     df["score"] = df["score"].astype(float)
     if "kind" not in df.columns:
         df["kind"] = ""
@@ -321,11 +342,12 @@ def relative_scores(judgments: pd.DataFrame, n_resamples: int = 2000, seed: int 
     return pd.DataFrame(rows)
 
 
-def _fmt(mean: float, lo: float, hi: float, n: int) -> str:
+def _fmt(mean: float, lo: float, hi: float, n: int) -> dict[str, Any]:
+    """A score cell: its text and the item count (rendered as a note by the template)."""
     if not np.isfinite(mean):
-        return "—"
+        return {"text": "—", "n": None}
     ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
-    return f"{mean:.2f}{ci} <small>n={n}</small>"
+    return {"text": f"{mean:.2f}{ci}", "n": int(n)}
 
 
 def _plot(summary: pd.DataFrame) -> bytes:
@@ -357,37 +379,43 @@ def _plot(summary: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _html_table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=False, border=0, classes="t", na_rep="—", float_format=lambda v: f"{v:.3f}")
+def _cell(value: Any) -> Any:
+    """One table cell as plain text (floats to 3 decimals, missing as a dash); markup-free."""
+    if isinstance(value, dict):
+        return value
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "—"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _table(df: pd.DataFrame | None) -> dict[str, Any] | None:
+    """A frame as ``{"columns": [...], "rows": [[cell, ...], ...]}`` for the report template."""
+    if df is None or df.empty:
+        return None
+    return {"columns": [str(c) for c in df.columns],
+            "rows": [[_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]}
 
 
 def _report_html(summary: pd.DataFrame, agreement: pd.DataFrame, pairwise: pd.DataFrame,
                  relative: pd.DataFrame | None, png: bytes, title: str) -> str:
+    """The HTML report, rendered by ``templates/report.html.j2`` with Jinja2 autoescape.
+
+    Every string from the input files (system names, criteria, kinds) and the title reaches
+    the page only through the template, escaped; no markup is built here.
+    """
+    import jinja2
+
     view = summary[["system", "criterion", "kind"]].copy()
     for src, label in (("judge", "judge"), ("physician", "physicians"), ("final", "final")):
         view[label] = [_fmt(r[f"{src}_mean"], r[f"{src}_ci_low"], r[f"{src}_ci_high"], r[f"{src}_n_items"])
                        for _, r in summary.iterrows()]
-    for col in ("system", "criterion", "kind"):
-        view[col] = view[col].map(lambda v: html.escape(str(v)))
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px} table.t{border-collapse:collapse;"
-        "font-size:13px} .t td,.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}"
-        " small{color:#777}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<p>Scores 0-10; mean over items with a 95% percentile-bootstrap interval (items resampled). "
-        "<b>final</b> = judge runs and physician scores averaged per item.</p>",
-        f"<img alt='scores per system and criterion' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
-        "<h2>Scores</h2>", _html_table(view),
-    ]
-    if relative is not None:
-        parts += ["<h2>LLaVA-Med relative score (model / reference x 100)</h2>", _html_table(relative)]
-    if not agreement.empty:
-        parts += ["<h2>Agreement</h2>", _html_table(agreement)]
-    if not pairwise.empty:
-        parts += ["<h2>Pairwise comparison (A - B, paired over items)</h2>", _html_table(pairwise)]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("hicur_monai.evaluation", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(
+        title=title, png_base64=base64.b64encode(png).decode(), scores=_table(view), relative=_table(relative),
+        agreement=_table(agreement), pairwise=_table(pairwise))
 
 
 def aggregate(
@@ -399,6 +427,7 @@ def aggregate(
     n_resamples: int = 2000,
     seed: int = 0,
     title: str = "Stage II evaluation",
+    criteria: Sequence[str] = CRITERIA,
 ) -> dict[str, Path]:
     """Aggregate judge and/or physician scores and write CSV tables and an HTML report.
 
@@ -411,12 +440,14 @@ def aggregate(
         n_resamples: bootstrap resamples.
         seed: bootstrap seed.
         title: report title.
+        criteria: the criteria the inputs may hold (default: the protocol's four); any other
+            criterion is an error naming its file and line / row.
 
     Returns:
         Paths of the written files keyed by name.
     """
-    jdf = load_judgments(judgments) if judgments else None
-    pdf = load_physician_scores(physicians) if physicians else None
+    jdf = load_judgments(judgments, criteria) if judgments else None
+    pdf = load_physician_scores(physicians, criteria) if physicians else None
     relative = None
     if jdf is not None and (jdf["protocol"] == "llava-med").any():
         relative = relative_scores(jdf[jdf["protocol"] == "llava-med"], n_resamples, seed)

@@ -106,8 +106,9 @@ def _judge_aggregate(args: argparse.Namespace) -> int:
     if not args.judgments and not args.physicians:
         print("hicur judge aggregate: give --judgments, --physicians or both", file=sys.stderr)
         return 2
+    criteria = {"criteria": tuple(args.criteria)} if args.criteria else {}
     paths = aggregate(args.out, judgments=args.judgments, physicians=args.physicians, items=args.items,
-                      combine=args.combine, n_resamples=args.n_resamples, seed=args.seed)
+                      combine=args.combine, n_resamples=args.n_resamples, seed=args.seed, **criteria)
     print(f"report: {paths['report']}")
     return 0
 
@@ -179,7 +180,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     jsub = judge.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
 
     p = jsub.add_parser("run", help="judge answers against reference answers (resumable)")
-    p.add_argument("--items", required=True, help="items JSON-lines (question, caption, reference, kind)")
+    p.add_argument("--items", required=True, nargs="+",
+                   help="items JSON-lines file(s) (question, caption, reference, kind; or the eval_*.jsonl "
+                        "of 'hicur instructions build')")
     p.add_argument("--answers", required=True, nargs="+", help="answers JSON-lines file(s)")
     p.add_argument("--out", required=True, help="judgments JSON-lines (resumed if it exists)")
     p.add_argument("--judge", default="rubric", help="judge registry name: rubric, llava_med, lexical")
@@ -206,12 +209,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = jsub.add_parser("aggregate", help="tables, agreement, comparisons and an HTML report")
     p.add_argument("--judgments", help="judge JSON-lines")
     p.add_argument("--physicians", help="CSV from 'hicur rate export'")
-    p.add_argument("--items", help="items JSON-lines (question kinds)")
+    p.add_argument("--items", nargs="+", help="items JSON-lines file(s) (question kinds)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--combine", choices=("pooled", "equal"), default="pooled",
                    help="final score: mean of all ratings (pooled) or of judge and physician means (equal)")
     p.add_argument("--n-resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--criteria", nargs="+", metavar="NAME",
+                   help="criteria the inputs may hold (default: accuracy completeness reliability safety; "
+                        "any other is an error naming its file and line)")
     p.set_defaults(func=_judge_aggregate)
 
     p = jsub.add_parser("demo", help="offline demo: lexical judge, simulated raters, report")
@@ -227,7 +233,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = rsub.add_parser("init", help="create or extend a study database from items and answers")
     p.add_argument("--db", required=True)
-    p.add_argument("--items", required=True)
+    p.add_argument("--items", required=True, nargs="+")
     p.add_argument("--answers", required=True, nargs="+")
     p.add_argument("--images", help="folder that relative image paths of the items resolve against")
     p.set_defaults(func=_rate_init)

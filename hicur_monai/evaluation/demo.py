@@ -22,7 +22,7 @@ import numpy as np
 
 from hicur_monai.utils.io import atomic_write_text
 
-__all__ = ["DEMO_SYSTEMS", "make_demo_study", "run_demo"]
+__all__ = ["DEMO_SYSTEMS", "make_demo_study", "run_demo", "study_inputs"]
 
 DEMO_SYSTEMS = ("near-reference", "partial", "generic")
 
@@ -51,6 +51,33 @@ _GENERIC = ("The image shows the nasopharynx. Some findings may be present. "
             "Clinical correlation is recommended.")
 _SYNONYMS = {"mass": "lesion", "suspicious": "concerning", "enlarged": "prominent", "advised": "suggested",
              "recommended": "advised", "involves": "affects", "present": "seen"}
+
+
+def study_inputs(dataset_dir: str | os.PathLike | None, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The items and answers files of an evaluation: the bundle's ``study`` key.
+
+    Args:
+        dataset_dir: ``None`` for the demo study (written to ``output_dir/demo_study``); else
+            a folder with ``items.jsonl`` (or, as ``hicur instructions build`` writes them,
+            ``eval_conversation.jsonl`` / ``eval_detailed.jsonl``) and ``answers/*.jsonl``.
+        output_dir: the bundle's output folder.
+
+    Returns:
+        ``{"items": path or list of paths, "answers": list of paths}``.
+
+    Raises:
+        FileNotFoundError: naming the folder and the files looked for.
+    """
+    if dataset_dir is None:
+        return make_demo_study(Path(output_dir) / "demo_study")
+    root = Path(dataset_dir)
+    items: Any = root / "items.jsonl"
+    if not items.is_file():
+        items = sorted(root.glob("eval_*.jsonl"))
+    answers = sorted((root / "answers").glob("*.jsonl"))
+    if not items:
+        raise FileNotFoundError(f"{root}: no items.jsonl (nor eval_*.jsonl from 'hicur instructions build')")
+    return {"items": items, "answers": answers}
 
 
 def _demo_image(seed: int, size: int = 96) -> np.ndarray:

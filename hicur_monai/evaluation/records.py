@@ -7,6 +7,15 @@ Two JSON-lines inputs describe an evaluation (see ``docs/evaluation.md``):
 * **answers** — one line per (item, system): ``{"item_id", "system", "answer", ...}``
   (``question`` and ``kind`` may be repeated there; the item's own values are used).
 
+The stage II files are read as they come out (:data:`ITEM_ALIASES`, :data:`ANSWER_ALIASES`,
+the one place where other field names are mapped): the held-out question files of
+``hicur instructions build`` (``eval_conversation.jsonl``, ``eval_detailed.jsonl``:
+``question_id`` -> ``item_id``, ``text`` -> ``question``, ``category`` -> ``kind``) serve as
+items, and answers in the LLaVA ``model_vqa`` layout (``question_id`` -> ``item_id``,
+``text`` -> ``answer``, ``model_id`` -> ``system``) as answers; the answers
+:class:`hicur_monai.vlm.generate.VLMAnswerer` writes already use the names above. A line
+giving both a name and its alias with different values is an error.
+
 Every reader error names the file, the line and the field. Judgments are streamed to a
 JSON-lines file by :class:`JsonlAppender`, which flushes and fsyncs each line and, on resume,
 drops a half-written last line left by a crash (and nothing else).
@@ -24,6 +33,8 @@ from typing import Any
 
 __all__ = [
     "KINDS",
+    "ITEM_ALIASES",
+    "ANSWER_ALIASES",
     "Item",
     "Answer",
     "iter_jsonl",
@@ -36,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 #: question kinds of the original protocol
 KINDS = ("conversation", "detailed")
+
+#: other names of item fields -> ours: the held-out files of ``hicur instructions build``
+ITEM_ALIASES: dict[str, str] = {"question_id": "item_id", "text": "question", "category": "kind"}
+#: other names of answer fields -> ours: LLaVA's ``model_vqa`` answers layout
+ANSWER_ALIASES: dict[str, str] = {"question_id": "item_id", "text": "answer", "model_id": "system"}
 
 
 @dataclass(frozen=True)
@@ -100,11 +116,35 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
+def _canonical(obj: dict[str, Any], aliases: dict[str, str], where: str) -> dict[str, Any]:
+    """``obj`` with aliased field names renamed to ours (see :data:`ITEM_ALIASES`).
+
+    Raises:
+        ValueError: naming ``where`` and both fields when a line gives a field under both
+            names with different values.
+    """
+    out = dict(obj)
+    for alias, name in aliases.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if name in out and out[name] != value:
+            raise ValueError(f"{where}: fields {name!r} and {alias!r} (another name for it) differ: "
+                             f"{out[name]!r} vs {value!r}")
+        out[name] = value
+    return out
+
+
+def _paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
 def _text_field(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str:
     value = obj.get(key)
     if value is None:
         if required:
-            raise ValueError(f"{where}: missing field {key!r}")
+            other = [a for a, name in {**ITEM_ALIASES, **ANSWER_ALIASES}.items() if name == key]
+            raise ValueError(f"{where}: missing field {key!r}" + (f" (or {other[0]!r})" if other else ""))
         return ""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("_id"):
         value = str(value)
@@ -115,26 +155,25 @@ def _text_field(obj: dict[str, Any], key: str, where: str, required: bool = True
     return value
 
 
-def read_items(path: str | os.PathLike, require_reference: bool = True) -> list[Item]:
-    """Read and validate an items JSON-lines file.
+def read_items(path: str | os.PathLike | Sequence[str | os.PathLike], require_reference: bool = True) -> list[Item]:
+    """Read and validate items JSON-lines files (ours, or the held-out files of ``hicur instructions build``).
 
     Args:
-        path: the file.
+        path: a file or a list of files (e.g. ``eval_conversation.jsonl`` and ``eval_detailed.jsonl``).
         require_reference: fail on items without a ``reference`` answer.
 
     Raises:
         ValueError: naming file, line and field for a missing/ill-typed field, an unknown
-            ``kind`` or a duplicate ``item_id``.
+            ``kind`` or a duplicate ``item_id`` (across all the files).
     """
     items: list[Item] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     known = {"item_id", "question", "caption", "context", "reference", "kind", "image"}
-    for lineno, obj in iter_jsonl(path):
-        where = f"{path}:{lineno}"
+    for obj, where in _lines(path, ITEM_ALIASES):
         item_id = _text_field(obj, "item_id", where)
         if item_id in seen:
-            raise ValueError(f"{where}: duplicate item_id {item_id!r} (first on line {seen[item_id]})")
-        seen[item_id] = lineno
+            raise ValueError(f"{where}: duplicate item_id {item_id!r} (first at {seen[item_id]})")
+        seen[item_id] = where
         kind = _text_field(obj, "kind", where, required=False) or "conversation"
         if kind not in KINDS:
             raise ValueError(f"{where}: field 'kind' is {kind!r}, expected one of {KINDS}")
@@ -153,8 +192,17 @@ def read_items(path: str | os.PathLike, require_reference: bool = True) -> list[
             )
         )
     if not items:
-        raise ValueError(f"{path}: no items")
+        raise ValueError(f"{', '.join(map(str, _paths(path)))}: no items")
     return items
+
+
+def _lines(paths: str | os.PathLike | Sequence[str | os.PathLike],
+           aliases: dict[str, str]) -> Iterator[tuple[dict[str, Any], str]]:
+    """``(record with our field names, "file:line")`` for every line of ``paths``."""
+    for path in _paths(paths):
+        for lineno, obj in iter_jsonl(path):
+            where = f"{path}:{lineno}"
+            yield _canonical(obj, aliases, where), where
 
 
 def read_answers(paths: str | os.PathLike | Sequence[str | os.PathLike], items: Iterable[Item] | None = None) -> list[Answer]:
@@ -168,27 +216,24 @@ def read_answers(paths: str | os.PathLike | Sequence[str | os.PathLike], items: 
         ValueError: naming file, line and field for a bad line, an unknown ``item_id`` or a
             second answer of the same system to the same item.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    paths = _paths(paths)
     known_items = {it.item_id for it in items} if items is not None else None
     answers: list[Answer] = []
     seen: dict[tuple[str, str], str] = {}
-    for path in paths:
-        for lineno, obj in iter_jsonl(path):
-            where = f"{path}:{lineno}"
-            item_id = _text_field(obj, "item_id", where)
-            system = _text_field(obj, "system", where)
-            answer = _text_field(obj, "answer", where, required=False)
-            if "answer" not in obj:
-                raise ValueError(f"{where}: missing field 'answer'")
-            if known_items is not None and item_id not in known_items:
-                raise ValueError(f"{where}: item_id {item_id!r} is not in the items file")
-            key = (item_id, system)
-            if key in seen:
-                raise ValueError(f"{where}: second answer of system {system!r} to item {item_id!r} (first at {seen[key]})")
-            seen[key] = where
-            answers.append(Answer(item_id, system, answer, {k: v for k, v in obj.items()
-                                                             if k not in ("item_id", "system", "answer")}))
+    for obj, where in _lines(paths, ANSWER_ALIASES):
+        item_id = _text_field(obj, "item_id", where)
+        system = _text_field(obj, "system", where)
+        answer = _text_field(obj, "answer", where, required=False)
+        if "answer" not in obj:
+            raise ValueError(f"{where}: missing field 'answer'")
+        if known_items is not None and item_id not in known_items:
+            raise ValueError(f"{where}: item_id {item_id!r} is not in the items file")
+        key = (item_id, system)
+        if key in seen:
+            raise ValueError(f"{where}: second answer of system {system!r} to item {item_id!r} (first at {seen[key]})")
+        seen[key] = where
+        answers.append(Answer(item_id, system, answer, {k: v for k, v in obj.items()
+                                                         if k not in ("item_id", "system", "answer")}))
     if not answers:
         raise ValueError(f"no answers in {', '.join(map(str, paths))}")
     return answers

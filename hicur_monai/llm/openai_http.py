@@ -1,10 +1,18 @@
 """A chat model behind any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
-Standard library only (``urllib``). What a long teacher or judge run needs:
+The transport is the ``openai`` SDK (``pip install 'hicur-monai[vlm]'``): one client per
+model, whose connection pool keeps connections alive across requests and threads. Around
+it, what a long teacher or judge run needs:
 
 - the API key comes from an environment variable (never from a file or the command line);
-- retries with exponential backoff (and ``Retry-After``) on connection errors, timeouts,
-  HTTP 429 / 5xx and replies that are not the expected JSON; other 4xx fail at once;
+  without one, no ``Authorization`` header is sent (local servers);
+- HTTP retries are the SDK's, configured explicitly (``max_retries``, ``timeout``): connection
+  errors, timeouts, HTTP 408 / 409 / 429 / 5xx, with exponential backoff (0.5 s doubling to
+  8 s, jittered) or the server's ``Retry-After`` (seconds or an HTTP-date, up to 2 minutes;
+  ``retry-after-ms`` too); other 4xx fail at once;
+- strict parsing of our own: the raw body must be JSON with a string
+  ``choices[0].message.content``; a reply that is not is retried (``max_retries`` times,
+  our ``backoff`` doubling to ``max_backoff``) and then an error, never a silent empty answer;
 - a client-side rate limit (requests per minute);
 - an on-disk response cache keyed by the request (URL, model, messages, sampling), so a
   rerun or a resumed run never pays twice for the same answer.
@@ -23,8 +31,6 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -38,7 +44,7 @@ __all__ = ["OpenAIChatModel", "RateLimiter", "request_key"]
 
 logger = logging.getLogger(__name__)
 
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_NO_KEY = "no-key"  # the SDK wants a key; with this one the Authorization header is left out
 
 
 class RateLimiter:
@@ -71,7 +77,7 @@ def request_key(url: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-@LLM_BACKENDS.add_def("openai", "OpenAI-compatible HTTP chat endpoint (/v1/chat/completions), stdlib client")
+@LLM_BACKENDS.add_def("openai", "OpenAI-compatible HTTP chat endpoint (/v1/chat/completions), openai SDK client")
 class OpenAIChatModel(ChatModel):
     """Chat model served by an OpenAI-compatible HTTP endpoint.
 
@@ -80,10 +86,12 @@ class OpenAIChatModel(ChatModel):
         model: model name sent in the request.
         api_key_env: name of the environment variable holding the API key (may be unset for
             local servers that need none).
-        timeout: seconds per HTTP request.
-        max_retries: retries after the first attempt.
-        backoff: first retry delay in seconds (doubles each retry, capped at ``max_backoff``).
-        max_backoff: longest delay between retries.
+        timeout: seconds per HTTP request (the SDK's ``timeout``; connecting: at most 10 s).
+        max_retries: retries after the first attempt: the SDK's HTTP retries, and ours of
+            replies that are not the expected JSON.
+        backoff: first delay before retrying a malformed reply (doubles each retry, capped at
+            ``max_backoff``); HTTP retries follow the SDK's backoff or ``Retry-After``.
+        max_backoff: longest delay between malformed-reply retries.
         requests_per_minute: client-side rate limit (``None``: none).
         cache_dir: folder of cached replies (``None``: no cache).
         extra_body: extra fields merged into every request (e.g. ``{"response_format": ...}``).
@@ -110,6 +118,24 @@ class OpenAIChatModel(ChatModel):
         self.extra_body = dict(extra_body or {})
         self._sleep = sleep
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "failures": 0}
+        self._stats_lock = threading.Lock()
+        self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        try:
+            import openai
+        except ImportError:
+            raise ImportError("the 'openai' backend needs the openai SDK: pip install 'hicur-monai[vlm]'") from None
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        self._omit_auth = not key
+        timeout = type(openai.DEFAULT_TIMEOUT)(self.timeout, connect=min(self.timeout, 10.0))  # the SDK's httpx
+        return openai.OpenAI(base_url=self.url.rsplit("/chat/completions", 1)[0], api_key=key or _NO_KEY,
+                             max_retries=self.max_retries, timeout=timeout)
+
+    def _count(self, **inc: int) -> None:
+        with self._stats_lock:
+            for k, v in inc.items():
+                self.stats[k] += v
 
     # -- request --------------------------------------------------------------------------
     def payload(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> dict[str, Any]:
@@ -129,13 +155,6 @@ class OpenAIChatModel(ChatModel):
         body.update(self.extra_body)
         return body
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def _cache_path(self, key: str) -> Path | None:
         return self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
 
@@ -146,7 +165,7 @@ class OpenAIChatModel(ChatModel):
         if cached is not None and cached.is_file():
             try:
                 reply = json.loads(cached.read_text(encoding="utf-8"))["reply"]
-                self.stats["cache_hits"] += 1
+                self._count(cache_hits=1)
                 return reply
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring unreadable cache entry %s", cached)
@@ -156,56 +175,54 @@ class OpenAIChatModel(ChatModel):
                                        "config": asdict(config or GenerationConfig())})
         return reply
 
+    def _post(self, body: dict[str, Any]) -> str:
+        """One SDK call (with the SDK's HTTP retries); the raw response body.
+
+        Raises:
+            ChatModelError: a status the SDK does not retry, or retries used up.
+            ConnectionError: the server could not be reached (after the SDK's retries).
+        """
+        import openai
+
+        fields = {k: v for k, v in body.items() if k in ("model", "messages", "max_tokens", "temperature", "top_p",
+                                                          "seed", "stop")}
+        extra = {k: v for k, v in body.items() if k not in fields}
+        headers = {"Authorization": openai.Omit()} if self._omit_auth else None
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**fields, extra_body=extra or None,
+                                                                         extra_headers=headers)
+        except openai.APIStatusError as err:
+            self._count(requests=1, failures=1)
+            detail = err.response.text[:500] if err.response is not None else ""
+            raise ChatModelError(f"{self.url}: HTTP {err.status_code}: {detail}") from None
+        except openai.APIConnectionError as err:  # includes timeouts
+            self._count(requests=1)
+            raise ConnectionError(f"connection failed: {err.__cause__ or err}") from None
+        self._count(requests=1 + raw.retries_taken, retries=raw.retries_taken)
+        return raw.http_response.text
+
     def _post_with_retries(self, body: dict[str, Any]) -> str:
-        data = json.dumps(body).encode("utf-8")
+        """:meth:`_post` until the reply parses (``max_retries`` more attempts)."""
         last = "no attempt made"
         for attempt in range(self.max_retries + 1):
             if attempt:
-                self.stats["retries"] += 1
+                self._count(retries=1)
                 delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                if isinstance(last, _RetryAfter):
-                    delay = max(delay, min(self.max_backoff, last.seconds))
                 logger.info("retrying %s in %.1fs (attempt %d/%d): %s", self.url, delay, attempt + 1,
                             self.max_retries + 1, last)
                 self._sleep(delay)
             self.limiter.wait()
-            self.stats["requests"] += 1
-            req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read().decode("utf-8", errors="replace")
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", errors="replace")[:500] if err.fp else ""
-                if err.code not in _RETRY_STATUS:
-                    self.stats["failures"] += 1
-                    raise ChatModelError(f"{self.url}: HTTP {err.code} {err.reason}: {detail}") from None
-                last = f"HTTP {err.code} {err.reason}: {detail}"
-                retry_after = err.headers.get("Retry-After") if err.headers else None
-                if retry_after:
-                    try:
-                        last = _RetryAfter(last, float(retry_after))
-                    except ValueError:
-                        pass
-                continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                last = f"connection failed: {getattr(err, 'reason', err)}"
-                continue
+                raw = self._post(body)
+            except ConnectionError as err:
+                self._count(failures=1)
+                raise ChatModelError(f"{self.url}: {err} (after {self.max_retries} retries)") from None
             try:
                 return _extract_reply(raw)
             except ValueError as err:
                 last = f"malformed reply: {err}"
-                continue
-        self.stats["failures"] += 1
+        self._count(failures=1)
         raise ChatModelError(f"{self.url}: no valid reply after {self.max_retries + 1} attempts; last error: {last}")
-
-
-class _RetryAfter(str):
-    """An error message carrying the server's Retry-After seconds."""
-
-    def __new__(cls, text: str, seconds: float):
-        obj = super().__new__(cls, text)
-        obj.seconds = seconds
-        return obj
 
 
 def _extract_reply(raw: str) -> str:

@@ -12,10 +12,17 @@ A slider must be moved (or its number typed) before an unscored answer can be su
 so that an untouched slider is never taken for a deliberate 0; a stored 0 is a real score.
 
 Scripted clients (and the tests) use three API endpoints with the same login cookie
-(``POST /login``), answered directly without the queue: ``POST /gradio_api/run/units``,
-``/gradio_api/run/view`` (``{"data": [item_id, label]}``) and ``/gradio_api/run/submit``
-(``{"data": [item_id, label, accuracy, completeness, reliability, safety]}``); ``gradio_client``
-works as well.
+(``POST /login``): ``POST /gradio_api/run/units``, ``/gradio_api/run/view``
+(``{"data": [item_id, label]}``) and ``/gradio_api/run/submit``
+(``{"data": [item_id, label, accuracy, completeness, reliability, safety]}``), answering
+``{"data": [result]}``. They are the site's own FastAPI routes (:mod:`.api`), placed ahead of
+Gradio's generic ``/run`` route, so that bad input is a 4xx with a reason (400 malformed,
+404 unknown answer, 422 bad score) and never an internal error text.
+
+Hardening (:mod:`.guard`): failed logins are throttled per account and per address (429
+with ``Retry-After`` when locked), the password hash runs in a small thread pool and never
+on the event loop, request bodies are limited (413) and uploads refused (the site has no
+upload field), Gradio's cached files are deleted hourly, and internal errors show no text.
 """
 
 from __future__ import annotations
@@ -30,9 +37,15 @@ import numpy as np
 
 from hicur_monai.evaluation.judge import CRITERIA
 
+from .api import api_routes
+from .guard import LoginThrottle, RequestGuard, make_auth
 from .store import RatingError, RatingStore, Unit
 
-__all__ = ["build_app", "serve", "preview_image"]
+__all__ = ["build_app", "serve", "preview_image", "AUTH_MESSAGE"]
+
+#: shown on the login page
+AUTH_MESSAGE = ("HiCur-NPC rating study: log in with the account you were given. After 5 failed attempts "
+                "the account is locked for up to 15 minutes.")
 
 logger = logging.getLogger(__name__)
 
@@ -170,33 +183,6 @@ class _Handlers:
         nxt = self.store.neighbour(rater, self._key(current), 1, unscored_only=not browse_scored)
         return self.render(rater, nxt or self._current_unit(rater, current))
 
-    # -- API endpoints (same login) ----------------------------------------------------
-    def api_units(self, request: gr.Request) -> dict[str, Any]:
-        """This rater's answers in order with their scored state, and the progress."""
-        rater = _rater(request)
-        units = self.store.units(rater)
-        return {"scored": sum(u.scored for u in units), "total": len(units),
-                "units": [{"item_id": u.item_id, "label": u.label, "scored": u.scored} for u in units]}
-
-    def api_view(self, item_id: str, label: str, request: gr.Request) -> dict[str, Any]:
-        """One answer as this rater sees it, with this rater's own latest scores."""
-        try:
-            return self.store.view(_rater(request), item_id, label)
-        except RatingError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-
-    def api_submit(self, item_id: str, label: str, accuracy: float, completeness: float, reliability: float,
-                   safety: float, request: gr.Request) -> dict[str, Any]:
-        """Store this rater's four scores (0-10) of one answer in one transaction."""
-        rater = _rater(request)
-        try:
-            at = self.store.submit(rater, item_id, label, {"accuracy": accuracy, "completeness": completeness,
-                                                            "reliability": reliability, "safety": safety})
-        except RatingError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        scored, total = self.store.progress(rater)
-        return {"saved_at": at, "scored": scored, "total": total}
-
 
 def build_app(store: RatingStore | str | os.PathLike, title: str = "HiCur-NPC answer rating",
               concurrency: int = 16) -> gr.Blocks:
@@ -212,7 +198,7 @@ def build_app(store: RatingStore | str | os.PathLike, title: str = "HiCur-NPC an
     if tuple(store.criteria) != CRITERIA:
         raise ValueError(f"the rating site scores {CRITERIA}; the store uses {store.criteria}")
     h = _Handlers(store, store.images_dir)
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, delete_cache=(3600, 3600)) as demo:
         with gr.Row():
             progress = gr.Markdown(elem_id="progress")
             gr.Button("Log out", link="/logout", size="sm", scale=0, elem_id="logout")
@@ -243,32 +229,35 @@ def build_app(store: RatingStore | str | os.PathLike, title: str = "HiCur-NPC an
         for criterion, slider in zip(CRITERIA, sliders):
             slider.input(lambda t, _c=criterion: h.touch(_c, t), [touched], [touched], api_name=f"ui_touch_{criterion}",
                          queue=False, **private)
-        # quick database calls: served directly (POST /gradio_api/run/<name>), no queue round trip
-        gr.api(h.api_units, api_name="units", queue=False)
-        gr.api(h.api_view, api_name="view", queue=False)
-        gr.api(h.api_submit, api_name="submit", queue=False)
     demo.queue(default_concurrency_limit=concurrency)
     return demo
 
 
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+          throttle: LoginThrottle | None = None, max_body: int = 1 << 20, hash_workers: int = 2,
           **launch_kwargs: Any) -> gr.Blocks:
     """Start the rating site for study database ``db`` (login required).
 
     Args:
         db: the study database made by ``hicur rate init``.
         host: interface to bind; the default, 127.0.0.1, keeps the site local (put a TLS
-            reverse proxy in front to open it to a network).
+            reverse proxy in front to open it to a network; see ``docs/evaluation.md``).
         port: TCP port (0 or ``None`` lets Gradio pick a free one).
         block: wait until interrupted; ``False`` returns the running app.
+        throttle: the login throttle (default: 5 failures per account, 20 per address, 15 minutes).
+        max_body: largest request body in bytes (413 above it); also Gradio's ``max_file_size``.
+        hash_workers: password hashes computed at once (128 MiB each).
         launch_kwargs: passed to :meth:`gradio.Blocks.launch`.
     """
+    from starlette.middleware import Middleware
+
     store = RatingStore(db, create=False)
     if not store.raters():
         raise RatingError(f"{db}: no rater accounts; create one with 'hicur rate add-rater'")
     demo = build_app(store)
-    demo.launch(server_name=host, server_port=port or None, auth=store.verify,
-                auth_message="HiCur-NPC rating study: log in with the account you were given.",
-                show_error=True, prevent_thread_lock=not block, quiet=not block, footer_links=[],
-                **launch_kwargs)
+    auth = make_auth(store.verify, throttle or LoginThrottle(), workers=hash_workers)
+    app_kwargs = {"routes": api_routes(store), "middleware": [Middleware(RequestGuard, max_body=max_body)]}
+    demo.launch(server_name=host, server_port=port or None, auth=auth, auth_message=AUTH_MESSAGE,
+                show_error=False, max_file_size=max_body, app_kwargs=app_kwargs,
+                prevent_thread_lock=not block, quiet=not block, footer_links=[], **launch_kwargs)
     return demo

@@ -3,7 +3,17 @@
 One database file holds the study (items, answers), the raters (scrypt password hashes),
 each rater's private label -> system mapping, the latest scores and an append-only audit
 of every submission. The database runs in WAL mode so that many raters read and write at
-once; every submission is one ``BEGIN IMMEDIATE`` transaction (all four criteria or none).
+once. Every submission is all-or-nothing (all four criteria or none): submissions that
+arrive while one is being written are committed together, each in its own savepoint, in
+one ``BEGIN IMMEDIATE`` transaction with ``synchronous=FULL`` (group commit: one fsync for
+the group; each call returns once its scores are on disk). With a commit costing one fsync
+(about 35 ms on the test machine's disk) and SQLite's busy handler sleeping in growing
+steps, one transaction per submission kept 20 concurrent raters at a p95 of 600-800 ms. The file (and its ``-wal`` / ``-shm``
+companions) is created with mode 0600: it holds the password hashes.
+
+Passwords: scrypt with the OWASP minimum cost (N=2^17, r=8, p=1); the parameters are part
+of each stored hash, so hashes made with other parameters still verify, and a successful
+login with weaker parameters re-hashes the password at the current cost.
 
 A *unit* is one system's answer to one item as one rater sees it: ``(item_id, label)``.
 Labels ("A", "B", ...) are drawn per item and per rater with :mod:`secrets`; the mapping to
@@ -24,6 +34,7 @@ import re
 import secrets
 import sqlite3
 import string
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +45,8 @@ from hicur_monai.evaluation.judge import CRITERIA
 from hicur_monai.evaluation.records import Answer, Item
 from hicur_monai.utils.io import atomic_write_text
 
-__all__ = ["RatingError", "Unit", "RatingStore", "hash_password", "verify_password"]
+__all__ = ["RatingError", "UnknownUnitError", "Unit", "RatingStore", "hash_password", "verify_password",
+           "needs_rehash", "SCRYPT_PARAMS"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,36 +71,99 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 _RATER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+#: scrypt cost of new hashes: the OWASP Password Storage Cheat Sheet minimum (N=2^17, r=8, p=1; 128 MiB)
+SCRYPT_PARAMS: dict[str, int] = {"n": 2**17, "r": 8, "p": 1}
+_MAX_N = 2**20  # stored hashes asking for more memory than this (1 GiB at r=8) are refused
+_KEY_MAX = 256  # longest item id / label accepted from a client
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
 
 
 class RatingError(ValueError):
     """A rating request that cannot be honoured (unknown unit, bad score, unknown rater)."""
 
 
-def hash_password(password: str) -> str:
-    """``scrypt$n$r$p$salt$hash`` (hex) of ``password`` with a fresh random salt."""
+class UnknownUnitError(RatingError):
+    """The rater has no answer with this item id and label."""
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=2 * 128 * n * r + 2**20)
+
+
+def hash_password(password: str, params: Mapping[str, int] | None = None) -> str:
+    """``scrypt$n$r$p$salt$hash`` (hex) of ``password`` with a fresh random salt.
+
+    Args:
+        password: the password.
+        params: scrypt ``n``, ``r``, ``p`` (default :data:`SCRYPT_PARAMS`).
+    """
     if not password:
         raise ValueError("the password is empty")
+    prm = {**SCRYPT_PARAMS, **(params or {})}
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, maxmem=64 * 2**20, **_SCRYPT)
-    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+    digest = _scrypt(password, salt, prm["n"], prm["r"], prm["p"], 32)
+    return f"scrypt${prm['n']}${prm['r']}${prm['p']}${salt.hex()}${digest.hex()}"
+
+
+def _parse_hash(stored: str) -> tuple[int, int, int, bytes, str] | None:
+    try:
+        algo, n, r, p, salt, digest = stored.split("$")
+        n, r, p = int(n), int(r), int(p)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if algo != "scrypt" or not (1 < n <= _MAX_N and 0 < r <= 32 and 0 < p <= 16) or not digest:
+        return None
+    try:
+        return n, r, p, bytes.fromhex(salt), digest
+    except ValueError:
+        return None
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """Constant-time check of ``password`` against a :func:`hash_password` string."""
+    """Constant-time check of ``password`` against a :func:`hash_password` string (its own parameters)."""
+    parsed = _parse_hash(stored)
+    if parsed is None:
+        return False
+    n, r, p, salt, digest = parsed
     try:
-        algo, n, r, p, salt, digest = stored.split("$")
-        if algo != "scrypt":
-            return False
-        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-                             dklen=len(digest) // 2, maxmem=64 * 2**20)
-    except (ValueError, TypeError):
+        got = _scrypt(password, salt, n, r, p, len(digest) // 2)
+    except (ValueError, MemoryError):
         return False
     return hmac.compare_digest(got.hex(), digest)
 
 
-_DUMMY_HASH = hash_password("not-a-password")
+def needs_rehash(stored: str) -> bool:
+    """True when ``stored`` was made with a lower cost than :data:`SCRYPT_PARAMS`."""
+    parsed = _parse_hash(stored)
+    return parsed is None or parsed[0] < SCRYPT_PARAMS["n"] or parsed[1] < SCRYPT_PARAMS["r"]
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A hash at the current cost, for unknown raters (same work whether or not the rater exists)."""
+    if not _DUMMY:
+        _DUMMY.append(hash_password(secrets.token_urlsafe(12)))
+    return _DUMMY[0]
+
+
+def _check_key(item_id: Any, label: Any) -> None:
+    """Reject unit keys that are not short strings (they come from clients)."""
+    for name, value in (("item_id", item_id), ("label", label)):
+        if not isinstance(value, str) or not value or len(value) > _KEY_MAX:
+            raise RatingError(f"{name} must be a non-empty string of at most {_KEY_MAX} characters")
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 when absent; tighten it (and -wal / -shm) when wider."""
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if f.stat().st_mode & 0o077:
+                os.chmod(f, 0o600)
 
 
 def _now() -> str:
@@ -103,6 +178,19 @@ def _labels(n: int) -> list[str]:
         out.append(letters[i // 26] + letters[i % 26])
         i += 1
     return out
+
+
+@dataclass
+class _Submission:
+    """One rater's scores of one unit, waiting for the group commit."""
+
+    rater: str
+    item_id: str
+    label: str
+    scores: dict[str, float]
+    at: str = ""
+    error: BaseException | None = None
+    done: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,11 +217,18 @@ class RatingStore:
             raise FileNotFoundError(f"{self.path}: no study database (make one with 'hicur rate init')")
         self.criteria = tuple(criteria)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
+        with _WRITE_LOCKS_GUARD:
+            self._lock = _WRITE_LOCKS.setdefault(self.path.resolve(), threading.Lock())
+        self._pending: list[_Submission] = []
+        self._pending_lock = threading.Lock()
+        self.commits = 0  # write transactions committed by this object
         with self._connect() as con:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode!r})")
             con.executescript(_SCHEMA)
+        _private_file(self.path)  # -wal / -shm exist now (SQLite gives them the database's mode)
 
     # -- connections -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -149,7 +244,17 @@ class RatingStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any error."""
+        """One write transaction: committed on success, rolled back on any error.
+
+        Writers of this process queue on :attr:`_lock` first (no sleeping); SQLite's busy
+        timeout still guards against other processes.
+        """
+        with self._lock, self._transaction() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error); the caller holds :attr:`_lock`."""
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
@@ -158,6 +263,7 @@ class RatingStore:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+            self.commits += 1
 
     # -- study setup -------------------------------------------------------------------
     def add_study(self, items: Sequence[Item], answers: Sequence[Answer], images_dir: str | os.PathLike | None = None) -> None:
@@ -232,10 +338,19 @@ class RatingStore:
             return [r[0] for r in con.execute("SELECT rater FROM raters ORDER BY rater")]
 
     def verify(self, rater: str, password: str) -> bool:
-        """True when ``password`` is the rater's (same work whether or not the rater exists)."""
+        """True when ``password`` is the rater's (same work whether or not the rater exists).
+
+        A correct password stored at a lower cost than :data:`SCRYPT_PARAMS` is re-hashed.
+        """
+        if not isinstance(rater, str) or not isinstance(password, str):
+            return False
         with self._connect() as con:
             row = con.execute("SELECT password FROM raters WHERE rater=?", (rater,)).fetchone()
-        ok = verify_password(password or "", row[0] if row else _DUMMY_HASH)
+        ok = verify_password(password, row[0] if row else _dummy_hash())
+        if row and ok and needs_rehash(row[0]):
+            new = hash_password(password)
+            with self._write() as con:
+                con.execute("UPDATE raters SET password=? WHERE rater=? AND password=?", (new, rater, row[0]))
         return bool(row) and ok
 
     # -- blinding ----------------------------------------------------------------------
@@ -268,7 +383,7 @@ class RatingStore:
         row = con.execute("SELECT system FROM labels WHERE rater=? AND item_id=? AND label=?",
                           (rater, item_id, label)).fetchone()
         if row is None:
-            raise RatingError(f"no answer labelled {label!r} for item {item_id!r}")
+            raise UnknownUnitError(f"no answer labelled {label!r} for item {item_id!r}")
         return row[0]
 
     def reveal(self, rater: str, item_id: str, label: str) -> str:
@@ -308,6 +423,7 @@ class RatingStore:
 
         The returned dict never contains the system's identity.
         """
+        _check_key(item_id, label)
         with self._connect() as con:
             self._require_rater(con, rater)
             system = self._system(con, rater, item_id, label)
@@ -348,14 +464,19 @@ class RatingStore:
 
     # -- scoring -----------------------------------------------------------------------
     def submit(self, rater: str, item_id: str, label: str, scores: Mapping[str, float]) -> str:
-        """Store the rater's scores of one unit in one transaction; returns the timestamp.
+        """Store the rater's scores of one unit, all or nothing; returns the timestamp.
 
         Every criterion must be given, each a number in [0, 10]; the previous values stay in
-        the audit table.
+        the audit table. Submissions arriving while another is being written are committed
+        together in the next transaction (group commit: one fsync for all of them, each in
+        its own savepoint); the call returns once its scores are durable.
 
         Raises:
             RatingError: unknown rater/unit, a missing or unknown criterion, or a bad score.
         """
+        _check_key(item_id, label)
+        if not isinstance(scores, Mapping):
+            raise RatingError("scores must map each criterion to a number")
         given = set(scores)
         if given != set(self.criteria):
             raise RatingError(f"scores must give exactly {list(self.criteria)}; "
@@ -366,22 +487,57 @@ class RatingStore:
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RatingError(f"score of {criterion!r} must be a number from 0 to 10, got {value!r}")
             value = float(value)
-            if not 0 <= value <= 10:
+            if not 0 <= value <= 10:  # NaN fails this too
                 raise RatingError(f"score of {criterion!r} must be from 0 to 10, got {value:g}")
             clean[criterion] = value
+        job = _Submission(rater, item_id, label, clean)
+        with self._pending_lock:
+            self._pending.append(job)
+        with self._lock:
+            if not job.done:  # not committed by an earlier leader: commit everything waiting
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        if job.error is not None:
+            raise job.error
+        return job.at
+
+    def _commit_batch(self, batch: list[_Submission]) -> None:
+        """Group commit: the waiting submissions in one transaction (one fsync), each in a savepoint.
+
+        A submission that fails (unknown unit, ...) is rolled back to its savepoint alone and
+        its submitter gets the error; the others are committed. The caller holds :attr:`_lock`.
+        """
+        try:
+            with self._transaction() as con:
+                for job in batch:
+                    con.execute("SAVEPOINT submission")
+                    try:
+                        job.at = self._apply(con, job)
+                    except RatingError as err:
+                        con.execute("ROLLBACK TO submission")
+                        job.error = err
+                    con.execute("RELEASE submission")
+        except BaseException as err:  # the commit failed: nothing of the batch is stored
+            for job in batch:
+                job.error = job.error or err
+            raise
+        finally:
+            for job in batch:
+                job.done = True
+
+    def _apply(self, con: sqlite3.Connection, job: _Submission) -> str:
         at = _now()
-        with self._write() as con:
-            self._require_rater(con, rater)
-            system = self._system(con, rater, item_id, label)
-            for criterion, value in clean.items():
-                prev = con.execute("SELECT score FROM scores WHERE rater=? AND item_id=? AND system=? AND criterion=?",
-                                   (rater, item_id, system, criterion)).fetchone()
-                con.execute("INSERT INTO scores VALUES (?,?,?,?,?,?) ON CONFLICT(rater, item_id, system, criterion) "
-                            "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at",
-                            (rater, item_id, system, criterion, value, at))
-                con.execute("INSERT INTO audit (rater, item_id, system, criterion, score, previous, at) "
-                            "VALUES (?,?,?,?,?,?,?)", (rater, item_id, system, criterion, value,
-                                                       prev[0] if prev else None, at))
+        self._require_rater(con, job.rater)
+        system = self._system(con, job.rater, job.item_id, job.label)
+        key = (job.rater, job.item_id, system)
+        for criterion, value in job.scores.items():
+            prev = con.execute("SELECT score FROM scores WHERE rater=? AND item_id=? AND system=? AND criterion=?",
+                               (*key, criterion)).fetchone()
+            con.execute("INSERT INTO scores VALUES (?,?,?,?,?,?) ON CONFLICT(rater, item_id, system, criterion) "
+                        "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at", (*key, criterion, value, at))
+            con.execute("INSERT INTO audit (rater, item_id, system, criterion, score, previous, at) "
+                        "VALUES (?,?,?,?,?,?,?)", (*key, criterion, value, prev[0] if prev else None, at))
         return at
 
     # -- export ------------------------------------------------------------------------
