@@ -279,3 +279,20 @@ def test_streamed_volumes_equal_the_loader_path(tmp_path: Path, monkeypatch: pyt
     assert len(images) > 20
     for p in images:
         assert (ref / p).read_bytes() == (streamed / p).read_bytes(), p
+
+
+def test_manifest_csv_cells_cannot_run_as_formulas_and_read_back_exactly(tmp_path: Path) -> None:
+    """A file named like a spreadsheet formula is quoted in manifest.csv (CSV injection), and
+    load_manifest on the CSV gives the original name back."""
+    from hicur_monai.data.curation import load_manifest
+    from hicur_monai.utils.csv_safe import restore_neutralized
+
+    src = tmp_path / "=HYPERLINK(x)"  # source paths start with the source folder's name
+    _frames(src / "p0", "a.png", "plain.png")
+    out = tmp_path / "out"
+    curate([src], out, salt=SALT, progress=False)
+    text = (out / "manifest.csv").read_text()
+    assert "\"'=HYPERLINK(x)/p0/a.png\"" in text and "\"=HYPERLINK" not in text
+    from_csv = restore_neutralized(pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False))
+    assert from_csv["source_path"].tolist() == pd.read_parquet(out / "manifest.parquet")["source_path"].tolist()
+    assert load_manifest(out / "manifest.csv", status=None) == load_manifest(out / "manifest.parquet", status=None)

@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hicur_monai.data.curation.reasons import ACCEPTED, DUPLICATE, REJECTED
+from hicur_monai.utils.csv_safe import neutralize_arrow_strings, restore_neutralized
 from hicur_monai.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
@@ -253,7 +254,8 @@ def write_manifest(df: pd.DataFrame, out_dir: str | os.PathLike, name: str = "ma
     with atomic_open(paths["parquet"], "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
     with atomic_open(paths["csv"], "wb") as fh:  # the same table as CSV (Arrow's writer: ~10x pandas' speed)
-        pacsv.write_csv(table, fh, pacsv.WriteOptions(quoting_style="needed"))
+        # file names come from the data: no cell may run as a spreadsheet formula (reversible, see load_manifest)
+        pacsv.write_csv(neutralize_arrow_strings(table), fh, pacsv.WriteOptions(quoting_style="needed"))
     atomic_write_json(paths["summary"], summarize(df) if summary is None else summary)
     return paths
 
@@ -285,7 +287,10 @@ def load_manifest(path: str | os.PathLike, status: str | None = "accepted", spli
         raise ValueError(f"status must be accepted, rejected, duplicate or None, got {status!r}")
     if split is not None and split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val, test or None, got {split!r}")
-    df = pd.read_csv(p, dtype=str, keep_default_na=False) if p.suffix == ".csv" else pq.read_table(p).to_pandas()
+    if p.suffix == ".csv":
+        df = restore_neutralized(pd.read_csv(p, dtype=str, keep_default_na=False))
+    else:
+        df = pq.read_table(p).to_pandas()
     df = df[df["row_type"] == "image"]
     if status is not None:
         df = df[df["status"] == status]
