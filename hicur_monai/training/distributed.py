@@ -105,3 +105,22 @@ def rank_zero_handlers(handlers: Sequence[Any], shared: int) -> list[Any]:
     figures, exports, progress), which only rank 0 runs.
     """
     return list(handlers) if is_main_process() else list(handlers)[: int(shared)]
+
+
+class _NullWriter:
+    """A TensorBoard ``SummaryWriter`` stand-in that writes nothing (the non-main processes')."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def summary_writer(log_dir: str) -> Any:
+    """A TensorBoard ``SummaryWriter`` on the main process; a no-op stand-in on the others."""
+    if not is_main_process():
+        return _NullWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=log_dir)
+
+
+__all__ += ["summary_writer"]
