@@ -236,7 +236,7 @@ def _backend() -> str | None:
     return default_backend() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
-def _sharding(deepspeed: Mapping[str, Any] | str | None, fsdp: str | None,
+def _sharding(deepspeed: Mapping[str, Any] | str | None, fsdp: bool | str | None,
               fsdp_config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The TrainingArguments of DeepSpeed / FSDP that are set (the library validates them)."""
     out: dict[str, Any] = {}
@@ -296,7 +296,7 @@ class VLMTraining:
         progress: show the Trainer's progress bar.
         report_to: the Trainer's loggers (``"none"``, ``"tensorboard"``, ``"mlflow"``, a list).
         deepspeed: a DeepSpeed config (dict or JSON path), e.g. ``configs/zero3.json``'s.
-        fsdp / fsdp_config: the Trainer's FSDP settings (e.g. ``"full_shard auto_wrap"``).
+        fsdp / fsdp_config: the Trainer's FSDP switch and settings (``configs/fsdp.json``).
         ddp_backend: process-group backend (default: ``nccl`` with CUDA, else ``gloo``).
         save_total_limit: checkpoints kept (the oldest are deleted).
         run_name: the run's name in the loggers.
@@ -313,7 +313,7 @@ class VLMTraining:
                  seed: int = 0, save_every: int = 0, resume: bool = True, limit: int | None = None,
                  num_workers: int = 0, max_grad_norm: float = 1.0, progress: bool = True,
                  report_to: str | Sequence[str] = "none", deepspeed: Mapping[str, Any] | str | None = None,
-                 fsdp: str | None = None, fsdp_config: Mapping[str, Any] | None = None,
+                 fsdp: bool | str | None = None, fsdp_config: Mapping[str, Any] | None = None,
                  ddp_backend: str | None = None, save_total_limit: int | None = 2, run_name: str | None = None):
         self.out = Path(output_dir)
         self.mode = mode
