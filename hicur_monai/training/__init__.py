@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hicur_monai.training import distributed
+from hicur_monai.training import distributed, tracking
 from hicur_monai.training.data import PretrainSampled, SelectSliced, pretrain_items, split_by_patient, volume_depth
 from hicur_monai.training.engine import MaskedImageEvaluator, MaskedImageTrainer, mask_generator, output_value, unwrap
 from hicur_monai.training.features import extract_features, linear_probe, load_features, probe_report
@@ -32,6 +32,7 @@ __all__ = [
     "SelectSliced",
     "denormalize",
     "distributed",
+    "tracking",
     "extract_features",
     "is_in_backward",
     "latest_checkpoint",
