@@ -64,8 +64,8 @@ def hcmae_row(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     params = _count(lambda: HCMAE(preset="base", img_size=384, **overrides))
     torch.manual_seed(0)
     net = HCMAE(preset="base", img_size=384, **overrides).train()
-    one, two = (saved_bytes(lambda b=b: net(torch.randn(b, 3, 384, 384), task="pretrain",
-                                            generator=torch.Generator().manual_seed(0))["loss"]) for b in (1, 2))
+    one, two = (saved_bytes(lambda b=b, n=net: n(torch.randn(b, 3, 384, 384), task="pretrain",
+                                                  generator=torch.Generator().manual_seed(0))["loss"]) for b in (1, 2))
     act = two - one
     del net
     return {"model": name, "trained": params, "frozen": 0, "act_per_sample": act}
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(hcmae_row("HCMAE Large/384 (ViT-L + ConvNeXtV2-L)", HCMAE_LARGE))
     rows.append(vlm_row(args.seq))
     rows.append(lora_row(rows[-1]))
-    print(f"| model | trained params | activations / sample | 1 GPU, DDP | 8 GPUs, DDP | 8 GPUs, FSDP / ZeRO-3 |\n"
-          f"|---|---|---|---|---|---|")
+    print("| model | trained params | activations / sample | 1 GPU, DDP | 8 GPUs, DDP | 8 GPUs, FSDP / ZeRO-3 |\n"
+          "|---|---|---|---|---|---|")
     for row in rows:
         batch = args.vlm_batch if row["model"].startswith("VLM") else args.hcmae_batch
         cells = []
