@@ -33,6 +33,7 @@ def test_hcmae_bundle_tracks_params_metrics_and_pictures(demo_cohort, repo_root,
     assert {"train_loss", "val_recon_loss"} <= set(r.data.metrics)
     assert r.data.params["lr"] == "0.001" and r.data.params["preset"] == "tiny"
     assert {"reconstruction.png", "loss_history.json"} <= artifacts
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
 
 
 def test_segmentation_bundle_tracks_metrics_and_contours(demo_cohort, repo_root, tmp_path, monkeypatch):
