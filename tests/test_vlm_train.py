@@ -112,3 +112,11 @@ def test_changed_encoder_file_warns(tmp_path):
     torch.save(state, enc)  # Stage I re-trained
     with pytest.warns(UserWarning, match="CHANGED"):
         VisionLanguageModel.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("sharding", [{"fsdp": True, "fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}},
+                                      {"deepspeed": {"zero_optimization": {"stage": 3}}}])
+def test_sharding_on_cpu_is_refused_not_silently_dropped(tmp_path, sharding):
+    # accelerate enables FSDP / DeepSpeed only on GPUs; on the CPU it would train plain DDP without a word
+    with pytest.raises(ValueError, match="need GPUs"):
+        _train(tmp_path, tmp_path / "run", tiny_records(tmp_path / "img", 2), max_steps=1, **sharding)

@@ -318,6 +318,10 @@ class VLMTraining:
         self.out = Path(output_dir)
         self.mode = mode
         use_cpu = device == "cpu" or not torch.cuda.is_available()
+        if use_cpu and (deepspeed or fsdp):
+            raise ValueError("deepspeed / fsdp need GPUs: accelerate runs FSDP and DeepSpeed only on multi-GPU "
+                             "setups and would silently train plain data-parallel on the CPU; drop the zero3.json / "
+                             "fsdp.json overlay (multi_gpu_train.json is the CPU data-parallel overlay)")
         self.args = TrainingArguments(
             output_dir=str(self.out), per_device_train_batch_size=int(batch_size),
             gradient_accumulation_steps=max(1, int(grad_accum)), num_train_epochs=float(epochs),
