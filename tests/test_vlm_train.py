@@ -84,8 +84,8 @@ def test_resume_refuses_other_configuration_and_names_keys(tmp_path):
     assert "hidden_size" in str(err.value) and "checkpoint-1" in str(err.value)
     # the settings that may change (more steps, another per-process batch with the same global batch) resume
     assert _train(tmp_path, tmp_path / "run", records, max_steps=3).resume_from.endswith("checkpoint-1")
-    # resume=False starts over and removes the old checkpoints
-    fresh = _train(tmp_path, tmp_path / "run", records, max_steps=1, llm=other_llm, resume=False)
+    # resume=False starts over and removes the old checkpoints ("false" as the command line gives it)
+    fresh = _train(tmp_path, tmp_path / "run", records, max_steps=1, llm=other_llm, resume="false")
     assert fresh.resume_from is None and not list((tmp_path / "run").glob("checkpoint-*"))
 
 

@@ -108,13 +108,13 @@ def check_resume_config(checkpoint: str | os.PathLike, requested: Mapping[str, A
     path = Path(checkpoint) / RUN_CONFIG_NAME
     if not path.is_file():
         raise ValueError(f"{checkpoint}: cannot resume: no {RUN_CONFIG_NAME} records what it was trained with; "
-                         "use another output_dir or resume=false to start over")
+                         "use another output_dir or --resume False to start over")
     diff = config_differences(json.loads(path.read_text()), requested)
     if diff:
         detail = "; ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{checkpoint}: cannot resume: the checkpoint was trained with a different configuration "
                          f"(keys that differ: {', '.join(diff)}). {detail}. Use another output_dir, or "
-                         "resume=false to start over (the old checkpoints are then removed)")
+                         "--resume False to start over (the old checkpoints are then removed)")
 
 
 class VLMDataCollator:
@@ -225,10 +225,26 @@ def _saved_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _flag(value: bool | str, name: str) -> bool:
+    """A yes/no setting from a bool or the strings the command line gives (``--resume false`` is the string "false").
+
+    Raises:
+        ValueError: anything else (names the setting).
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def _resolve_bf16(bf16: bool | str, use_cpu: bool) -> bool:
     if bf16 == "auto":
         return (not use_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(bf16)
+    return _flag(bf16, "bf16")
 
 
 def _backend() -> str | None:
@@ -317,6 +333,9 @@ class VLMTraining:
                  ddp_backend: str | None = None, save_total_limit: int | None = 2, run_name: str | None = None):
         self.out = Path(output_dir)
         self.mode = mode
+        resume, progress = _flag(resume, "resume"), _flag(progress, "progress")
+        gradient_checkpointing = _flag(gradient_checkpointing, "gradient_checkpointing")
+        tune_projector = _flag(tune_projector, "tune_projector")
         use_cpu = device == "cpu" or not torch.cuda.is_available()
         if use_cpu and (deepspeed or fsdp):
             raise ValueError("deepspeed / fsdp need GPUs: accelerate runs FSDP and DeepSpeed only on multi-GPU "
