@@ -78,7 +78,7 @@ def test_bundle_metadata_verifies():
 def test_bundle_configs_parse():
     from monai.bundle import ConfigParser
 
-    for overlay in (None, "evaluate.json", "inference.json", "multi_gpu_train.json"):
+    for overlay in (None, "evaluate.json", "inference.json", "gpu.json"):
         files = [str(BUNDLE / "configs" / "train.json")] + ([str(BUNDLE / "configs" / overlay)] if overlay else [])
         parser = ConfigParser()
         parser.read_config(files)

@@ -21,3 +21,24 @@ def conversation(n_rounds: int = 2) -> list[dict[str, str]]:
         q = ("<image>\n" if i == 0 else "") + f"question {i}: is there a mass on the left wall?"
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": f"answer {i}: a mass with ulceration"}]
     return msgs
+
+
+def tiny_records(folder, n: int = 4) -> list[dict]:
+    """``n`` LLaVA records with small random PNG images written to ``folder`` (the same images for a seed)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        name = f"img_{i}.png"
+        if not (folder / name).is_file():
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+        out.append({"id": f"r{i}", "image": name, "conversations": [
+            {"from": "human", "value": "<image>\nis there a mass on the left wall?"},
+            {"from": "gpt", "value": f"finding {i % 2}: a mass with ulceration"}]})
+    return out

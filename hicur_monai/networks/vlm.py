@@ -36,6 +36,7 @@ from hicur_monai.llm.causal_lm import CausalLM, load_causal_lm, load_hf_causal_l
 from hicur_monai.llm.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, tokenize_conversation
 from hicur_monai.networks.projector import build_projector
 from hicur_monai.registry import NETWORKS
+from hicur_monai.utils.checksum import check_recorded_checksum, sha256_file
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
 
 __all__ = [
@@ -86,8 +87,9 @@ def build_vision_tower(spec: Mapping[str, Any], root: str | os.PathLike | None =
     """Build the vision tower from a spec.
 
     Specs:
-        ``{"kind": "encoder_file", "path": ".../vit_encoder.pt", "tokens": "all"}``: an encoder
-        exported by ``HCMAE.export_encoders`` (relative paths resolve against ``root``);
+        ``{"kind": "encoder_file", "path": ".../vit_encoder.pt", "tokens": "all", "sha256": "..."}``: an
+        encoder exported by ``HCMAE.export_encoders`` (relative paths resolve against ``root``); when
+        ``sha256`` is recorded and the file's differs (Stage I was re-trained), a loud warning says so;
         ``{"kind": "timm_vit", "kwargs": {...}, "seed": 0}``: a timm ``VisionTransformer`` built
         from keyword arguments (random weights; tests and the tiny demo).
 
@@ -104,6 +106,7 @@ def build_vision_tower(spec: Mapping[str, Any], root: str | os.PathLike | None =
         path = Path(spec["path"])
         if not path.is_absolute() and root is not None:
             path = Path(root) / path
+        check_recorded_checksum(path, spec.get("sha256"), "HCMAE ViT encoder (the VLM's vision tower)")
         vit = load_encoder(path)
         if type(vit).__module__ + "." + type(vit).__name__ != _VIT_CLASS:
             raise ValueError(f"{path}: the vision tower must be a ViT, got {type(vit).__name__}")
@@ -170,6 +173,9 @@ class VisionLanguageModel(nn.Module):
         if backend is None:
             raise ValueError("llm spec needs 'backend' (hf_causal_lm, gguf, smollm2 or tiny_random)")
         llm.pop("in_memory", None)
+        vision = dict(vision)
+        if vision.get("kind") == "encoder_file" and vision.get("path") and not vision.get("sha256"):
+            vision["sha256"] = sha256_file(vision["path"])  # recorded with the model, checked on every load
         model = cls(build_vision_tower(vision), load_causal_lm(backend, **llm), projector, vision, max_length)
         return model.to(device) if device is not None else model
 

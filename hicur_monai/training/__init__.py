@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hicur_monai.training import distributed, tracking
 from hicur_monai.training.data import PretrainSampled, SelectSliced, pretrain_items, split_by_patient, volume_depth
 from hicur_monai.training.engine import MaskedImageEvaluator, MaskedImageTrainer, mask_generator, output_value, unwrap
 from hicur_monai.training.features import extract_features, linear_probe, load_features, probe_report
@@ -30,6 +31,8 @@ __all__ = [
     "adamw",
     "SelectSliced",
     "denormalize",
+    "distributed",
+    "tracking",
     "extract_features",
     "is_in_backward",
     "latest_checkpoint",

@@ -1,55 +1,83 @@
-"""Training loop of the vision-language model (step 1: projector; step 2: LoRA or full fine-tuning).
+"""Stage II training on transformers' :class:`~transformers.Trainer` (step 1: projector; step 2: LoRA or full).
 
-:class:`VLMTrainer` is the workflow the ``bundles/vl_alignment`` configs build
-(``"run": ["$@trainer.run()"]``): a plain PyTorch loop, because a causal-LM step with
-spliced image tokens does not fit MONAI's supervised trainers. It uses MONAI's
-``WarmupCosineSchedule``, AdamW, tqdm progress, bf16 autocast on CUDA and gradient
-checkpointing where asked, and writes
+The vision-language model trains the way LLaVA and LLaVA-Med train: a
+:class:`transformers.Trainer` with :class:`transformers.TrainingArguments`, so data-parallel
+(``torchrun``), FSDP, DeepSpeed ZeRO-2/3, bf16, gradient checkpointing, LoRA (peft), resume with
+optimizer / scheduler / RNG state, and logging to TensorBoard or MLflow (``report_to``) come from
+the library. What is ours:
 
-* ``OUT/model/``: the trained model (:meth:`VisionLanguageModel.save_pretrained`);
-* ``OUT/checkpoint/``: the model + ``trainer_state.pt`` (optimizer, scheduler, step, RNG),
-  replaced atomically every ``save_every`` steps; a rerun resumes from it;
-* ``OUT/loss_history.jsonl``: one line per optimizer step (step, epoch, loss, lr);
-* ``OUT/summary.json``: steps, mean loss of the first and last 10% of steps, time, skipped records.
+* :class:`VLMDataCollator`: image + text samples -> the batch :meth:`VisionLanguageModel.forward` takes.
+* :class:`VLMTrainer`: a ``Trainer`` subclass whose checkpoints hold only the trained tensors
+  (projector, LoRA adapters or the fine-tuned LLM; the frozen vision tower and a frozen LLM base
+  are rebuilt from their sources) plus the run's configuration (``vlm_run.json``).
+* :class:`VLMTraining`: the workflow ``bundles/vl_alignment`` builds (``"run": ["$@trainer.run()"]``).
+  It refuses to resume a checkpoint whose configuration differs from the requested one (naming the
+  keys), records the vision encoder's SHA-256, and writes
 
-A step whose loss is not finite is skipped and logged (never silently trained on); ten in a
-row stop the run with an error.
+  - ``OUT/model/``: the trained model (:meth:`VisionLanguageModel.save_pretrained`);
+  - ``OUT/checkpoint-<step>/``: the Trainer's checkpoints (``save_every`` steps and the last step); a rerun resumes;
+  - ``OUT/loss_history.jsonl``: one line per optimizer step (step, epoch, loss, lr);
+  - ``OUT/summary.json``: steps, mean loss of the first and last 10% of steps, time, skipped records.
+
+Only the main process writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from hicur_monai.networks.vlm import VisionLanguageModel
-from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
+from hicur_monai.training.distributed import default_backend
+from hicur_monai.utils.checksum import sha256_file
+from hicur_monai.utils.io import atomic_write_json
 from hicur_monai.vlm.data import LlavaConversationDataset
 
-__all__ = ["VLMTrainer", "trainable_state", "vision_spec"]
+__all__ = [
+    "RESUME_FREE_KEYS",
+    "RUN_CONFIG_NAME",
+    "LossHistoryCallback",
+    "VLMDataCollator",
+    "VLMTrainer",
+    "VLMTraining",
+    "check_resume_config",
+    "config_differences",
+    "trainable_state",
+    "vision_spec",
+]
 
 logger = logging.getLogger(__name__)
 
+#: the run configuration stored in every checkpoint (compared on resume)
+RUN_CONFIG_NAME = "vlm_run.json"
+#: settings that may change between a run and its resumption (they do not change what is trained)
+RESUME_FREE_KEYS = frozenset({"epochs", "max_steps", "save_every", "gradient_checkpointing", "report_to",
+                              "world_size", "batch_size", "grad_accum"})
+_WEIGHTS = "model.safetensors"
+
 
 def vision_spec(vit_encoder: str | os.PathLike | None, image_size: int = 64, tokens: str = "all") -> dict[str, Any]:
-    """The vision-tower spec of the bundle: the HCMAE-exported ViT when ``vit_encoder`` exists, else
-    a small random timm ViT (``image_size`` px, patch 16, 192-d, 4 blocks) with a warning.
+    """The vision-tower spec of the bundle: the HCMAE-exported ViT when ``vit_encoder`` exists (with its
+    SHA-256, checked whenever the model is loaded again), else a small random timm ViT (``image_size``
+    px, patch 16, 192-d, 4 blocks) with a warning.
 
     A random tower carries no visual knowledge; it lets the pipeline run before Stage I has.
     """
     if vit_encoder and Path(vit_encoder).is_file():
-        return {"kind": "encoder_file", "path": str(vit_encoder), "tokens": tokens}
+        path = Path(vit_encoder).resolve()
+        return {"kind": "encoder_file", "path": str(path), "tokens": tokens, "sha256": sha256_file(path)}
     logger.warning("vision encoder %r not found: using a RANDOM ViT (%d px); train bundles/hcmae_pretrain first "
                    "for a real one", str(vit_encoder), image_size)
     return {"kind": "timm_vit", "seed": 0, "tokens": tokens,
@@ -62,32 +90,232 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-class VLMTrainer:
-    """Train a :class:`VisionLanguageModel` on LLaVA conversations.
+def config_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any],
+                       free: frozenset[str] = RESUME_FREE_KEYS) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded, requested)}`` for every key outside ``free`` whose values differ (JSON-normalised)."""
+    norm = json.loads(json.dumps({"a": dict(recorded), "b": dict(requested)}, sort_keys=True, default=str))
+    a, b = norm["a"], norm["b"]
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in free and a.get(k) != b.get(k)}
+
+
+def check_resume_config(checkpoint: str | os.PathLike, requested: Mapping[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` unless it was trained with the ``requested`` configuration.
+
+    Raises:
+        ValueError: the checkpoint has no recorded configuration, or keys differ (each one named,
+            with the checkpoint's and the requested value).
+    """
+    path = Path(checkpoint) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{checkpoint}: cannot resume: no {RUN_CONFIG_NAME} records what it was trained with; "
+                         "use another output_dir or --resume False to start over")
+    diff = config_differences(json.loads(path.read_text()), requested)
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{checkpoint}: cannot resume: the checkpoint was trained with a different configuration "
+                         f"(keys that differ: {', '.join(diff)}). {detail}. Use another output_dir, or "
+                         "--resume False to start over (the old checkpoints are then removed)")
+
+
+class VLMDataCollator:
+    """Samples of :class:`~hicur_monai.vlm.data.LlavaConversationDataset` -> a right-padded batch
+    (``input_ids``, ``attention_mask``, ``labels``, ``images``) for :meth:`VisionLanguageModel.forward`.
+    """
+
+    def __init__(self, model: VisionLanguageModel):
+        self.model = model
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch = self.model.collate(samples)
+        batch.pop("id", None)  # record ids are for messages, not for the model
+        return batch
+
+
+class VLMTrainer(Trainer):
+    """:class:`transformers.Trainer` for :class:`VisionLanguageModel`.
+
+    Checkpoints hold only the parameters that train (the projector; LoRA adapters or the LLM) as
+    ``model.safetensors`` and the run configuration (``run_config``, written as ``vlm_run.json``):
+    the frozen vision tower (checksummed file) and a frozen LLM base are rebuilt from their sources
+    on resume. Under DeepSpeed / FSDP the library's own checkpoint format is used as is.
+    """
+
+    def __init__(self, *args: Any, run_config: Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.run_config = dict(run_config or {})
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        import safetensors.torch
+
+        if not self.args.should_save:
+            return
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        state = state_dict if state_dict is not None else model.state_dict()
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        tensors, seen = {}, set()
+        for k, v in state.items():
+            if k in names and v.data_ptr() not in seen:  # tied weights are stored once
+                seen.add(v.data_ptr())
+                tensors[k] = v.detach().contiguous().cpu()
+        safetensors.torch.save_file(tensors, str(out / _WEIGHTS), metadata={"format": "pt"})
+        atomic_write_json(out / RUN_CONFIG_NAME, self.run_config)
+        torch.save(self.args, out / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        import safetensors.torch
+
+        model = model if model is not None else self.model
+        path = Path(resume_from_checkpoint) / _WEIGHTS
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or not path.is_file():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state = safetensors.torch.load_file(str(path), device="cpu")
+        own = dict(model.named_parameters())
+        unknown = sorted(set(state) - set(own))
+        missing = sorted(n for n, p in own.items() if p.requires_grad and n not in state
+                         and not any(p is own[k] for k in state if k in own))
+        if unknown or missing:
+            raise ValueError(f"{path}: does not match the model being trained (unexpected: {unknown[:5]}, "
+                             f"missing: {missing[:5]})")
+        model.load_state_dict(state, strict=False)
+        logger.info("resumed %d trained tensors from %s", len(state), path)
+
+
+class LossHistoryCallback(TrainerCallback):
+    """Append ``{"step", "epoch", "loss", "lr"}`` per logged step to a JSONL file (main process only);
+    force a checkpoint at the last step; stop with an error on a non-finite loss.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        if not logs or "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        if state.is_world_process_zero:
+            rec = {"step": state.global_step, "epoch": state.epoch, "loss": loss,
+                   "lr": float(logs.get("learning_rate", float("nan")))}
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        if not math.isfinite(loss):
+            raise RuntimeError(f"step {state.global_step}: non-finite loss {loss}; stopping (the last good "
+                               f"checkpoint is the previous checkpoint-* folder in {args.output_dir})")
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= state.max_steps:
+            control.should_save = True  # the last step is always checkpointed, so a rerun has nothing left to do
+        return control
+
+
+def _truncate_history(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the history lines up to ``step`` (later lines belong to steps a resume will redo)."""
+    hist = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    hist = [h for h in hist if h["step"] <= step]
+    path.write_text("".join(json.dumps(h) + "\n" for h in hist))
+    return hist
+
+
+def _saved_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / "vlm_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from {model_dir}: not a saved vision-language model (no vlm_config.json)")
+    return json.loads(path.read_text())
+
+
+def _flag(value: bool | str, name: str) -> bool:
+    """A yes/no setting from a bool or the strings the command line gives (``--resume false`` is the string "false").
+
+    Raises:
+        ValueError: anything else (names the setting).
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _resolve_bf16(bf16: bool | str, use_cpu: bool) -> bool:
+    if bf16 == "auto":
+        return (not use_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return _flag(bf16, "bf16")
+
+
+def _backend() -> str | None:
+    """The process-group backend when launched by ``torchrun`` with several processes (None otherwise)."""
+    return default_backend() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def _sharding(deepspeed: Mapping[str, Any] | str | None, fsdp: bool | str | None,
+              fsdp_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The TrainingArguments of DeepSpeed / FSDP that are set (the library validates them)."""
+    out: dict[str, Any] = {}
+    if deepspeed:
+        out["deepspeed"] = dict(deepspeed) if isinstance(deepspeed, Mapping) else str(deepspeed)
+    if fsdp:
+        out["fsdp"] = fsdp
+        out["fsdp_config"] = dict(fsdp_config or {})
+    return out
+
+
+@contextlib.contextmanager
+def _full_parameters(trainer: Trainer) -> Iterator[None]:
+    """Gather sharded parameters (DeepSpeed ZeRO-3, FSDP) on every rank while the final model is written."""
+    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
+            yield
+    elif trainer.is_fsdp_enabled:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(trainer.model_wrapped, writeback=False):
+            yield
+    else:
+        yield
+
+
+class VLMTraining:
+    """Train a :class:`VisionLanguageModel` on LLaVA conversations with :class:`VLMTrainer`.
 
     Args:
         data: LLaVA ``.json``/``.jsonl`` file (or a list of records).
-        output_dir: where ``model/``, ``checkpoint/``, ``loss_history.jsonl``, ``summary.json`` go.
+        output_dir: where ``model/``, ``checkpoint-*/``, ``loss_history.jsonl``, ``summary.json`` go.
         mode: ``"projector"`` (step 1), ``"lora"`` or ``"full"`` (step 2).
         model: a built model; or give ``init_from`` (a saved model: step 2 starts from step 1's
-            ``model/``) or ``vision`` + ``llm`` specs (see :meth:`VisionLanguageModel.build`).
+            ``model/``; its LLM and vision specs are used) or ``vision`` + ``llm`` specs
+            (see :meth:`VisionLanguageModel.build`).
         image_folder: folder the records' ``image`` paths are relative to.
         projector / max_length: for a model built from specs.
         lora: ``LoraConfig`` arguments for ``mode="lora"``.
         tune_projector: train the projector in step 2 too.
         epochs / max_steps: stop after ``epochs`` passes or ``max_steps`` optimizer steps.
-        batch_size / grad_accum: micro-batch size and accumulation steps per optimizer step.
+        batch_size / grad_accum: micro-batch size per process and accumulation steps per optimizer step
+            (the global batch is ``batch_size * processes * grad_accum``).
         lr / weight_decay / warmup_ratio: AdamW and the warm-up share of a cosine schedule.
         gradient_checkpointing: recompute LLM activations (memory for time).
         bf16: ``"auto"`` (CUDA with bf16 support), True or False.
-        device: torch device; None picks CUDA when available.
-        seed: for shuffling and dropout.
-        save_every: optimizer steps between checkpoints (0: only at the end).
-        resume: continue from ``OUT/checkpoint`` when present.
+        device: ``"cpu"`` forces the CPU; None uses the GPU of the process when there is one.
+        seed: for shuffling, dropout and the data order.
+        save_every: optimizer steps between checkpoints (0: only the last step).
+        resume: continue from the last ``checkpoint-*`` when present (refused when its configuration
+            differs; ``False`` removes old checkpoints and starts over).
         limit: use only the first ``limit`` records (trial runs).
         num_workers: DataLoader workers.
         max_grad_norm: gradient clipping (0: none).
-        progress: show a tqdm bar.
+        progress: show the Trainer's progress bar.
+        report_to: the Trainer's loggers (``"none"``, ``"tensorboard"``, ``"mlflow"``, a list).
+        deepspeed: a DeepSpeed config (dict or JSON path), e.g. ``configs/zero3.json``'s.
+        fsdp / fsdp_config: the Trainer's FSDP switch and settings (``configs/fsdp.json``).
+        ddp_backend: process-group backend (default: ``nccl`` with CUDA, else ``gloo``).
+        save_total_limit: checkpoints kept (the oldest are deleted).
+        run_name: the run's name in the loggers.
     """
 
     def __init__(self, data: str | os.PathLike | Sequence[Mapping[str, Any]], output_dir: str | os.PathLike,
@@ -99,179 +327,133 @@ class VLMTrainer:
                  grad_accum: int = 1, lr: float = 1e-3, weight_decay: float = 0.0, warmup_ratio: float = 0.03,
                  gradient_checkpointing: bool = False, bf16: bool | str = "auto", device: str | None = None,
                  seed: int = 0, save_every: int = 0, resume: bool = True, limit: int | None = None,
-                 num_workers: int = 0, max_grad_norm: float = 1.0, progress: bool = True):
+                 num_workers: int = 0, max_grad_norm: float = 1.0, progress: bool = True,
+                 report_to: str | Sequence[str] = "none", deepspeed: Mapping[str, Any] | str | None = None,
+                 fsdp: bool | str | None = None, fsdp_config: Mapping[str, Any] | None = None,
+                 ddp_backend: str | None = None, save_total_limit: int | None = 2, run_name: str | None = None):
         self.out = Path(output_dir)
         self.mode = mode
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.ckpt = self.out / "checkpoint"
-        self.resumed = bool(resume and (self.ckpt / "trainer_state.pt").is_file())
-        if self.resumed:
-            model = VisionLanguageModel.from_pretrained(self.ckpt, is_trainable=True)
-        elif model is None:
-            if init_from:
-                model = VisionLanguageModel.from_pretrained(init_from, is_trainable=True)
-            elif vision is not None and llm is not None:
-                model = VisionLanguageModel.build(vision, llm, projector, max_length)
-            else:
-                raise ValueError("VLMTrainer needs model=, init_from= (a saved model) or vision= and llm= specs")
-        self.model = model.to(self.device)
-        self.params = self.model.configure_training(mode, lora, tune_projector, gradient_checkpointing)
-        if not self.params:
-            raise ValueError(f"nothing to train in mode {mode!r}")
-        self.dataset = LlavaConversationDataset(data, self.model, image_folder, limit=limit)
-        self.batch_size, self.grad_accum = int(batch_size), max(1, int(grad_accum))
-        self.epochs, self.seed = int(epochs), int(seed)
-        self.num_workers = int(num_workers)
-        batches = math.ceil(len(self.dataset) / self.batch_size)
-        self.steps_per_epoch = max(1, batches // self.grad_accum)  # a last partial accumulation is dropped
-        total = self.steps_per_epoch * self.epochs
-        self.total_steps = min(total, int(max_steps)) if max_steps else total
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        from monai.optimizers import WarmupCosineSchedule
-
-        self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=int(warmup_ratio * self.total_steps),
-                                              t_total=max(1, self.total_steps))
-        self.bf16 = bf16
-        self.save_every = int(save_every)
-        self.max_grad_norm = float(max_grad_norm)
-        self.progress = progress
-        self.step, self.epoch = 0, 0
-        self.settings = {"mode": mode, "lr": lr, "batch_size": batch_size, "grad_accum": self.grad_accum,
+        resume, progress = _flag(resume, "resume"), _flag(progress, "progress")
+        gradient_checkpointing = _flag(gradient_checkpointing, "gradient_checkpointing")
+        tune_projector = _flag(tune_projector, "tune_projector")
+        use_cpu = device == "cpu" or not torch.cuda.is_available()
+        if use_cpu and (deepspeed or fsdp):
+            raise ValueError("deepspeed / fsdp need GPUs: accelerate runs FSDP and DeepSpeed only on multi-GPU "
+                             "setups and would silently train plain data-parallel on the CPU; drop the zero3.json / "
+                             "fsdp.json overlay (multi_gpu_train.json is the CPU data-parallel overlay)")
+        self.args = TrainingArguments(
+            output_dir=str(self.out), per_device_train_batch_size=int(batch_size),
+            gradient_accumulation_steps=max(1, int(grad_accum)), num_train_epochs=float(epochs),
+            max_steps=int(max_steps) if max_steps else -1, learning_rate=float(lr), weight_decay=float(weight_decay),
+            warmup_steps=float(warmup_ratio), lr_scheduler_type="cosine", optim="adamw_torch",
+            max_grad_norm=float(max_grad_norm), bf16=_resolve_bf16(bf16, use_cpu), use_cpu=use_cpu,
+            seed=int(seed), data_seed=int(seed), logging_steps=1, logging_nan_inf_filter=False,
+            save_strategy="steps", save_steps=int(save_every) if save_every else 10**9,
+            save_total_limit=save_total_limit, report_to=report_to, run_name=run_name or self.out.name,
+            dataloader_num_workers=int(num_workers), dataloader_pin_memory=not use_cpu,
+            disable_tqdm=not progress, remove_unused_columns=False, ddp_backend=ddp_backend or _backend(),
+            ddp_find_unused_parameters=False, **_sharding(deepspeed, fsdp, fsdp_config))
+        if model is not None:
+            llm_spec = {k: v for k, v in model.llm_spec.items() if k != "in_memory"}
+            vis_spec = dict(model.vision_spec)
+        elif init_from:
+            saved = _saved_config(init_from)
+            llm_spec, vis_spec = saved["llm"].get("source", saved["llm"]), saved["vision"]
+        elif vision is not None and llm is not None:
+            llm_spec, vis_spec = dict(llm), dict(vision)
+        else:
+            raise ValueError("VLMTraining needs model=, init_from= (a saved model) or vision= and llm= specs")
+        self.settings = {"mode": mode, "lr": lr, "batch_size": batch_size, "grad_accum": self.args.gradient_accumulation_steps,
                          "epochs": epochs, "max_steps": max_steps, "weight_decay": weight_decay,
                          "warmup_ratio": warmup_ratio, "gradient_checkpointing": gradient_checkpointing,
-                         "tune_projector": tune_projector, "lora": dict(lora) if lora else None, "seed": seed,
-                         "data": str(data) if isinstance(data, (str, os.PathLike)) else "<records>"}
-        if self.resumed:
-            self._load_state()
+                         "tune_projector": tune_projector, "lora": dict(lora) if lora and mode == "lora" else None,
+                         "seed": seed, "data": str(data) if isinstance(data, (str, os.PathLike)) else "<records>"}
+        self.run_config = {**self.settings, "llm": llm_spec, "vision": vis_spec, "projector": projector,
+                           "max_length": int(max_length), "init_from": str(init_from) if init_from else None,
+                           "image_folder": str(image_folder) if image_folder else None, "limit": limit,
+                           "bf16": self.args.bf16, "max_grad_norm": float(max_grad_norm),
+                           "world_size": self.args.world_size,
+                           "global_batch_size": int(batch_size) * self.args.world_size * self.args.gradient_accumulation_steps}
+        self.resume_from = self._checkpoint_to_resume(resume)
+        set_seed(int(seed))  # the projector's initialisation (the same on every process)
+        if model is None:
+            model = (VisionLanguageModel.from_pretrained(init_from, is_trainable=True) if init_from
+                     else VisionLanguageModel.build(vision, llm, projector, max_length))
+        self.model = model
+        self.params = model.configure_training(mode, lora, tune_projector, gradient_checkpointing)
+        if not self.params:
+            raise ValueError(f"nothing to train in mode {mode!r}")
+        self.dataset = LlavaConversationDataset(data, model, image_folder, limit=limit)
+        self.trainer = VLMTrainer(model=model, args=self.args, train_dataset=self.dataset,
+                                  data_collator=VLMDataCollator(model), run_config=self.run_config,
+                                  callbacks=[LossHistoryCallback(self.out / "loss_history.jsonl")])
 
-    # ------------------------------------------------------------------ checkpointing
-    def _load_state(self) -> None:
-        state = torch.load(self.ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
-        logger.info("resumed from %s at step %d (epoch %d)", self.ckpt, self.step, self.epoch)
-
-    def save_checkpoint(self) -> Path:
-        """Model + trainer state in ``OUT/checkpoint`` (the folder is swapped in atomically)."""
-        tmp = self.out / ".checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp, extra={"training": self.settings})
-        atomic_save_torch({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                           "step": self.step, "epoch": self.epoch, "torch_rng": torch.get_rng_state(),
-                           "python_rng": random.getstate(), "numpy_rng": np.random.get_state()},
-                          tmp / "trainer_state.pt")
-        old = self.out / ".checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self.ckpt.exists():
-            os.replace(self.ckpt, old)
-        os.replace(tmp, self.ckpt)
-        shutil.rmtree(old, ignore_errors=True)
-        return self.ckpt
-
-    # ------------------------------------------------------------------ loop
-    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=g,
-                                           collate_fn=self.model.collate, num_workers=self.num_workers)
-
-    def train_step(self, batches: Sequence[Mapping[str, Any]]) -> float | None:
-        """One optimizer step over ``batches`` (gradient accumulation); returns the mean loss or None if skipped."""
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        losses = []
-        for batch in batches:
-            with self.model.autocast(self.bf16):
-                out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["images"])
-            loss = out.loss
-            if not torch.isfinite(loss):
-                ids = batch.get("id", [])
-                logger.warning("step %d: non-finite loss %s on records %s; step skipped", self.step, loss.item(), ids)
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            (loss / len(batches)).backward()
-            losses.append(float(loss.detach()))
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(np.mean(losses))
+    def _checkpoint_to_resume(self, resume: bool) -> str | None:
+        """The last ``checkpoint-*`` when resuming (after checking its configuration); old ones removed otherwise."""
+        last = get_last_checkpoint(str(self.out)) if self.out.is_dir() else None
+        if last is None:
+            if (self.out / "checkpoint" / "trainer_state.pt").is_file():
+                logger.warning("%s: a checkpoint of the old hand-written trainer; it cannot be resumed and is "
+                               "ignored", self.out / "checkpoint")
+            return None
+        if resume:
+            check_resume_config(last, self.run_config)
+            return last
+        if self.args.should_save:
+            for old in self.out.glob("checkpoint-*"):
+                logger.warning("resume=false: removing the old checkpoint %s", old)
+                shutil.rmtree(old, ignore_errors=True)
+        return None
 
     def run(self) -> dict[str, Any]:
         """Train until ``epochs`` / ``max_steps``; save ``model/`` and ``summary.json``; return the summary."""
-        self.out.mkdir(parents=True, exist_ok=True)
         hist_path = self.out / "loss_history.jsonl"
-        history = [json.loads(x) for x in hist_path.read_text().splitlines() if x.strip()] if (
-            self.resumed and hist_path.is_file()) else []
-        history = [h for h in history if h["step"] <= self.step]
-        hist = hist_path.open("w" if not self.resumed else "a", encoding="utf-8")
-        if self.resumed:  # rewrite the log up to the checkpoint (later lines belong to lost steps)
-            hist.close()
-            hist_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-            hist = hist_path.open("a", encoding="utf-8")
+        start = 0
+        if self.resume_from:
+            start = int(json.loads((Path(self.resume_from) / "trainer_state.json").read_text())["global_step"])
+        if self.trainer.is_world_process_zero():
+            self.out.mkdir(parents=True, exist_ok=True)
+            _truncate_history(hist_path, start)
+        self.trainer.accelerator.wait_for_everyone()
         t0 = time.time()
-        bad_in_row = 0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"vlm {self.mode}", unit="step",
-                   disable=not self.progress)
-        try:
-            while self.step < self.total_steps:
-                pending: list[Mapping[str, Any]] = []
-                batches_done = 0
-                # after a resume, skip the batches of this epoch that the checkpoint already trained on
-                skip = max(0, self.step - self.epoch * self.steps_per_epoch) * self.grad_accum if self.resumed else 0
-                for batch in self._loader(self.epoch):
-                    batches_done += 1
-                    if batches_done <= skip:
-                        continue
-                    pending.append(batch)
-                    if len(pending) < self.grad_accum:
-                        continue
-                    loss = self.train_step(pending)
-                    pending = []
-                    if loss is None:
-                        bad_in_row += 1
-                        if bad_in_row >= 10:
-                            raise RuntimeError(f"{bad_in_row} optimizer steps in a row had a non-finite loss; stopping "
-                                               f"(last good checkpoint: {self.ckpt})")
-                        continue
-                    bad_in_row = 0
-                    self.step += 1
-                    rec = {"step": self.step, "epoch": self.epoch, "loss": loss,
-                           "lr": self.optimizer.param_groups[0]["lr"]}
-                    history.append(rec)
-                    hist.write(json.dumps(rec) + "\n")
-                    hist.flush()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    if self.save_every and self.step % self.save_every == 0:
-                        self.save_checkpoint()
-                    if self.step >= self.total_steps:
-                        break
-                self.resumed = False
-                self.epoch += 1
-        finally:
-            bar.close()
-            hist.close()
-        self.save_checkpoint()
-        self.model.save_pretrained(self.out / "model", extra={"training": self.settings})
+        if self.resume_from and start >= self.total_steps():
+            logger.info("%s: the checkpoint has all %d steps; nothing left to train", self.resume_from, start)
+            self.trainer._load_from_checkpoint(self.resume_from)
+            self.trainer.state.global_step = start
+        else:
+            self.trainer.train(resume_from_checkpoint=self.resume_from)
+        with _full_parameters(self.trainer):
+            if self.trainer.is_world_process_zero():
+                self.model.save_pretrained(self.out / "model", extra={"training": self.settings})
+        summary = self._summary(hist_path, time.time() - t0)
+        if self.trainer.is_world_process_zero():
+            atomic_write_json(self.out / "summary.json", summary)
+        self.trainer.accelerator.wait_for_everyone()
+        logger.info("trained %d steps: loss %s -> %s", summary["steps"], summary["loss_first"], summary["loss_last"])
+        return summary
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run, as the Trainer counts them (``max_steps``, else epochs x steps per epoch)."""
+        if self.args.max_steps > 0:
+            return int(self.args.max_steps)
+        batches = len(self.trainer.get_train_dataloader())
+        return max(1, math.ceil(batches / self.args.gradient_accumulation_steps)) * math.ceil(self.args.num_train_epochs)
+
+    def _summary(self, hist_path: Path, seconds: float) -> dict[str, Any]:
+        history = [json.loads(x) for x in hist_path.read_text().splitlines() if x.strip()] if hist_path.is_file() else []
         losses = [h["loss"] for h in history]
         k = max(1, len(losses) // 10)
-        summary = {
+        return {
             **self.settings,
             "records": len(self.dataset),
             "skipped_records": self.dataset.skipped,
-            "steps": self.step,
+            "steps": int(self.trainer.state.global_step),
+            "processes": self.args.world_size,
+            "global_batch_size": self.run_config["global_batch_size"],
             "trainable_parameters": int(sum(p.numel() for p in self.params)),
-            "loss_first": float(np.mean(losses[:k])) if losses else None,
-            "loss_last": float(np.mean(losses[-k:])) if losses else None,
-            "seconds": round(time.time() - t0, 1),
+            "loss_first": sum(losses[:k]) / k if losses else None,
+            "loss_last": sum(losses[-k:]) / k if losses else None,
+            "seconds": round(seconds, 1),
             "model": str(self.out / "model"),
-            "device": str(self.device),
+            "device": str(self.args.device),
         }
-        atomic_write_json(self.out / "summary.json", summary)
-        logger.info("trained %d steps: loss %.4f -> %.4f", self.step, summary["loss_first"] or float("nan"),
-                    summary["loss_last"] or float("nan"))
-        return summary
