@@ -266,6 +266,7 @@ def _chromium() -> tuple[str, str]:
 def test_browser_login_score_next_logout_login_score_kept(site):
     chrome, chromedriver = _chromium()
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -297,6 +298,22 @@ def test_browser_login_score_next_logout_login_score_kept(site):
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(str(value))
         box.send_keys(Keys.TAB)
+        # the page has taken the value when the slider's range input shows it
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#score-{criterion} input[type=range]")
+                   .get_attribute("value") == str(value))
+
+    def submit_until(done) -> None:
+        """Click submit until ``done()``: each slider's 'touched' mark makes a round trip to the server,
+        and a click that overtakes it is refused as untouched (no score stored), so clicking again is
+        safe. Bounded: 5 clicks."""
+        for _ in range(5):
+            driver.find_element(By.ID, "submit").click()
+            try:
+                WebDriverWait(driver, 20).until(lambda d: done())
+                return
+            except TimeoutException:
+                continue
+        raise AssertionError("submit did not go through in 5 clicks")
 
     try:
         driver.get(url)
@@ -310,9 +327,7 @@ def test_browser_login_score_next_logout_login_score_kept(site):
         assert store.progress("browser") == (0, total)
         for criterion, value in zip(CRITERIA, (0, 7, 8, 3)):
             set_score(criterion, value)
-        time.sleep(0.5)
-        driver.find_element(By.ID, "submit").click()
-        wait.until(lambda d: f"1 of {total} scored" in header())
+        submit_until(lambda: f"1 of {total} scored" in header())
         assert header().splitlines()[-1] != first  # moved on to the next answer
         assert "Not scored yet" in driver.find_element(By.ID, "status").text
         item_id, label = first.split(" · ")[0].split()[-1], first.split()[-1]
@@ -324,7 +339,7 @@ def test_browser_login_score_next_logout_login_score_kept(site):
         login()
         assert f"1 of {total} scored" in header()
         driver.find_element(By.CSS_SELECTOR, "#browse input[type=checkbox]").click()
-        time.sleep(0.5)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#browse input[type=checkbox]").is_selected())
         driver.find_element(By.ID, "prev").click()
         wait.until(lambda d: header().splitlines()[-1] == first)
         assert "Scored by you" in driver.find_element(By.ID, "status").text
