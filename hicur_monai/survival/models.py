@@ -6,13 +6,14 @@ and survival curves ``S(t | x)`` at chosen times, so every metric and report tre
 alike.
 
 * :class:`CoxModel` wraps lifelines' :class:`~lifelines.CoxPHFitter` (Efron ties, optional
-  ridge/elastic-net penalty, stratification) and adds the hazard-ratio table and the
-  baseline survival.
+  ridge/elastic-net penalty, stratification) on standardised covariates, checks that the fit
+  converged (retrying with smaller Newton-Raphson steps, else :class:`FitError` naming the
+  cause) and adds the hazard-ratio table (on the user's scale) and the baseline survival.
 * :class:`DeepSurv` trains :class:`~hicur_monai.networks.prognosis.DeepSurvNet` with the
   Efron negative partial log-likelihood (:mod:`hicur_monai.survival.losses`), full batch,
   Adam, inputs standardised on the training data, L2 on the output layer, early stopping on
   an internal validation split, an ensemble over several seeds, and a Breslow baseline
-  hazard so it predicts survival curves.
+  hazard so it predicts survival curves; a non-finite loss raises :class:`FitError`.
 """
 
 from __future__ import annotations
