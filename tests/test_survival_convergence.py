@@ -122,3 +122,21 @@ def test_flchain_matches_scikit_survival():
     plain = CoxModel(penalizer=0.0).fit(keep)
     sk = CoxPHSurvivalAnalysis(ties="efron").fit(xtr.drop(columns=["sample.yr=2002"]), ytr)
     np.testing.assert_allclose(plain.hazard_ratios()["coef"].to_numpy(), sk.coef_, rtol=1e-4, atol=1e-5)
+
+
+def test_models_saved_before_standardisation_still_predict(tmp_path):
+    """A pickled CoxModel without ``mean_``/``scale_`` (older files) predicts as it did."""
+    from lifelines.datasets import load_rossi
+
+    from hicur_monai.survival.models import load_model, save_model
+
+    df = load_rossi()
+    m = CoxModel(penalizer=0.0).fit(df, "week", "arrest")
+    old = CoxModel(penalizer=0.0)
+    old.__dict__.update({k: v for k, v in m.__dict__.items() if k not in ("mean_", "scale_", "binary_")})
+    old.fitter_ = __import__("lifelines").CoxPHFitter(penalizer=0.0).fit(df, "week", "arrest")  # raw columns
+    del old.__dict__["mean_"], old.__dict__["scale_"]
+    save_model(old, tmp_path / "old.pt")
+    back = load_model(tmp_path / "old.pt")["model"]
+    np.testing.assert_allclose(back.predict_risk(df), m.predict_risk(df), atol=1e-6)
+    assert back.hazard_ratios().loc["prio", "coef"] == pytest.approx(0.0915, abs=1e-3)

@@ -272,6 +272,14 @@ class CoxModel:
             raise RuntimeError("CoxModel is not fitted; call fit() first")
         return self.fitter_
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Models saved before standardisation was added were fitted on the raw columns: identity scaling."""
+        self.__dict__.update(state)
+        if "mean_" not in state and state.get("fitter_") is not None:
+            self.mean_ = pd.Series(0.0, index=self.covariates)
+            self.scale_ = pd.Series(1.0, index=self.covariates)
+            self.binary_, self.convergence_ = [], {"converged": None, "note": "saved by an older version"}
+
     def _lifelines_input(self, df: pd.DataFrame, where: str) -> pd.DataFrame:
         self._need_fit()
         _check_frame(df, self.covariates, where)
