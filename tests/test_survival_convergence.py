@@ -141,3 +141,10 @@ def test_models_saved_before_standardisation_still_predict(tmp_path):
     back = load_model(tmp_path / "old.pt")["model"]
     np.testing.assert_allclose(back.predict_risk(df), m.predict_risk(df), atol=1e-6)
     assert back.hazard_ratios().loc["prio", "coef"] == pytest.approx(0.0915, abs=1e-3)
+
+
+def test_workflow_error_names_endpoint_fold_and_model():
+    from hicur_monai.survival.workflow import cross_validate
+
+    with pytest.raises(FitError, match=r"cross-validation fold \d/3, model 'cox': CoxModel.fit: .*marker"):
+        cross_validate(_separated(120), {"cox": {"penalizer": 0.0}}, n_folds=3, progress=False)

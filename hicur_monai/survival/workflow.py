@@ -130,6 +130,15 @@ def _grid(horizons: Sequence[float], max_time: float) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(horizons, float), np.linspace(1.0, max(max_time, 2.0), 60)]))
 
 
+@contextlib.contextmanager
+def _fit_context(where: str) -> Iterator[None]:
+    """Re-raise a :class:`FitError` with ``where`` (endpoint, model) in front of its message."""
+    try:
+        yield
+    except FitError as err:
+        raise FitError(f"{where}: {err}", err.attempts) from err
+
+
 def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | None],
                    image_columns: Sequence[str] = (), n_folds: int = 5, seed: int = 0,
                    horizons: Sequence[float] = DEFAULT_HORIZONS, progress: bool = True) -> dict[str, Any]:
@@ -158,10 +167,8 @@ def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | No
         fold[te] = k
         for name, params in models.items():
             t0 = _time.perf_counter()
-            try:
+            with _fit_context(f"cross-validation fold {k + 1}/{n_folds}, model {name!r}"):
                 m = build_model(name, params, image_columns).fit(df.iloc[tr])
-            except FitError as err:
-                raise FitError(f"cross-validation fold {k + 1}/{n_folds}, model {name!r}: {err}", err.attempts) from err
             res[name]["fit_seconds"].append(_time.perf_counter() - t0)
             res[name]["convergence"].append(dict(m.model.convergence_))
             risk = m.predict_risk(df.iloc[te])
@@ -173,15 +180,6 @@ def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | No
     if bar is not None:
         bar.close()
     return {"grid": grid, "fold": fold, "models": res, "n_folds": n_folds, "seed": seed}
-
-
-@contextlib.contextmanager
-def _fit_context(where: str) -> Iterator[None]:
-    """Re-raise a :class:`FitError` with ``where`` (endpoint, model) in front of its message."""
-    try:
-        yield
-    except FitError as err:
-        raise FitError(f"{where}: {err}", err.attempts) from err
 
 
 def _model_params(models: Sequence[str], cox: Mapping | None, deepsurv: Mapping | None) -> dict[str, dict]:
