@@ -86,6 +86,17 @@ def test_bundle_configs_parse():
         assert parser["endpoints"] == "all" and parser["models"] == ["cox", "deepsurv"]
 
 
+def test_inference_config_runs_alone():
+    """``hicur ask`` suggests inference.json by itself: it must resolve without train.json."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    assert parser.get_parsed_content("prediction_csv") == "runs/npc_prognosis/predictions.csv"
+    assert parser.get_parsed_content("input_table") == "demo_data/clinical/clinical.csv"
+    assert parser.get_parsed_content("model_dir") == "runs/npc_prognosis"
+
+
 @pytest.mark.slow
 def test_bundle_and_cli_end_to_end(small_table, tmp_path):
     csv, _ = small_table
@@ -96,13 +107,20 @@ def test_bundle_and_cli_end_to_end(small_table, tmp_path):
     train_cfg = str(BUNDLE / "configs" / "train.json")
     subprocess.run(run + [train_cfg] + common, check=True, cwd=ROOT, capture_output=True)
     assert (tmp_path / "b" / "models" / "os_deepsurv.pt").is_file()
+    infer_only = ["--dataset_dir", str(dataset_dir), "--output_dir", str(tmp_path / "b"), "--endpoints", "os",
+                  "--salt", "s"]
+    r = subprocess.run(run + [str(BUNDLE / "configs" / "inference.json")] + infer_only, cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pred = pd.read_csv(tmp_path / "b" / "predictions.csv")
+    assert set(pred["model"]) == {"cox", "deepsurv"} and set(pred["endpoint"]) == {"os"}
     r = subprocess.run([sys.executable, "-m", "hicur_monai.cli", "report", "survival", str(csv), "--out",
                         str(tmp_path / "r"), "--endpoints", "os", "--folds", "3", "--boot", "20",
                         "--boot-calibration", "10", "--deepsurv-seeds", "1", "--truth",
                         str(csv.parent / "truth.json"), "--salt", "s"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     html = (tmp_path / "r" / "survival_report.html").read_text()
-    for section in ("Cohort", "Kaplan-Meier", "Proportional-hazards check", "Model comparison", "Calibration",
-                    "TRIPOD+AI", "true log hazard ratios", "data:image/png;base64,"):
+    for section in ("Cohort", "Table 1", "Kaplan-Meier", "Model fitting and convergence", "Proportional-hazards check",
+                    "Model comparison", "Calibration", "TRIPOD+AI", "true log hazard ratios", "data:image/png;base64,"):
         assert section in html, section
     assert "os: n=" in r.stdout

@@ -33,7 +33,7 @@ import pandas as pd
 from hicur_monai.utils.csv_safe import neutralize_formulas
 from hicur_monai.utils.io import atomic_write_bytes, atomic_write_text
 
-from .agreement import icc, krippendorff_alpha, rating_matrix
+from .agreement import icc_table, krippendorff_alpha, rating_matrix
 from .judge import CRITERIA
 from .records import iter_jsonl, read_items
 
@@ -239,15 +239,28 @@ def agreement_table(judgments: pd.DataFrame | None, physicians: pd.DataFrame | N
                     scores: pd.DataFrame) -> pd.DataFrame:
     """Agreement per criterion: among physicians, among judge runs, judge vs physicians.
 
-    Units are (item, system) answers. ICCs use the answers every rater scored; Krippendorff's
-    alpha (interval) uses every rating.
+    Units are (item, system) answers. ICCs use the answers every rater scored, with their
+    95% CI and the p-value of the F-test of ICC = 0 (:func:`~.agreement.icc_table`);
+    Krippendorff's alpha (interval) uses every rating.
     """
     rows = []
     unit = ["item_id", "system"]
 
-    def add(criterion: str, between: str, measure: str, value: float, n_units: int, n_raters: int) -> None:
+    def add(criterion: str, between: str, measure: str, value: float, n_units: int, n_raters: int,
+            ci: tuple[float, float, float] = (np.nan, np.nan, np.nan)) -> None:
         rows.append({"criterion": criterion, "between": between, "measure": measure, "value": value,
-                     "n_units": n_units, "n_raters": n_raters})
+                     "ci_low": ci[0], "ci_high": ci[1], "p": ci[2], "n_units": n_units, "n_raters": n_raters})
+
+    def iccs(mat: np.ndarray) -> pd.DataFrame | None:
+        return icc_table(mat) if len(mat) >= 2 else None
+
+    def add_icc(criterion: str, between: str, form: str, table: pd.DataFrame | None, n_raters: int,
+                n_units: int) -> None:
+        if table is None:
+            add(criterion, between, form, float("nan"), n_units, n_raters)
+            return
+        r = table.loc[form]
+        add(criterion, between, form, float(r["icc"]), n_units, n_raters, (r["ci_low"], r["ci_high"], r["p"]))
 
     for between, df, rater in (("physicians", physicians, "rater"), ("judge runs", judgments, "run")):
         if df is None or df.empty:
@@ -258,9 +271,9 @@ def agreement_table(judgments: pd.DataFrame | None, physicians: pd.DataFrame | N
             k = mat.shape[1]
             if k < 2:
                 continue
-            forms = icc(complete.to_numpy()) if len(complete) >= 2 else {}
+            forms = iccs(complete.to_numpy())
             for form in ("ICC(2,1)", "ICC(2,k)"):
-                add(criterion, between, form, forms.get(form, float("nan")), len(complete), k)
+                add_icc(criterion, between, form, forms, k, len(complete))
             add(criterion, between, "krippendorff_alpha_interval",
                 _safe(krippendorff_alpha, mat.to_numpy().T), int(mat.notna().sum(axis=1).ge(2).sum()), k)
     if judgments is not None and physicians is not None:
@@ -269,11 +282,11 @@ def agreement_table(judgments: pd.DataFrame | None, physicians: pd.DataFrame | N
         for criterion, g in scores.groupby("criterion", sort=True):
             both = g.dropna(subset=["judge", "physician"])
             pair = both[["judge", "physician"]].to_numpy()
-            forms = icc(pair) if len(pair) >= 2 else {}
-            add(criterion, "judge vs physicians", "ICC(2,1)", forms.get("ICC(2,1)", float("nan")), len(pair), 2)
+            add_icc(criterion, "judge vs physicians", "ICC(2,1)", iccs(pair), 2, len(pair))
             rho = spearmanr(pair[:, 0], pair[:, 1]).statistic if len(pair) >= 3 else float("nan")
             add(criterion, "judge vs physicians", "spearman", float(rho), len(pair), 2)
-    return pd.DataFrame(rows, columns=["criterion", "between", "measure", "value", "n_units", "n_raters"])
+    return pd.DataFrame(rows, columns=["criterion", "between", "measure", "value", "ci_low", "ci_high", "p",
+                                       "n_units", "n_raters"])
 
 
 def pairwise_table(scores: pd.DataFrame, source: str = "final", n_resamples: int = 2000,

@@ -2,7 +2,9 @@
 
 :func:`icc` computes the six intraclass correlations of Shrout & Fleiss (1979) from a
 complete targets x raters matrix with the two-way ANOVA mean squares (checked in the tests
-against the paper's own worked example). :func:`krippendorff_alpha` wraps the
+against the paper's own worked example); :func:`icc_table` adds each form's F-test and
+confidence interval (Shrout & Fleiss 1979; McGraw & Wong 1996, with the Satterthwaite
+degrees of freedom for the absolute-agreement forms). :func:`krippendorff_alpha` wraps the
 ``krippendorff`` package, which handles missing ratings. :func:`rating_matrix` turns long
 score tables into the matrices both need.
 """
@@ -14,28 +16,24 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["ICC_FORMS", "icc", "krippendorff_alpha", "rating_matrix"]
+__all__ = ["ICC_FORMS", "icc", "icc_table", "krippendorff_alpha", "rating_matrix"]
 
 #: the forms :func:`icc` returns, in Shrout & Fleiss notation (k = number of raters)
 ICC_FORMS = ("ICC(1,1)", "ICC(2,1)", "ICC(3,1)", "ICC(1,k)", "ICC(2,k)", "ICC(3,k)")
 
 
-def icc(ratings: np.ndarray | pd.DataFrame | Sequence[Sequence[float]]) -> dict[str, float]:
-    """Intraclass correlation coefficients of a targets x raters matrix.
+#: McGraw & Wong's names of the forms
+ICC_DESCRIPTIONS = {
+    "ICC(1,1)": "one-way random, single rater",
+    "ICC(2,1)": "two-way random, absolute agreement, single rater",
+    "ICC(3,1)": "two-way mixed, consistency, single rater",
+    "ICC(1,k)": "one-way random, mean of k raters",
+    "ICC(2,k)": "two-way random, absolute agreement, mean of k raters",
+    "ICC(3,k)": "two-way mixed, consistency, mean of k raters",
+}
 
-    ICC(2,k) — two-way random effects, absolute agreement, mean of k raters — is the form
-    used for "is the average physician score reproducible"; ICC(2,1) is the reliability of a
-    single rater.
 
-    Args:
-        ratings: ``n`` targets (rows) x ``k`` raters (columns), no missing values.
-
-    Returns:
-        A dict keyed by :data:`ICC_FORMS`.
-
-    Raises:
-        ValueError: with fewer than 2 targets or 2 raters, or missing / non-finite values.
-    """
+def _mean_squares(ratings: np.ndarray | pd.DataFrame | Sequence[Sequence[float]]) -> dict[str, float]:
     y = np.asarray(ratings, dtype=float)
     if y.ndim != 2:
         raise ValueError(f"ratings must be a 2-D targets x raters matrix, got shape {y.shape}")
@@ -47,24 +45,96 @@ def icc(ratings: np.ndarray | pd.DataFrame | Sequence[Sequence[float]]) -> dict[
     grand = y.mean()
     ss_rows = k * ((y.mean(axis=1) - grand) ** 2).sum()
     ss_cols = n * ((y.mean(axis=0) - grand) ** 2).sum()
-    ss_total = ((y - grand) ** 2).sum()
-    ss_err = ss_total - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
-    mse = ss_err / ((n - 1) * (k - 1))
-    msw = (ss_cols + ss_err) / (n * (k - 1))
+    ss_err = ((y - grand) ** 2).sum() - ss_rows - ss_cols
+    return {"n": n, "k": k, "msr": ss_rows / (n - 1), "msc": ss_cols / (k - 1),
+            "mse": ss_err / ((n - 1) * (k - 1)), "msw": (ss_cols + ss_err) / (n * (k - 1))}
 
-    def ratio(num: float, den: float) -> float:
-        return float(num / den) if den != 0 else float("nan")
 
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den != 0 else float("nan")
+
+
+def icc(ratings: np.ndarray | pd.DataFrame | Sequence[Sequence[float]]) -> dict[str, float]:
+    """Intraclass correlation coefficients of a targets x raters matrix.
+
+    ICC(2,k) — two-way random effects, absolute agreement, mean of k raters — is the form
+    used for "is the average physician score reproducible"; ICC(2,1) is the reliability of a
+    single rater. :func:`icc_table` gives the same values with F-tests and confidence intervals.
+
+    Args:
+        ratings: ``n`` targets (rows) x ``k`` raters (columns), no missing values.
+
+    Returns:
+        A dict keyed by :data:`ICC_FORMS`.
+
+    Raises:
+        ValueError: with fewer than 2 targets or 2 raters, or missing / non-finite values.
+    """
+    m = _mean_squares(ratings)
+    n, k, msr, msc, mse, msw = m["n"], m["k"], m["msr"], m["msc"], m["mse"], m["msw"]
     return {
-        "ICC(1,1)": ratio(msr - msw, msr + (k - 1) * msw),
-        "ICC(2,1)": ratio(msr - mse, msr + (k - 1) * mse + k * (msc - mse) / n),
-        "ICC(3,1)": ratio(msr - mse, msr + (k - 1) * mse),
-        "ICC(1,k)": ratio(msr - msw, msr),
-        "ICC(2,k)": ratio(msr - mse, msr + (msc - mse) / n),
-        "ICC(3,k)": ratio(msr - mse, msr),
+        "ICC(1,1)": _ratio(msr - msw, msr + (k - 1) * msw),
+        "ICC(2,1)": _ratio(msr - mse, msr + (k - 1) * mse + k * (msc - mse) / n),
+        "ICC(3,1)": _ratio(msr - mse, msr + (k - 1) * mse),
+        "ICC(1,k)": _ratio(msr - msw, msr),
+        "ICC(2,k)": _ratio(msr - mse, msr + (msc - mse) / n),
+        "ICC(3,k)": _ratio(msr - mse, msr),
     }
+
+
+def _absolute_agreement_ci(m: dict[str, float], icc21: float, alpha: float) -> tuple[float, float]:
+    """CI of ICC(2,1): McGraw & Wong (1996) case 2A, Satterthwaite degrees of freedom."""
+    from scipy.stats import f as f_dist
+
+    n, k, msr, msc, mse = m["n"], m["k"], m["msr"], m["msc"], m["mse"]
+    if mse <= 0 or not np.isfinite(icc21) or icc21 >= 1:
+        return float("nan"), float("nan")  # perfect agreement: no sampling variability to build an interval on
+    a = k * icc21 / (n * (1 - icc21))
+    b = 1 + k * icc21 * (n - 1) / (n * (1 - icc21))
+    v = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
+    fl = f_dist.ppf(1 - alpha / 2, n - 1, v)
+    fu = f_dist.ppf(1 - alpha / 2, v, n - 1)
+    lo = n * (msr - fl * mse) / (fl * (k * msc + (k * n - k - n) * mse) + n * msr)
+    hi = n * (fu * msr - mse) / (k * msc + (k * n - k - n) * mse + n * fu * msr)
+    return float(lo), float(hi)
+
+
+def icc_table(ratings: np.ndarray | pd.DataFrame | Sequence[Sequence[float]], alpha: float = 0.05) -> pd.DataFrame:
+    """The six ICCs with their F-test of ICC = 0 and ``1 - alpha`` confidence intervals.
+
+    F-tests and intervals of Shrout & Fleiss (1979) and McGraw & Wong (1996): the one-way
+    forms use ``F = MSR / MSW`` on ``(n - 1, n (k - 1))`` degrees of freedom, the two-way
+    forms ``F = MSR / MSE`` on ``(n - 1, (n - 1)(k - 1))``; the consistency forms' interval
+    is exact (``F / F_crit``), the absolute-agreement forms' uses Satterthwaite's degrees of
+    freedom (McGraw & Wong case 2A), and the mean-of-k bounds follow from the single-rater ones.
+
+    Returns:
+        One row per form (index :data:`ICC_FORMS`): ``description``, ``icc``, ``F``, ``df1``,
+        ``df2``, ``p`` (one-sided, ICC > 0), ``ci_low``, ``ci_high``.
+    """
+    from scipy.stats import f as f_dist
+
+    m = _mean_squares(ratings)
+    n, k = m["n"], m["k"]
+    values = icc(ratings)
+    crit = 1 - alpha / 2
+    rows = {}
+    for one_way in (True, False):
+        f_obs = _ratio(m["msr"], m["msw"] if one_way else m["mse"])
+        df1, df2 = n - 1, (n * (k - 1) if one_way else (n - 1) * (k - 1))
+        p = float(f_dist.sf(f_obs, df1, df2)) if np.isfinite(f_obs) else float("nan")
+        fl, fu = f_obs / f_dist.ppf(crit, df1, df2), f_obs * f_dist.ppf(crit, df2, df1)
+        single = ((fl - 1) / (fl + k - 1), (fu - 1) / (fu + k - 1))
+        average = (1 - 1 / fl, 1 - 1 / fu)
+        forms = {"ICC(1,1)": single, "ICC(1,k)": average} if one_way else {"ICC(3,1)": single, "ICC(3,k)": average}
+        if not one_way:
+            lo, hi = _absolute_agreement_ci(m, values["ICC(2,1)"], alpha)
+            forms["ICC(2,1)"] = (lo, hi)
+            forms["ICC(2,k)"] = (k * lo / (1 + (k - 1) * lo), k * hi / (1 + (k - 1) * hi))
+        for form, (lo, hi) in forms.items():
+            rows[form] = {"description": ICC_DESCRIPTIONS[form], "icc": values[form], "F": f_obs, "df1": df1,
+                          "df2": df2, "p": p, "ci_low": float(lo), "ci_high": float(hi)}
+    return pd.DataFrame.from_dict(rows, orient="index").loc[list(ICC_FORMS)]
 
 
 def krippendorff_alpha(ratings: np.ndarray | pd.DataFrame, level: str = "interval") -> float:

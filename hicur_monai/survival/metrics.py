@@ -18,7 +18,7 @@ predicted times, so it gets ``-risk``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,8 @@ __all__ = [
     "risk_groups",
     "evaluate_survival",
     "bootstrap_ci",
+    "bootstrap_interval",
+    "bootstrap_intervals",
     "SurvivalPredictions",
 ]
 
@@ -229,12 +231,45 @@ def risk_groups(risk: np.ndarray, n_groups: int = 3, cutpoints: Sequence[float] 
     return np.searchsorted(np.asarray(cutpoints, float), risk, side="right")
 
 
-def bootstrap_ci(stat: Callable[[np.ndarray], float | dict], n: int, n_boot: int = 200, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[Any, Any, Any]:
-    """Percentile bootstrap over patients: ``(estimate, lower, upper)`` (dicts map element-wise).
+def bootstrap_interval(draws: Sequence[float | None], apparent: float, alpha: float = 0.05,
+                       bias_corrected: bool = False, bounds: tuple[float, float] = (-np.inf, np.inf),
+                       min_draws: int = 10) -> dict[str, Any]:
+    """A bootstrap interval that contains its estimate.
 
-    Resamples that make a statistic undefined give NaN and are left out of its interval.
+    * ``percentile``: the ``alpha/2`` and ``1 - alpha/2`` quantiles of the resampled
+      statistic, with the apparent (full-sample) estimate, when they enclose it;
+    * ``bias-corrected basic`` otherwise, and always when ``bias_corrected``: the estimate is
+      corrected for the bootstrap's median bias, ``2 * apparent - median(draws)``, and the
+      interval is the basic (reverse-percentile) bootstrap interval ``[2 * apparent - q_hi,
+      2 * apparent - q_lo]`` (Davison & Hinkley 1997, 5.2). As ``q_lo <= median <= q_hi``
+      the corrected estimate always lies inside. Both are then clipped to ``bounds`` (a
+      monotone map, so the estimate stays inside); a statistic that cannot be negative, such
+      as the ICI, whose resamples sit above the full-sample value (duplicated patients add
+      noise that an absolute difference cannot cancel), gets ``bounds=(0, inf)``.
+
+    Returns:
+        ``{"estimate", "lo", "hi", "apparent", "method", "n_valid"}`` (NaN interval with fewer
+        than ``min_draws`` defined resamples).
     """
+    v = np.asarray([x for x in draws if x is not None and np.isfinite(x)], float)
+    out: dict[str, Any] = {"estimate": float(apparent), "lo": float("nan"), "hi": float("nan"),
+                           "apparent": float(apparent), "method": "percentile", "n_valid": int(len(v))}
+    if len(v) < min_draws or not np.isfinite(apparent):
+        out["method"] = "not enough defined resamples" if np.isfinite(apparent) else "estimate undefined"
+        return out
+    q_lo, q_hi = (float(q) for q in np.quantile(v, [alpha / 2, 1 - alpha / 2]))
+    if not bias_corrected and q_lo <= apparent <= q_hi:
+        out.update(lo=q_lo, hi=q_hi)
+        return out
+    lo, hi = bounds
+    est = float(np.clip(2 * apparent - np.median(v), lo, hi))
+    out.update(estimate=est, lo=float(np.clip(2 * apparent - q_hi, lo, hi)),
+               hi=float(np.clip(2 * apparent - q_lo, lo, hi)), method="bias-corrected basic")
+    return out
+
+
+def _resample(stat: Callable[[np.ndarray], Any], n: int, n_boot: int, seed: int) -> tuple[Any, list[Any]]:
+    """The full-sample statistic and ``n_boot`` patient-level resamples (None where undefined)."""
     rng = np.random.default_rng(seed)
     full = stat(np.arange(n))
     draws = []
@@ -244,20 +279,43 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float | dict], n: int, n_boot: int
             draws.append(stat(idx))
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             draws.append(None)
+    return full, draws
 
-    def interval(values: list[float]) -> tuple[float, float]:
-        v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
-        if len(v) < max(10, n_boot // 4):
-            return float("nan"), float("nan")
-        return float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))
 
+def bootstrap_intervals(stat: Callable[[np.ndarray], dict[str, float]], n: int, n_boot: int = 200, seed: int = 0,
+                        alpha: float = 0.05, bias_corrected: Collection[str] = (),
+                        bounds: Mapping[str, tuple[float, float]] | None = None) -> dict[str, dict[str, Any]]:
+    """Patient-level bootstrap of a dict of statistics: :func:`bootstrap_interval` per key.
+
+    Resamples that make a statistic undefined (ValueError, ZeroDivisionError, LinAlgError, or
+    NaN) are left out of its interval.
+
+    Args:
+        bias_corrected: keys that always get the bias-corrected interval (non-negative statistics).
+        bounds: per key, the range of the statistic (default unbounded).
+    """
+    full, draws = _resample(stat, n, n_boot, seed)
+    bounds = dict(bounds or {})
+    return {k: bootstrap_interval([d.get(k) if isinstance(d, dict) else None for d in draws], float(full[k]), alpha,
+                                  k in set(bias_corrected), bounds.get(k, (-np.inf, np.inf)), max(10, n_boot // 4))
+            for k in full}
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float | dict], n: int, n_boot: int = 200, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[Any, Any, Any]:
+    """``(estimate, lower, upper)`` of a patient-level bootstrap (dicts map element-wise).
+
+    The interval contains the estimate: percentile where that encloses the full-sample value,
+    bias-corrected basic otherwise (see :func:`bootstrap_interval`).
+    """
+    full, draws = _resample(stat, n, n_boot, seed)
     if isinstance(full, dict):
-        lo, hi = {}, {}
-        for k in full:
-            lo[k], hi[k] = interval([d.get(k) if isinstance(d, dict) else None for d in draws])
-        return full, lo, hi
-    lo_, hi_ = interval(draws)
-    return full, lo_, hi_
+        res = {k: bootstrap_interval([d.get(k) if isinstance(d, dict) else None for d in draws], float(full[k]),
+                                     alpha, min_draws=max(10, n_boot // 4)) for k in full}
+        return ({k: r["estimate"] for k, r in res.items()}, {k: r["lo"] for k, r in res.items()},
+                {k: r["hi"] for k, r in res.items()})
+    r = bootstrap_interval(draws, float(full), alpha, min_draws=max(10, n_boot // 4))
+    return r["estimate"], r["lo"], r["hi"]
 
 
 @dataclass
@@ -276,7 +334,11 @@ def evaluate_survival(train: Outcome, test: Outcome, pred: SurvivalPredictions,
     """Every metric of the issue with a 95% bootstrap CI, as a flat dict.
 
     Keys: ``harrell_c``, ``uno_c``, ``auc@<h>``, ``brier@<h>``, ``ibs``, ``ici@<h>``, each
-    ``{"estimate", "lo", "hi"}``; plus ``tau`` (IPCW truncation time) and ``notes``.
+    ``{"estimate", "lo", "hi", "apparent", "method", "n_valid"}`` (:func:`bootstrap_interval`:
+    the interval always contains the estimate; the ICI, a non-negative statistic whose
+    resamples sit above the full-sample value, always gets the bias-corrected basic interval
+    truncated at 0, the others the percentile interval unless it misses the estimate); plus
+    ``tau`` (IPCW truncation time) and ``notes``.
     Horizons must be points of ``pred.grid``.
     """
     horizons = [float(h) for h in horizons]
@@ -306,16 +368,19 @@ def evaluate_survival(train: Outcome, test: Outcome, pred: SurvivalPredictions,
         out["ibs"] = ibs
         return out
 
-    est, lo, hi = bootstrap_ci(core, len(test), n_boot=n_boot, seed=seed)
+    unit = (0.0, 1.0)  # every metric here lies in [0, 1]
+    keys = ["harrell_c", "uno_c", *(f"auc@{h:g}" for h in horizons), *(f"brier@{h:g}" for h in horizons), "ibs"]
+    result: dict[str, Any] = bootstrap_intervals(core, len(test), n_boot=n_boot, seed=seed,
+                                                 bounds=dict.fromkeys(keys, unit))
     cols = [int(np.flatnonzero(grid == h)[0]) for h in horizons]
 
     def calib(idx: np.ndarray) -> dict[str, float]:
         sub = test.subset(idx)
         return {f"ici@{h:g}": calibration_ici(sub, surv[idx, c], h) for h, c in zip(horizons, cols)}
 
-    c_est, c_lo, c_hi = bootstrap_ci(calib, len(test), n_boot=n_boot_calibration, seed=seed + 1)
-    est, lo, hi = {**est, **c_est}, {**lo, **c_lo}, {**hi, **c_hi}
-    result: dict[str, Any] = {k: {"estimate": est[k], "lo": lo[k], "hi": hi[k]} for k in est}
+    ici_keys = [f"ici@{h:g}" for h in horizons]
+    result.update(bootstrap_intervals(calib, len(test), n_boot=n_boot_calibration, seed=seed + 1,
+                                      bias_corrected=ici_keys, bounds=dict.fromkeys(ici_keys, unit)))
     result["tau"] = tau
     result["n"] = int(len(test))
     result["events"] = int(test.event.sum())

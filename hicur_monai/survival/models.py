@@ -6,13 +6,14 @@ and survival curves ``S(t | x)`` at chosen times, so every metric and report tre
 alike.
 
 * :class:`CoxModel` wraps lifelines' :class:`~lifelines.CoxPHFitter` (Efron ties, optional
-  ridge/elastic-net penalty, stratification) and adds the hazard-ratio table and the
-  baseline survival.
+  ridge/elastic-net penalty, stratification) on standardised covariates, checks that the fit
+  converged (retrying with smaller Newton-Raphson steps, else :class:`FitError` naming the
+  cause) and adds the hazard-ratio table (on the user's scale) and the baseline survival.
 * :class:`DeepSurv` trains :class:`~hicur_monai.networks.prognosis.DeepSurvNet` with the
   Efron negative partial log-likelihood (:mod:`hicur_monai.survival.losses`), full batch,
   Adam, inputs standardised on the training data, L2 on the output layer, early stopping on
   an internal validation split, an ensemble over several seeds, and a Breslow baseline
-  hazard so it predicts survival curves.
+  hazard so it predicts survival curves; a non-finite loss raises :class:`FitError`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import os
 import time as _time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from hicur_monai.networks.prognosis import DeepSurvNet
 from hicur_monai.survival.losses import EfronPartialLikelihood, cox_efron_loss
 from hicur_monai.utils.io import atomic_save_torch
 
-__all__ = ["CoxModel", "DeepSurv", "breslow_baseline", "save_model", "load_model", "MODEL_FACTORIES"]
+__all__ = ["FitError", "CoxModel", "DeepSurv", "breslow_baseline", "save_model", "load_model", "MODEL_FACTORIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ def _check_frame(df: pd.DataFrame, covariates: Sequence[str], where: str) -> Non
         rows = df.index[df[list(covariates)].isna().any(axis=1)][:10].tolist()
         raise ValueError(f"{where}: missing values in covariates {bad[bad].index.tolist()} (rows {rows}...); "
                          "drop or impute them first (the workflow drops incomplete rows and reports how many)")
+    values = df[list(covariates)].apply(pd.to_numeric, errors="coerce").astype(float)
+    inf = np.isinf(values).any()
+    if inf.any():
+        raise ValueError(f"{where}: infinite values in covariates {inf[inf].index.tolist()}")
 
 
 def _check_outcome(time: np.ndarray, event: np.ndarray, where: str) -> None:
@@ -79,61 +84,216 @@ def _step(x_grid: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, y[np.clip(idx, 0, None)], 0.0)
 
 
+class FitError(RuntimeError):
+    """A survival fit that did not converge; the message names the cause (covariates, check).
+
+    ``attempts`` lists what each try found (Cox: one entry per Newton-Raphson step size).
+    """
+
+    def __init__(self, message: str, attempts: Sequence[Mapping[str, Any]] = ()):
+        super().__init__(message)
+        self.attempts = [dict(a) for a in attempts]
+
+
+#: lifelines warnings that mean the Newton-Raphson result is not a maximum
+_NOT_CONVERGED = ("failed to converge", "suspiciously close to 0", "norm(delta) is still high")
+
+
 class CoxModel:
-    """Cox proportional-hazards model through lifelines (Efron ties).
+    """Cox proportional-hazards model through lifelines (Efron ties), fitted on standardised covariates.
+
+    Covariates are centred and scaled (training mean and standard deviation) before
+    lifelines sees them, so Newton-Raphson works on unit-scale columns whatever the units
+    of the table (days, mg/dl, calendar years); coefficients, hazard ratios and their CIs are
+    reported on the user's scale (``coef = coef_std / sd``; z and p are unchanged).
+    lifelines scales by the SD itself, so ``penalizer`` means the same as in lifelines.
+
+    A fit counts as converged only when lifelines raised no ``ConvergenceError``, emitted no
+    non-convergence warning (failed to converge, log-likelihood near 0 with a large step,
+    norm(delta) still high), every coefficient is finite and at most ``max_abs_coef`` per
+    standard deviation (and between the levels of a 0/1 covariate) and every standard error at
+    most ``max_se`` per standard deviation (a category without events has an infinite estimate
+    that Newton-Raphson stops at, e.g. -21 with SE 23,000). Otherwise it is retried with smaller Newton-Raphson steps
+    (``step_sizes``, lifelines' ``fit_options["step_size"]``); when every attempt fails,
+    :class:`FitError` names the covariates with non-finite or huge coefficients, the
+    columns lifelines suspects of complete separation and the check that failed.
+    ``convergence_`` records the attempts of a successful fit.
 
     Args:
         penalizer: penalty strength (lifelines' ``penalizer``; 0 = unpenalised).
         l1_ratio: elastic-net mix (0 = ridge).
         strata: columns to stratify on (a baseline hazard per stratum).
         alpha: 1 - confidence level of the hazard-ratio intervals.
+        step_sizes: initial Newton-Raphson step of each attempt (step halving).
+        max_steps: Newton-Raphson iterations per attempt.
+        max_abs_coef: largest plausible |log hazard ratio| per standard deviation of a covariate
+            (and between the two levels of a 0/1 covariate).
+        max_se: largest plausible standard error of a coefficient per standard deviation.
     """
 
     name = "cox"
 
     def __init__(self, penalizer: float = 0.01, l1_ratio: float = 0.0, strata: Sequence[str] | None = None,
-                 alpha: float = 0.05):
+                 alpha: float = 0.05, step_sizes: Sequence[float] = (0.95, 0.5, 0.25, 0.125),
+                 max_steps: int = 500, max_abs_coef: float = 7.0, max_se: float = 10.0):
         self.penalizer = float(penalizer)
         self.l1_ratio = float(l1_ratio)
         self.strata = list(strata) if strata else None
         self.alpha = float(alpha)
+        self.step_sizes = tuple(float(s) for s in step_sizes)
+        self.max_steps = int(max_steps)
+        self.max_abs_coef = float(max_abs_coef)
+        self.max_se = float(max_se)
+        if not self.step_sizes or min(self.step_sizes) <= 0:
+            raise ValueError(f"step_sizes must be positive, got {step_sizes}")
         self.covariates: list[str] = []
+        self.mean_: pd.Series | None = None
+        self.scale_: pd.Series | None = None
+        self.binary_: list[str] = []
         self.fitter_ = None
+        self.convergence_: dict[str, Any] = {}
         self.fit_seconds_ = float("nan")
 
     def params(self) -> dict[str, Any]:
-        return {"penalizer": self.penalizer, "l1_ratio": self.l1_ratio, "strata": self.strata, "ties": "efron"}
+        return {"penalizer": self.penalizer, "l1_ratio": self.l1_ratio, "strata": self.strata, "ties": "efron",
+                "standardised": True, "step_sizes": list(self.step_sizes), "max_abs_coef": self.max_abs_coef,
+                "max_se": self.max_se}
+
+    def standardise(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with the covariates centred and scaled as in training (other columns unchanged)."""
+        if self.mean_ is None:
+            raise RuntimeError("CoxModel is not fitted; call fit() first")
+        out = df.copy()
+        out[self.covariates] = (df[self.covariates].astype(float) - self.mean_) / self.scale_
+        return out
 
     def fit(self, df: pd.DataFrame, duration_col: str = "time", event_col: str = "event") -> CoxModel:
-        from lifelines import CoxPHFitter
-
         self.covariates = [c for c in df.columns if c not in (duration_col, event_col, *(self.strata or []))]
         check_collinearity(self.covariates)
         _check_frame(df, self.covariates, "CoxModel.fit")
         _check_outcome(df[duration_col].to_numpy(float), df[event_col].to_numpy(), "CoxModel.fit")
+        x = df[self.covariates].astype(float)
+        sd = x.std()
+        constant = sd.index[~(sd > 0)].tolist()
+        if constant:
+            raise ValueError(f"CoxModel.fit: covariates {constant} are constant in the training data "
+                             "(no information; a Cox model cannot estimate their effect); drop them")
+        self.mean_, self.scale_ = x.mean(), sd
+        self.binary_ = [c for c in self.covariates if set(np.unique(x[c].to_numpy())) <= {0.0, 1.0}]
+        frame = self.standardise(df[[*self.covariates, *(self.strata or []), duration_col, event_col]])
         t0 = _time.perf_counter()
-        self.fitter_ = CoxPHFitter(penalizer=self.penalizer, l1_ratio=self.l1_ratio, strata=self.strata,
-                                   alpha=self.alpha)
-        self.fitter_.fit(df, duration_col=duration_col, event_col=event_col)
+        attempts: list[dict[str, Any]] = []
+        for step in self.step_sizes:
+            fitter, problems = self._attempt(frame, duration_col, event_col, step)
+            attempts.append({"step_size": step, "problems": problems})
+            if not problems:
+                self.fitter_ = fitter
+                break
+        else:
+            self.fitter_ = None
+            raise FitError(self._failure_message(attempts, self._separation_suspects(frame, event_col)), attempts)
         self.fit_seconds_ = _time.perf_counter() - t0
+        self.convergence_ = {"converged": True, "attempts": len(attempts), "step_size": attempts[-1]["step_size"],
+                             "log_likelihood": float(self.fitter_.log_likelihood_),
+                             "earlier_attempts": [a["problems"] for a in attempts[:-1]]}
+        if len(attempts) > 1:
+            logger.info("Cox fit converged on attempt %d (step size %g) after: %s", len(attempts),
+                        attempts[-1]["step_size"], attempts[:-1])
         return self
+
+    def _attempt(self, frame: pd.DataFrame, duration_col: str, event_col: str,
+                 step: float) -> tuple[Any, list[str]]:
+        """One lifelines fit; returns ``(fitter, problems)`` (no problems = converged)."""
+        from lifelines import CoxPHFitter
+        from lifelines.exceptions import ConvergenceError, ConvergenceWarning
+
+        fitter = CoxPHFitter(penalizer=self.penalizer, l1_ratio=self.l1_ratio, strata=self.strata, alpha=self.alpha)
+        problems: list[str] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)  # overflow on the way to a failure we report
+            try:
+                fitter.fit(frame, duration_col=duration_col, event_col=event_col,
+                           fit_options={"step_size": step, "max_steps": self.max_steps})
+            except (ConvergenceError, np.linalg.LinAlgError) as err:
+                problems.append(f"lifelines stopped: {str(err).splitlines()[0].split(' Please see')[0]}")
+        messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+        problems += [f"lifelines: {m.split('. ')[0].strip()}" for m in messages if any(k in m for k in _NOT_CONVERGED)]
+        for m in messages:  # advisory warnings of a fit that passes every check: kept in the log
+            if not problems and not any(k in m for k in _NOT_CONVERGED):
+                logger.warning("lifelines (step size %g): %s", step, m.strip().splitlines()[0])
+        if not problems:
+            problems += self._implausible(fitter)
+        return fitter, problems
+
+    def _implausible(self, fitter: Any) -> list[str]:
+        """Coefficients that mean the likelihood has no finite maximum (or is flat) in some direction."""
+        coef = fitter.params_.reindex(self.covariates)  # per SD: lifelines saw standardised columns
+        se = fitter.standard_errors_.reindex(self.covariates)
+        raw = coef / self.scale_
+        problems = []
+        bad = coef.index[~np.isfinite(coef) | ~np.isfinite(se)].tolist()
+        if bad:
+            problems.append(f"non-finite coefficients or standard errors for {bad}")
+        huge = [c for c in self.covariates if np.isfinite(coef[c]) and (abs(coef[c]) > self.max_abs_coef
+                                                                        or (c in self.binary_ and abs(raw[c]) > self.max_abs_coef))]
+        if huge:
+            problems.append(f"coefficients above the plausibility limit |log HR| <= {self.max_abs_coef:g} per SD "
+                            "(or between the two levels of a 0/1 covariate): "
+                            + ", ".join(f"{c} ({raw[c]:+.3g}, {coef[c]:+.3g} per SD)" for c in huge))
+        flat = [c for c in self.covariates if np.isfinite(se[c]) and se[c] > self.max_se]
+        if flat:
+            problems.append(f"standard errors above {self.max_se:g} per SD (a flat likelihood: an infinite estimate, "
+                            "e.g. a category without events, or collinear covariates): "
+                            + ", ".join(f"{c} (coef {raw[c]:+.3g}, SE {se[c]:.3g} per SD)" for c in flat))
+        return problems
+
+    def _separation_suspects(self, frame: pd.DataFrame, event_col: str) -> list[str]:
+        """Covariates (nearly) constant among the patients with an event or among those without."""
+        ev = frame[event_col].to_numpy().astype(bool)
+        x = frame[self.covariates]
+        low = (x[ev].var() < 1e-4) | (x[~ev].var() < 1e-4)
+        return low.index[low.to_numpy()].tolist()
+
+    def _failure_message(self, attempts: Sequence[Mapping[str, Any]], suspects: Sequence[str]) -> str:
+        steps = ", ".join(f"{a['step_size']:g}" for a in attempts)
+        last = attempts[-1]
+        msg = (f"CoxModel.fit: the Cox model did not converge in {len(attempts)} attempts "
+               f"(Newton-Raphson step sizes {steps}, {self.max_steps} steps each, covariates standardised): "
+               + "; ".join(last["problems"]))
+        if suspects:
+            msg += (". Possible complete separation (constant among the patients with an event or among those "
+                    f"without): {list(suspects)}")
+        return msg + (". Remove or merge the named covariates, or raise the penalizer "
+                      f"(now {self.penalizer:g}).")
 
     def _need_fit(self):
         if self.fitter_ is None:
             raise RuntimeError("CoxModel is not fitted; call fit() first")
         return self.fitter_
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Models saved before standardisation was added were fitted on the raw columns: identity scaling."""
+        self.__dict__.update(state)
+        if "mean_" not in state and state.get("fitter_") is not None:
+            self.mean_ = pd.Series(0.0, index=self.covariates)
+            self.scale_ = pd.Series(1.0, index=self.covariates)
+            self.binary_, self.convergence_ = [], {"converged": None, "note": "saved by an older version"}
+
+    def _lifelines_input(self, df: pd.DataFrame, where: str) -> pd.DataFrame:
+        self._need_fit()
+        _check_frame(df, self.covariates, where)
+        return self.standardise(df[[*self.covariates, *(self.strata or [])]])
+
     def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
-        """Log partial hazard (higher = earlier event)."""
-        f = self._need_fit()
-        _check_frame(df, self.covariates, "CoxModel.predict_risk")
-        return np.asarray(f.predict_log_partial_hazard(df), dtype=float).reshape(-1)
+        """Log partial hazard relative to the training means (higher = earlier event)."""
+        x = self._lifelines_input(df, "CoxModel.predict_risk")
+        return np.asarray(self.fitter_.predict_log_partial_hazard(x), dtype=float).reshape(-1)
 
     def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
         """``S(t | x)``, shape ``(n, len(times))``."""
-        f = self._need_fit()
-        _check_frame(df, self.covariates, "CoxModel.predict_survival")
-        return np.asarray(f.predict_survival_function(df, times=list(times)), dtype=float).T
+        x = self._lifelines_input(df, "CoxModel.predict_survival")
+        return np.asarray(self.fitter_.predict_survival_function(x, times=list(times)), dtype=float).T
 
     def baseline_survival(self, times: Sequence[float]) -> np.ndarray:
         """Baseline survival at ``times`` (covariates at their training means, lifelines' convention)."""
@@ -144,12 +304,15 @@ class CoxModel:
         return np.exp(-_step(h.index.to_numpy(float), h.iloc[:, 0].to_numpy(float), np.asarray(times, float)))
 
     def hazard_ratios(self) -> pd.DataFrame:
-        """Coefficient, HR with CI, z, p per covariate."""
-        s = self._need_fit().summary
-        lo, hi = f"exp(coef) lower {100 * (1 - self.alpha):.0f}%", f"exp(coef) upper {100 * (1 - self.alpha):.0f}%"
-        clo, chi = f"coef lower {100 * (1 - self.alpha):.0f}%", f"coef upper {100 * (1 - self.alpha):.0f}%"
-        return pd.DataFrame({"coef": s["coef"], "se": s["se(coef)"], "coef_lo": s[clo], "coef_hi": s[chi],
-                             "hr": s["exp(coef)"], "hr_lo": s[lo], "hr_hi": s[hi], "z": s["z"], "p": s["p"]})
+        """Coefficient, HR with CI, z, p per covariate, on the user's scale (per unit of each covariate)."""
+        s = self._need_fit().summary.reindex(self.covariates)
+        sd = self.scale_.reindex(self.covariates)
+        level = f"{100 * (1 - self.alpha):.0f}%"
+        coef, lo, hi = s["coef"] / sd, s[f"coef lower {level}"] / sd, s[f"coef upper {level}"] / sd
+        out = pd.DataFrame({"coef": coef, "se": s["se(coef)"] / sd, "coef_lo": lo, "coef_hi": hi,
+                            "hr": np.exp(coef), "hr_lo": np.exp(lo), "hr_hi": np.exp(hi), "z": s["z"], "p": s["p"]})
+        out.index.name = "covariate"
+        return out
 
 
 class DeepSurv:
@@ -198,6 +361,7 @@ class DeepSurv:
         self.scale_: np.ndarray | None = None
         self.baseline_: tuple[np.ndarray, np.ndarray] | None = None
         self.history_: list[dict[str, Any]] = []
+        self.convergence_: dict[str, Any] = {}
         self.fit_seconds_ = float("nan")
 
     def params(self) -> dict[str, Any]:
@@ -228,9 +392,24 @@ class DeepSurv:
             net, hist = self._fit_one(x, t, e, self.seed + k)
             self.nets_.append(net)
             self.history_.append(hist)
-        self.baseline_ = breslow_baseline(self.predict_risk(df), time_np, event_np)
+        risk = self.predict_risk(df)
+        if not np.isfinite(risk).all():
+            raise FitError(f"DeepSurv.fit: the trained networks predict non-finite risks for "
+                           f"{int((~np.isfinite(risk)).sum())} training patients")
+        self.baseline_ = breslow_baseline(risk, time_np, event_np)
         self.fit_seconds_ = _time.perf_counter() - t0
+        self.convergence_ = {"converged": True, "loss": "finite at every epoch",
+                             "epochs_run": [h["epochs_run"] for h in self.history_],
+                             "best_epoch": [h["best_epoch"] for h in self.history_],
+                             "early_stopped": [h["epochs_run"] < self.epochs for h in self.history_]}
         return self
+
+    def _check_loss(self, value: float, what: str, epoch: int, seed: int) -> None:
+        if not np.isfinite(value):
+            raise FitError(f"DeepSurv.fit: non-finite {what} loss ({value}) at epoch {epoch} of the network with "
+                           f"seed {seed} (lr {self.lr:g}, l2_output {self.l2_output:g}): the training diverged; "
+                           "lower the learning rate or look for extreme covariate values",
+                           [{"seed": seed, "epoch": epoch, what: value}])
 
     def _split(self, e: torch.Tensor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         n = len(e)
@@ -283,10 +462,12 @@ class DeepSurv:
                     loss.backward()
                     opt.step()
             hist["train_loss"].append(loss.item())
+            self._check_loss(hist["train_loss"][-1], "training", epoch, seed)
             if val_lik is not None:
                 net.eval()
                 with torch.no_grad():
                     vl = val_lik.loss(net(x[va_t])).item()
+                self._check_loss(vl, "validation", epoch, seed)
                 hist["val_loss"].append(vl)
                 if vl < best - 1e-6:
                     best, best_state, best_epoch, bad = vl, copy.deepcopy(net.state_dict()), epoch, 0

@@ -2,25 +2,31 @@
 
 Written by :func:`hicur_monai.survival.workflow.evaluate` (and so by the bundle's
 ``evaluate.json`` and ``hicur report survival``). Sections: cohort (n, events, median
-follow-up by reverse Kaplan-Meier, missingness per column); per endpoint Kaplan-Meier curves
+follow-up by reverse Kaplan-Meier, missingness per column) and Table 1 (baseline
+characteristics per endpoint cohort: median (IQR) or n (%)); per endpoint Kaplan-Meier curves
 with 95% CI and numbers at risk by stage, EBV group and predicted-risk group with log-rank
-tests; the Cox hazard-ratio table and forest plot; proportional-hazards checks (scaled
-Schoenfeld residual tests) with a plain-language verdict; the model comparison table
-(C-indices, time-dependent AUC, Brier/IBS, ICI, each with a 95% bootstrap CI); calibration
-plots; and the TRIPOD+AI items the pipeline knows.
+tests; convergence of every fit; the Cox hazard-ratio table and forest plot;
+proportional-hazards checks (scaled Schoenfeld residual tests) with a plain-language
+verdict; the model comparison table (C-indices, time-dependent AUC, Brier/IBS, ICI, each with
+a 95% bootstrap CI that contains its estimate); calibration plots; and the TRIPOD+AI items the
+pipeline knows.
+
+The page is rendered from ``templates/survival_report.html.j2`` by Jinja2 with autoescape:
+this module builds plain-text tables and base64 images and never writes markup, so a file
+name, column, endpoint or model name holding HTML reaches the page escaped. p-values are
+printed by :func:`~hicur_monai.utils.formatting.format_p` (``<0.001``, never ``0.000``).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import io
 import json
 import os
 import platform
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +35,67 @@ import pandas as pd
 
 from hicur_monai.data.clinical import ENDPOINTS, SCHEMA, ClinicalTable
 from hicur_monai.survival.metrics import Outcome, calibration_curve, risk_groups
+from hicur_monai.utils.formatting import format_p
 from hicur_monai.utils.io import atomic_write_text
 
-__all__ = ["write_survival_report", "median_follow_up"]
+__all__ = ["write_survival_report", "median_follow_up", "render_report", "table1"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 color:#222;line-height:1.45;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:2px solid #345;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .55em;
-text-align:right}th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
+text-align:right}th{background:#eef2f6}td:first-child,th:first-child{text-align:left}td.text{text-align:left}
 .ok{color:#1a7f37;font-weight:600}.warn{color:#b35900;font-weight:600}.note{color:#555;font-size:.9em}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}.grid{display:flex;flex-wrap:wrap;gap:1em}
 .grid img{max-width:520px}
 """
 
+#: schema columns that are outcomes or post-treatment responses, not baseline characteristics
+_NOT_BASELINE = {"failure", "death", "metastasis", "np_regression", "neck_regression", "induction_efficacy"}
+_CONTINUOUS_KINDS = {"float"}
+_CATEGORICAL_KINDS = {"category", "yes_no", "t_stage", "n_stage", "overall_stage", "int", "tesla"}
+_P_COLUMNS = {"p"}
 
-def _fig_to_img(fig: Any, alt: str) -> str:
+
+def _image(fig: Any, alt: str) -> dict[str, str]:
+    """A matplotlib figure as ``{"alt", "data"}`` (base64 PNG) for the template; closes the figure."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return {"alt": str(alt), "data": base64.b64encode(buf.getvalue()).decode("ascii")}
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def _text(x: Any, digits: int = 3) -> str:
+    """A table cell as plain text: floats rounded, NaN/None as a dash."""
     if x is None:
         return "–"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
     if isinstance(x, (float, np.floating)):
         return "–" if not np.isfinite(x) else f"{x:.{digits}f}"
-    return html.escape(str(x))
+    return str(x)
 
 
-def _table(df: pd.DataFrame, digits: int = 3) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{_fmt(v, digits)}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
-    return f"<table><tr>{head}</tr>{rows}</table>"
+def _table(df: pd.DataFrame, digits: int = 3, p_columns: Sequence[str] = tuple(_P_COLUMNS)) -> dict[str, Any]:
+    """A frame as ``{"columns", "rows"}`` of plain-text cells; ``p_columns`` through :func:`format_p`."""
+    cols = [str(c) for c in df.columns]
+    rows = [[format_p(v) if c in p_columns else _text(v, digits) for c, v in zip(cols, row)]
+            for row in df.itertuples(index=False, name=None)]
+    return {"columns": cols, "rows": rows}
 
 
-def _ci(m: Mapping[str, float], digits: int = 3) -> str:
-    return f"{_fmt(m['estimate'], digits)} ({_fmt(m['lo'], digits)}–{_fmt(m['hi'], digits)})"
+def _ci(m: Mapping[str, Any], digits: int = 3) -> str:
+    mark = "*" if m.get("method") == "bias-corrected basic" else ""
+    return f"{_text(m['estimate'], digits)} ({_text(m['lo'], digits)}–{_text(m['hi'], digits)}){mark}"
+
+
+def _label(ep: str) -> tuple[str, str, str]:
+    """``(code, label, definition)`` of an endpoint key (unknown keys shown as given)."""
+    e = ENDPOINTS.get(ep)
+    return ep.upper(), (e.label if e else ep), (e.definition if e else "user-defined endpoint")
 
 
 def median_follow_up(time: np.ndarray, event: np.ndarray) -> float:
@@ -83,11 +107,8 @@ def median_follow_up(time: np.ndarray, event: np.ndarray) -> float:
 
 
 def _km_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, labels: Mapping[Any, str],
-             title: str) -> tuple[str, str]:
+             title: str) -> tuple[dict[str, str], str]:
     """KM curves with 95% CI and numbers at risk, plus the log-rank test line."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
@@ -95,7 +116,8 @@ def _km_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, labels: Ma
 
     fig, ax = plt.subplots(figsize=(7, 4.8))
     fitters = []
-    for g in [g for g in labels if (groups == g).sum() > 0]:
+    present_groups = [g for g in labels if (groups == g).sum() > 0]
+    for g in present_groups:
         m = groups == g
         kmf = KaplanMeierFitter(label=f"{labels[g]} (n={int(m.sum())})").fit(time[m], event[m])
         kmf.plot_survival_function(ax=ax, ci_show=True)
@@ -108,15 +130,16 @@ def _km_plot(time: np.ndarray, event: np.ndarray, groups: np.ndarray, labels: Ma
         warnings.simplefilter("ignore")
         add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
     test_line = ""
-    present = np.isin(groups, [g for g in labels if (groups == g).sum() > 0])
+    present = np.isin(groups, present_groups)
     if len(fitters) >= 2:
         lr = multivariate_logrank_test(time[present], groups[present], event[present])
+        p = format_p(lr.p_value)
         test_line = (f"{title}: log-rank chi² = {lr.test_statistic:.2f}, df = {len(fitters) - 1}, "
-                     f"p = {lr.p_value:.2g}")
-    return _fig_to_img(fig, title), test_line
+                     f"p {p if p.startswith('<') else '= ' + p}")
+    return _image(fig, title), test_line
 
 
-def _forest(hr: pd.DataFrame, title: str) -> str:
+def _forest(hr: pd.DataFrame, title: str) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(hr) + 1.2))
@@ -127,10 +150,11 @@ def _forest(hr: pd.DataFrame, title: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("hazard ratio (95% CI, log scale)")
     ax.set_title(title)
-    return _fig_to_img(fig, title)
+    return _image(fig, title)
 
 
-def _ph_check(cph_fitter: Any, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def _ph_check(cph_fitter: Any, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Scaled Schoenfeld residual tests: the table and the covariates with p < 0.05."""
     from lifelines.statistics import proportional_hazard_test
 
     with warnings.catch_warnings():
@@ -138,19 +162,11 @@ def _ph_check(cph_fitter: Any, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         res = proportional_hazard_test(cph_fitter, df, time_transform="rank")
     s = res.summary.reset_index()
     s = s.rename(columns={s.columns[0]: "covariate", "test_statistic": "chi²", "p": "p"})[["covariate", "chi²", "p"]]
-    bad = s.loc[s["p"] < 0.05, "covariate"].tolist()
-    if not bad:
-        verdict = ("<span class='ok'>No evidence against proportional hazards</span> (every scaled Schoenfeld "
-                   "residual test p ≥ 0.05): the hazard ratios can be read as constant over follow-up.")
-    else:
-        verdict = (f"<span class='warn'>Possible non-proportional hazards for {', '.join(map(str, bad))}</span> "
-                   "(p < 0.05): the effect of these covariates may change over follow-up; consider stratifying on "
-                   "them or adding a time interaction. With many patients small deviations also reach p < 0.05, "
-                   "so look at the size of the effect, not only the p-value.")
-    return s, verdict
+    return s, [str(c) for c in s.loc[s["p"] < 0.05, "covariate"]]
 
 
-def _calibration_plot(time: np.ndarray, event: np.ndarray, surv_t0: np.ndarray, t0: float, title: str) -> str:
+def _calibration_plot(time: np.ndarray, event: np.ndarray, surv_t0: np.ndarray, t0: float,
+                      title: str) -> dict[str, str]:
     import matplotlib.pyplot as plt
     from lifelines import KaplanMeierFitter
 
@@ -158,7 +174,7 @@ def _calibration_plot(time: np.ndarray, event: np.ndarray, surv_t0: np.ndarray, 
     pred = 1.0 - surv_t0
     try:
         ici, p_sorted, obs = calibration_curve(Outcome(time, event), surv_t0, t0)
-        ax.plot(p_sorted, obs, color="tab:red", label=f"smoothed (ICI {ici:.3f})")
+        ax.plot(p_sorted, obs, color="tab:red", label=f"smoothed (apparent ICI {ici:.3f})")
     except Exception as err:  # noqa: BLE001 - plot what we can, say why the curve is missing
         ax.text(0.05, 0.9, f"no smoothed curve: {err}", transform=ax.transAxes, fontsize=8)
     q = risk_groups(pred, 5)
@@ -179,7 +195,7 @@ def _calibration_plot(time: np.ndarray, event: np.ndarray, surv_t0: np.ndarray, 
     ax.set_ylabel("observed")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return _fig_to_img(fig, title)
+    return _image(fig, title)
 
 
 def _versions() -> str:
@@ -192,6 +208,220 @@ def _versions() -> str:
         except md.PackageNotFoundError:
             pass
     return ", ".join(parts)
+
+
+def _level_name(kind: str, value: Any) -> str:
+    if kind == "t_stage":
+        return f"T{int(value)}"
+    if kind == "n_stage":
+        return f"N{int(value)}"
+    if kind == "tesla":
+        return f"{value:g} T"
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _describe(spec: Any, cohorts: Mapping[str, pd.DataFrame]) -> list[list[str]]:
+    """Table 1 rows of one schema column: one per cohort column."""
+    rows = []
+    series = {name: c[spec.key] for name, c in cohorts.items()}
+    label = spec.name + (f" ({spec.unit})" if spec.unit and spec.kind in _CONTINUOUS_KINDS else "")
+    if spec.kind in _CONTINUOUS_KINDS:
+        cells = []
+        for s in series.values():
+            v = pd.to_numeric(s, errors="coerce").dropna()
+            cells.append("–" if v.empty else
+                         f"{_num(v.median())} ({_num(v.quantile(0.25))}–{_num(v.quantile(0.75))})")
+        rows.append([f"{label}, median (IQR)", *cells])
+    elif spec.kind == "yes_no":
+        rows.append([f"{label}: yes, n (%)", *(_n_pct((s == 1).sum(), len(s)) for s in series.values())])
+    else:
+        levels = sorted({v for s in series.values() for v in s.dropna().unique()}, key=_sort_key)
+        rows.append([f"{label}, n (%)", *([""] * len(series))])
+        rows += [[f"  {_level_name(spec.kind, lv)}", *(_n_pct((s == lv).sum(), len(s)) for s in series.values())]
+                 for lv in levels]
+    if any(s.isna().any() for s in series.values()):
+        rows.append([f"  {spec.name}: missing, n (%)", *(_n_pct(s.isna().sum(), len(s)) for s in series.values())])
+    return rows
+
+
+def _num(v: float) -> str:
+    """A summary number: 3 significant digits, thousands written out (6,100 rather than 6.1e+03)."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, float(v), "") if isinstance(v, (int, float, np.number)) else (1, 0.0, str(v))
+
+
+def _n_pct(k: int, n: int) -> str:
+    return f"{int(k)} ({100.0 * k / n:.1f}%)" if n else "–"
+
+
+def table1(table: ClinicalTable, cohorts: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """Baseline characteristics per cohort: continuous as median (IQR), categorical as n (%).
+
+    Args:
+        table: the loaded clinical table.
+        cohorts: column header -> row labels of ``table.data`` in that cohort (e.g. the
+            patients analysed for each endpoint).
+
+    Returns:
+        One row per characteristic (and per category level, plus a ``missing`` row where any
+        value is missing), one column per cohort headed ``"<name> (n=<size>)"``.
+    """
+    frames = {f"{name} (n={len(idx)})": table.data.loc[list(idx)] for name, idx in cohorts.items()}
+    rows = []
+    for spec in SCHEMA:
+        if spec.key in _NOT_BASELINE or spec.key not in table.data.columns:
+            continue
+        if spec.kind in _CONTINUOUS_KINDS or spec.kind in _CATEGORICAL_KINDS:
+            rows += _describe(spec, frames)
+    return pd.DataFrame(rows, columns=["characteristic", *frames])
+
+
+def _cohort(table: ClinicalTable, results: Mapping[str, Any], per_endpoint: Mapping[str, Any]) -> dict[str, Any]:
+    rows = []
+    for ep, info in results["endpoints"].items():
+        df = per_endpoint[ep]["df"]
+        rows.append({"endpoint": _label(ep)[1], "patients": len(df), "events": int(df["event"].sum()),
+                     "events %": 100.0 * df["event"].mean(),
+                     "median follow-up (months, reverse KM)": median_follow_up(df["time"], df["event"]),
+                     "excluded: no outcome": info["data"]["excluded_missing_outcome"],
+                     "excluded: missing covariate": info["data"]["excluded_missing_covariates_rows"]})
+    d = table.data
+    miss = [{"column": spec.name, "missing": int(d[spec.key].isna().sum()),
+             "missing %": 100.0 * int(d[spec.key].isna().sum()) / max(len(d), 1)}
+            for spec in SCHEMA if spec.key in d.columns and d[spec.key].isna().any()]
+    return {"summary": table.summary(), "table": _table(pd.DataFrame(rows), 1),
+            "missing": _table(pd.DataFrame(miss), 1) if miss else None}
+
+
+def _km_section(ep: str, sub: pd.DataFrame, t: np.ndarray, ev: np.ndarray, cv: Mapping[str, Any]) -> list:
+    code = ep.upper()
+    plots = []
+    if "overall_stage" in sub:
+        st = sub["overall_stage"].map({"I": 0, "II": 0, "III": 1, "IV": 2, "IVA": 2, "IVB": 2, "IVC": 2})
+        plots.append(_km_plot(t, ev, st.fillna(-1).to_numpy(int), {0: "stage I-II", 1: "stage III", 2: "stage IV"},
+                              f"{code} by stage"))
+    if "ebv" in sub:
+        grp = np.where(sub["ebv"].isna(), -1, (sub["ebv"] > 4000).astype(int))
+        plots.append(_km_plot(t, ev, grp, {0: "EBV DNA ≤ 4000", 1: "EBV DNA > 4000"}, f"{code} by EBV DNA"))
+    for name, r in cv["models"].items():
+        plots.append(_km_plot(t, ev, risk_groups(r["risk"], 3), {0: "low risk", 1: "intermediate risk", 2: "high risk"},
+                              f"{code} by out-of-fold {name} risk tertile"))
+    return plots
+
+
+def _convergence(res: Mapping[str, Any]) -> dict[str, Any]:
+    """One row per model (cross-validation folds) plus the full-data Cox fit."""
+    rows = []
+    for name, mres in res["models"].items():
+        conv = mres.get("convergence_per_fold", [])
+        ok = sum(bool(c.get("converged")) for c in conv)
+        detail = "; ".join(
+            f"attempt {c['attempts']} (step {c['step_size']:g})" if "attempts" in c else
+            "/".join(map(str, c["epochs_run"])) + " epochs" + (" (early stop)" if all(c["early_stopped"]) else "")
+            for c in conv)
+        rows.append({"fit": f"{name}, cross-validation", "converged": f"{ok}/{len(conv)} folds",
+                     "how (per fold)": detail or "–"})
+    full = res.get("cox_full", {}).get("convergence")
+    if full:
+        rows.append({"fit": "cox, all eligible patients", "converged": "yes" if full.get("converged") else "no",
+                     "how (per fold)": f"attempt {full['attempts']} (step {full['step_size']:g}), "
+                                       f"log-likelihood {full['log_likelihood']:.2f}"})
+    return _table(pd.DataFrame(rows))
+
+
+def _truth_section(hr: pd.DataFrame, truth: Mapping[str, Any] | None, ep: str, penalizer: float) -> dict | None:
+    if truth is None or ep not in truth.get("endpoints", {}):
+        return None
+    true = truth["endpoints"][ep]["log_hr"]
+    cmp = hr[hr["covariate"].isin(list(true))].copy()
+    cmp["true log HR"] = cmp["covariate"].map(true)
+    cmp["inside 95% CI"] = (cmp["coef_lo"] <= cmp["true log HR"]) & (cmp["true log HR"] <= cmp["coef_hi"])
+    return {"table": _table(cmp[["covariate", "true log HR", "coef", "coef_lo", "coef_hi", "inside 95% CI"]]),
+            "inside": int(cmp["inside 95% CI"].sum()), "total": len(cmp), "penalizer": f"{penalizer:g}"}
+
+
+def _comparison(res: Mapping[str, Any], horizons: Sequence[float]) -> tuple[dict[str, Any], bool]:
+    rows, corrected = [], False
+    for name, mres in res["models"].items():
+        m = mres["metrics"]
+        cells = {"harrell_c": "Harrell C", "uno_c": "Uno C", **{f"auc@{h:g}": f"AUC {h:g} m" for h in horizons},
+                 **{f"brier@{h:g}": f"Brier {h:g} m" for h in horizons}, "ibs": "IBS",
+                 **{f"ici@{h:g}": f"ICI {h:g} m" for h in horizons}}
+        row = {"model": name, **{label: _ci(m[key]) for key, label in cells.items()}}
+        corrected |= any(m[key].get("method") == "bias-corrected basic" for key in cells)
+        fc = mres["fold_harrell_c"]
+        row["fold C (mean ± sd)"] = f"{np.mean(fc):.3f} ± {np.std(fc):.3f}"
+        row["fit s/fold"] = f"{np.mean(mres['fit_seconds_per_fold']):.2f}"
+        rows.append(row)
+    comp = pd.DataFrame(rows).set_index("model").T.reset_index().rename(columns={"index": "metric"})
+    return _table(comp), corrected
+
+
+def _endpoint(ep: str, res: Mapping[str, Any], pe: Mapping[str, Any], data: pd.DataFrame, horizons: Sequence[float],
+              truth: Mapping[str, Any] | None) -> dict[str, Any]:
+    code, label, definition = _label(ep)
+    df, cv, full = pe["df"], pe["cv"], pe["cox_full"]
+    t, ev = df["time"].to_numpy(float), df["event"].to_numpy(int)
+    plots = _km_section(ep, data.loc[df.index], t, ev, cv)
+    hr = pd.DataFrame(res["cox_full"]["hazard_ratios"])
+    fit_df = full.reducer_.transform(df) if full.reducer_ is not None else df
+    ph, bad = _ph_check(full.model.fitter_, full.model.standardise(fit_df))
+    comparison, corrected = _comparison(res, horizons)
+    tau = next(iter(res["models"].values()))["metrics"]["tau"]
+    calibration = []
+    for name, r in cv["models"].items():
+        for h in horizons:
+            if h < tau:
+                c = int(np.flatnonzero(cv["grid"] == h)[0])
+                calibration.append(_calibration_plot(t, ev, r["surv"][:, c], h, f"{code} {name}: {h:g} months"))
+    hr_view = hr[["covariate", "coef", "se", "hr", "hr_lo", "hr_hi", "z", "p"]].rename(
+        columns={"hr": "HR", "hr_lo": "HR 95% lower", "hr_hi": "HR 95% upper"})
+    return {"code": code, "label": label, "definition": definition,
+            "km_images": [img for img, _ in plots], "km_tests": [line for _, line in plots if line],
+            "convergence": _convergence(res), "hazard_ratios": _table(hr_view), "forest": _forest(hr, f"{code}: hazard ratios"),
+            "ph_table": _table(ph), "ph_bad": bad, "truth": _truth_section(hr, truth, ep, full.model.penalizer),
+            "comparison": comparison, "bias_corrected": corrected, "tau": f"{tau:g}",
+            "notes": sorted({n for mres in res["models"].values() for n in mres["metrics"]["notes"]}),
+            "calibration": calibration}
+
+
+def _tripod(table: ClinicalTable, results: Mapping[str, Any], truth: Any) -> list[tuple[str, str]]:
+    any_ep = next(iter(results["endpoints"].values()))
+    eps = results["endpoints"]
+    return [
+        ("Data source (5a)", f"{table.source}; {len(table.data)} patients after loading; "
+                             + ("synthetic demo cohort" if truth is not None else "user table")),
+        ("Outcomes and definitions (6a)", "; ".join(f"{_label(ep)[1]}: {_label(ep)[2]}" for ep in eps)),
+        ("Predictors (7a)", ", ".join(map(str, any_ep["data"]["covariates"]))
+         + (f" + {any_ep['data']['image_feature_columns']} image features reduced by PCA on each training split"
+            if any_ep["data"].get("image_feature_columns") else "")),
+        ("Missing data (9)", f"rows with table problems dropped: {table.dropped or 'none'}; "
+                             "complete-case analysis per endpoint (exclusions in the cohort table); no imputation"),
+        ("Events per analysis (8)", "; ".join(f"{ep.upper()}: {r['data']['events']} events in {r['data']['n']} patients"
+                                              for ep, r in eps.items())),
+        ("Model development (10)", "Cox PH (lifelines, Efron ties, standardised covariates, convergence checked) and "
+                                   "DeepSurv (PyTorch, Efron partial likelihood, Breslow baseline); hyperparameters below"),
+        ("Validation (10b)", f"{results['n_folds']}-fold stratified cross-validation, seed {results['seed']}; "
+                             "metrics on pooled out-of-fold predictions with patient-level bootstrap 95% CI"),
+        ("Performance measures (10d)", "Harrell's and Uno's C; cumulative/dynamic AUC, Brier score at "
+                                       + ", ".join(f"{h:g}" for h in results["horizons"])
+                                       + " months; integrated Brier score; ICI calibration"),
+        ("Software", _versions()),
+    ]
+
+
+def render_report(context: Mapping[str, Any]) -> str:
+    """Render ``templates/survival_report.html.j2`` with autoescape (every context string is escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("hicur_monai.survival", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("survival_report.html.j2").render(**context)
 
 
 def write_survival_report(path: str | os.PathLike, table: ClinicalTable, results: Mapping[str, Any],
@@ -211,147 +441,18 @@ def write_survival_report(path: str | os.PathLike, table: ClinicalTable, results
     matplotlib.use("Agg", force=False)
     if truth is not None and not isinstance(truth, Mapping):
         truth = json.loads(Path(truth).read_text(encoding="utf-8"))
-    d = table.data
-    parts: list[str] = [f"<h1>Survival analysis report</h1><p class='note'>Source: {html.escape(str(table.source))}"
-                        f" — generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} by hicur-monai.</p>"]
-    if truth is not None and truth.get("synthetic"):
-        parts.append("<p class='warn'>Synthetic demo cohort: randomly generated, no real patient data.</p>")
-
-    # ---------------------------------------------------------------- cohort
-    parts.append("<h2>Cohort</h2>")
-    parts.append(f"<p>{html.escape(table.summary())}.</p>")
-    rows = []
-    for ep, info in results["endpoints"].items():
-        df = per_endpoint[ep]["df"]
-        rows.append({"endpoint": ENDPOINTS[ep].label, "patients": len(df), "events": int(df["event"].sum()),
-                     "events %": 100.0 * df["event"].mean(),
-                     "median follow-up (months, reverse KM)": median_follow_up(df["time"], df["event"]),
-                     "excluded: no outcome": info["data"]["excluded_missing_outcome"],
-                     "excluded: missing covariate": info["data"]["excluded_missing_covariates_rows"]})
-    parts.append(_table(pd.DataFrame(rows), 1))
-    miss = []
-    for spec in SCHEMA:
-        if spec.key in d.columns:
-            n_miss = int(d[spec.key].isna().sum())
-            if n_miss:
-                miss.append({"column": spec.name, "missing": n_miss, "missing %": 100.0 * n_miss / max(len(d), 1)})
-    parts.append("<h3>Missing values per column</h3>")
-    parts.append(_table(pd.DataFrame(miss), 1) if miss else "<p>No missing values.</p>")
-    parts.append("<p class='note'>Structurally missing values are expected: death and metastasis dates are "
-                 "empty for patients without the event, neck-node regression for patients without neck nodes.</p>")
-
-    # ---------------------------------------------------------------- per endpoint
-    for ep, res in results["endpoints"].items():
-        e = ENDPOINTS[ep]
-        pe = per_endpoint[ep]
-        df, cv = pe["df"], pe["cv"]
-        t, ev = df["time"].to_numpy(float), df["event"].to_numpy(int)
-        parts.append(f"<h2>{html.escape(e.label)} ({ep.upper()})</h2><p>{html.escape(e.definition)}.</p>")
-        # KM by stage, EBV, predicted risk
-        parts.append("<h3>Kaplan-Meier curves</h3><div class='grid'>")
-        sub = d.loc[df.index]
-        plots = []
-        if "overall_stage" in sub:
-            st = sub["overall_stage"].map({"I": 0, "II": 0, "III": 1, "IV": 2, "IVA": 2, "IVB": 2, "IVC": 2})
-            st = st.fillna(-1).to_numpy(int)
-            plots.append(_km_plot(t, ev, st, {0: "stage I-II", 1: "stage III", 2: "stage IV"}, f"{ep.upper()} by stage"))
-        if "ebv" in sub:
-            grp = np.where(sub["ebv"].isna(), -1, (sub["ebv"] > 4000).astype(int))
-            plots.append(_km_plot(t, ev, grp, {0: "EBV DNA ≤ 4000", 1: "EBV DNA > 4000"}, f"{ep.upper()} by EBV DNA"))
-        for name, r in cv["models"].items():
-            g = risk_groups(r["risk"], 3)
-            plots.append(_km_plot(t, ev, g, {0: "low risk", 1: "intermediate risk", 2: "high risk"},
-                                  f"{ep.upper()} by out-of-fold {name} risk tertile"))
-        parts.extend(img for img, _ in plots)
-        parts.append("</div><ul>" + "".join(f"<li>{html.escape(title)}</li>" for _, title in plots if title) + "</ul>")
-        # Cox: HRs, forest, PH
-        full = pe["cox_full"]
-        hr = pd.DataFrame(res["cox_full"]["hazard_ratios"])
-        parts.append("<h3>Cox proportional-hazards model (all eligible patients)</h3>")
-        parts.append(_table(hr[["covariate", "coef", "se", "hr", "hr_lo", "hr_hi", "z", "p"]].rename(
-            columns={"hr": "HR", "hr_lo": "HR 95% lower", "hr_hi": "HR 95% upper"})))
-        parts.append(_forest(hr, f"{ep.upper()}: hazard ratios"))
-        fit_df = full.reducer_.transform(df) if full.reducer_ is not None else df
-        ph, verdict = _ph_check(full.model.fitter_, fit_df)
-        parts.append("<h3>Proportional-hazards check (scaled Schoenfeld residuals, rank time)</h3>")
-        parts.append(_table(ph) + f"<p>{verdict}</p>")
-        if truth is not None and ep in truth.get("endpoints", {}):
-            true = truth["endpoints"][ep]["log_hr"]
-            cmp = hr[hr["covariate"].isin(list(true))].copy()
-            cmp["true log HR"] = cmp["covariate"].map(true)
-            cmp["inside 95% CI"] = (cmp["coef_lo"] <= cmp["true log HR"]) & (cmp["true log HR"] <= cmp["coef_hi"])
-            parts.append("<h3>Recovery of the generator's true log hazard ratios</h3>")
-            parts.append(_table(cmp[["covariate", "true log HR", "coef", "coef_lo", "coef_hi", "inside 95% CI"]]))
-            parts.append(f"<p>{int(cmp['inside 95% CI'].sum())} of {len(cmp)} true values inside the 95% CI "
-                         f"(penalizer {full.model.penalizer:g}).</p>")
-        # model comparison
-        parts.append(f"<h3>Model comparison ({results['n_folds']}-fold cross-validation, pooled out-of-fold "
-                     "predictions, 95% bootstrap CI)</h3>")
-        horizons = results["horizons"]
-        rows = []
-        for name, mres in res["models"].items():
-            m = mres["metrics"]
-            row = {"model": name, "Harrell C": _ci(m["harrell_c"]), "Uno C": _ci(m["uno_c"])}
-            row.update({f"AUC {h:g} m": _ci(m[f"auc@{h:g}"]) for h in horizons})
-            row.update({f"Brier {h:g} m": _ci(m[f"brier@{h:g}"]) for h in horizons})
-            row["IBS"] = _ci(m["ibs"])
-            row.update({f"ICI {h:g} m": _ci(m[f"ici@{h:g}"]) for h in horizons})
-            row["fold C (mean ± sd)"] = f"{np.mean(mres['fold_harrell_c']):.3f} ± {np.std(mres['fold_harrell_c']):.3f}"
-            row["fit s/fold"] = f"{np.mean(mres['fit_seconds_per_fold']):.2f}"
-            rows.append(row)
-        comp = pd.DataFrame(rows).set_index("model").T.reset_index().rename(columns={"index": "metric"})
-        parts.append(_table(comp))
-        notes = sorted({n for mres in res["models"].values() for n in mres["metrics"]["notes"]})
-        tau = next(iter(res["models"].values()))["metrics"]["tau"]
-        parts.append(f"<p class='note'>IPCW metrics use the censoring distribution of the whole cohort; follow-up "
-                     f"is truncated at tau = {tau:g} months. {' '.join(html.escape(n) for n in notes)}</p>")
-        # calibration
-        parts.append("<h3>Calibration (out-of-fold)</h3><div class='grid'>")
-        for name, r in cv["models"].items():
-            for h in horizons:
-                if h >= tau:
-                    continue
-                c = int(np.flatnonzero(cv["grid"] == h)[0])
-                parts.append(_calibration_plot(t, ev, r["surv"][:, c], h, f"{ep.upper()} {name}: {h:g} months"))
-        parts.append("</div>")
-
-    # ---------------------------------------------------------------- TRIPOD+AI
-    parts.append("<h2>TRIPOD+AI items known to the pipeline</h2><table>")
-    any_ep = next(iter(results["endpoints"].values()))
-    items = [
-        ("Data source (5a)", f"{table.source}; {len(d)} patients after loading; "
-                             + ("synthetic demo cohort" if truth is not None else "user table")),
-        ("Outcomes and definitions (6a)", "; ".join(f"{ENDPOINTS[ep].label}: {ENDPOINTS[ep].definition}"
-                                                    for ep in results["endpoints"])),
-        ("Predictors (7a)", ", ".join(any_ep["data"]["covariates"])
-         + (f" + {any_ep['data']['image_feature_columns']} image features reduced by PCA on each training split"
-            if any_ep["data"].get("image_feature_columns") else "")),
-        ("Missing data (9)", f"rows with table problems dropped: {table.dropped or 'none'}; "
-                             "complete-case analysis per endpoint (exclusions in the cohort table); no imputation"),
-        ("Events per analysis (8)", "; ".join(f"{ep.upper()}: {r['data']['events']} events in {r['data']['n']} patients"
-                                              for ep, r in results["endpoints"].items())),
-        ("Model development (10)", "Cox PH (lifelines, Efron ties) and DeepSurv (PyTorch, Efron partial "
-                                   "likelihood, Breslow baseline); hyperparameters below"),
-        ("Validation (10b)", f"{results['n_folds']}-fold stratified cross-validation, seed {results['seed']}; "
-                             "metrics on pooled out-of-fold predictions with patient-level bootstrap 95% CI"),
-        ("Performance measures (10d)", "Harrell's and Uno's C; cumulative/dynamic AUC, Brier score at "
-                                       + ", ".join(f"{h:g}" for h in results["horizons"])
-                                       + " months; integrated Brier score; ICI calibration"),
-        ("Software", _versions()),
-    ]
-    parts.extend(f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
-                 for k, v in items)
-    parts.append("</table>")
-    for ep, res in results["endpoints"].items():
-        parts.append(f"<h3>{ep.upper()}: full model specification (23)</h3>")
-        bs = res["cox_full"]["baseline_survival"]
-        parts.append("<p>Cox baseline survival (covariates at their means): " + ", ".join(
-            f"S0({k} months) = {v:.3f}" for k, v in bs.items()) + ". All coefficients are in the hazard-ratio "
-            "table above.</p>")
-        parts.append("<table><tr><th>model</th><th>hyperparameters</th></tr>" + "".join(
-            f"<tr><td>{html.escape(n)}</td><td style='text-align:left'>{html.escape(json.dumps(m['params']))}</td></tr>"
-            for n, m in res["models"].items()) + "</table>")
-
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Survival analysis report</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    return atomic_write_text(path, page)
+    eps = results["endpoints"]
+    context = {
+        "css": _CSS, "source": str(table.source), "generated": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "synthetic": bool(truth is not None and truth.get("synthetic")),
+        "cohort": _cohort(table, results, per_endpoint),
+        "table1": _table(table1(table, {f"{_label(ep)[1]} cohort": per_endpoint[ep]["df"].index for ep in eps})),
+        "endpoints": [_endpoint(ep, res, per_endpoint[ep], table.data, results["horizons"], truth)
+                      for ep, res in eps.items()],
+        "n_folds": results["n_folds"], "tripod": _tripod(table, results, truth),
+        "specs": [{"code": ep.upper(),
+                   "baseline": ", ".join(f"S0({k} months) = {v:.3f}" for k, v in res["cox_full"]["baseline_survival"].items()),
+                   "params": [(n, json.dumps(m["params"])) for n, m in res["models"].items()]}
+                  for ep, res in eps.items()],
+    }
+    return atomic_write_text(path, render_report(context))

@@ -15,10 +15,11 @@ through ``_target_``; the ``hicur report survival`` command calls :func:`evaluat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time as _time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from hicur_monai.data.clinical import (
 )
 from hicur_monai.survival.features import SurvivalPipeline, load_image_features
 from hicur_monai.survival.metrics import Outcome, SurvivalPredictions, evaluate_survival, harrell_c
-from hicur_monai.survival.models import MODEL_FACTORIES, CoxModel, load_model, save_model
+from hicur_monai.survival.models import MODEL_FACTORIES, CoxModel, FitError, load_model, save_model
 from hicur_monai.utils.csv_safe import neutralize_formulas
 from hicur_monai.utils.io import atomic_open, atomic_write_json
 
@@ -130,13 +131,24 @@ def _grid(horizons: Sequence[float], max_time: float) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(horizons, float), np.linspace(1.0, max(max_time, 2.0), 60)]))
 
 
+@contextlib.contextmanager
+def _fit_context(where: str) -> Iterator[None]:
+    """Re-raise a :class:`FitError` with ``where`` (endpoint, model) in front of its message."""
+    try:
+        yield
+    except FitError as err:
+        raise FitError(f"{where}: {err}", err.attempts) from err
+
+
 def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | None],
                    image_columns: Sequence[str] = (), n_folds: int = 5, seed: int = 0,
                    horizons: Sequence[float] = DEFAULT_HORIZONS, progress: bool = True) -> dict[str, Any]:
     """Stratified (by event) patient-level K-fold CV, the same folds for every model.
 
-    Returns ``{"grid", "fold", "models": {name: {"risk", "surv", "fit_seconds", "fold_c"}}}``
-    with out-of-fold predictions for every patient.
+    Returns ``{"grid", "fold", "models": {name: {"risk", "surv", "fit_seconds", "fold_c", "convergence"}}}``
+    with out-of-fold predictions for every patient and each fold fit's ``convergence_`` record.
+    A fit that does not converge raises :class:`~hicur_monai.survival.models.FitError` with the
+    fold and the model added to its message.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -144,7 +156,7 @@ def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | No
     grid = _grid(horizons, float(df["time"].max()))
     fold = np.full(n, -1)
     res = {name: {"risk": np.full(n, np.nan), "surv": np.full((n, len(grid)), np.nan), "fit_seconds": [],
-                  "fold_c": []} for name in models}
+                  "fold_c": [], "convergence": []} for name in models}
     splits = list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(df, df["event"]))
     total = n_folds * len(models)
     bar = None
@@ -156,8 +168,10 @@ def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | No
         fold[te] = k
         for name, params in models.items():
             t0 = _time.perf_counter()
-            m = build_model(name, params, image_columns).fit(df.iloc[tr])
+            with _fit_context(f"cross-validation fold {k + 1}/{n_folds}, model {name!r}"):
+                m = build_model(name, params, image_columns).fit(df.iloc[tr])
             res[name]["fit_seconds"].append(_time.perf_counter() - t0)
+            res[name]["convergence"].append(dict(m.model.convergence_))
             risk = m.predict_risk(df.iloc[te])
             res[name]["risk"][te] = risk
             res[name]["surv"][te] = m.predict_survival(df.iloc[te], grid)
@@ -197,11 +211,13 @@ def train(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir: s
         df, _, image_cols, info = prepare_dataset(ct, ep, covariates, image_features)
         summary["endpoints"][ep] = {"data": info, "models": {}}
         for name, p in params.items():
-            pipe = build_model(name, p, image_cols).fit(df)
+            with _fit_context(f"endpoint {ep!r}, model {name!r}"):
+                pipe = build_model(name, p, image_cols).fit(df)
             rel = f"models/{ep}_{name}.pt"
             save_model(pipe, out / rel, endpoint=ep, model_name=name, covariates=info["covariates"],
                        image_columns=image_cols, params=pipe.model.params(), horizons=list(horizons))
             entry: dict[str, Any] = {"file": rel, "fit_seconds": pipe.fit_seconds_, "params": pipe.model.params(),
+                                     "convergence": dict(pipe.model.convergence_),
                                      "baseline_survival": dict(zip([f"{h:g}" for h in horizons],
                                                                    map(float, pipe.baseline_survival(horizons))))}
             if isinstance(pipe.model, CoxModel):
@@ -242,7 +258,8 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
     oof_rows = []
     for ep in resolve_endpoints(endpoints):
         df, ids, image_cols, info = prepare_dataset(ct, ep, covariates, image_features)
-        cv = cross_validate(df, params, image_cols, n_folds, seed, horizons, progress)
+        with _fit_context(f"endpoint {ep!r}"):
+            cv = cross_validate(df, params, image_cols, n_folds, seed, horizons, progress)
         everyone = Outcome(df["time"], df["event"])
         ep_res: dict[str, Any] = {"data": info, "models": {}}
         for name in params:
@@ -253,6 +270,7 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
                 "metrics": metrics,
                 "fold_harrell_c": [float(c) for c in r["fold_c"]],
                 "fit_seconds_per_fold": [float(s) for s in r["fit_seconds"]],
+                "convergence_per_fold": r["convergence"],
                 "params": build_model(name, params[name]).model.params(),
             }
             cols = [int(np.flatnonzero(cv["grid"] == h)[0]) for h in horizons]
@@ -262,8 +280,10 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
                 frame[f"surv_{h:g}m"] = r["surv"][:, c]
             oof_rows.append(frame)
         # a Cox model on all eligible patients: hazard ratios, PH checks (for the report)
-        full = build_model("cox", params.get("cox", {}), image_cols).fit(df)
+        with _fit_context(f"endpoint {ep!r}, Cox model on all eligible patients"):
+            full = build_model("cox", params.get("cox", {}), image_cols).fit(df)
         ep_res["cox_full"] = {"hazard_ratios": full.model.hazard_ratios().reset_index().to_dict(orient="records"),
+                              "convergence": dict(full.model.convergence_),
                               "baseline_survival": dict(zip([f"{h:g}" for h in horizons],
                                                             map(float, full.baseline_survival(horizons))))}
         results["endpoints"][ep] = ep_res
