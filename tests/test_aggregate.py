@@ -217,3 +217,10 @@ def test_cli_aggregate_names_an_unknown_criterion_and_accepts_declared_ones(tmp_
     assert "p.csv: row 2: unknown criterion 'style'" in capsys.readouterr().err
     assert main(["judge", "aggregate", "--physicians", str(p), "--out", str(tmp_path / "o"), "--n-resamples", "50",
                  "--criteria", "style"]) == 0
+
+
+def test_report_tables_print_small_p_values_as_below_threshold():
+    """p-values in the report's tables read ``<0.001``, never ``0.000``."""
+    table = A._table(pd.DataFrame({"criterion": ["accuracy", "safety"], "p": [1e-9, 0.0421],
+                                   "wilcoxon_p": [0.0004, np.nan], "value": [0.0001, 0.5]}))
+    assert table["rows"] == [["accuracy", "<0.001", "<0.001", "0.000"], ["safety", "0.042", "–", "0.500"]]

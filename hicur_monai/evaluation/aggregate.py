@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from hicur_monai.utils.csv_safe import neutralize_formulas
+from hicur_monai.utils.formatting import format_p
 from hicur_monai.utils.io import atomic_write_bytes, atomic_write_text
 
 from .agreement import icc_table, krippendorff_alpha, rating_matrix
@@ -403,12 +404,17 @@ def _cell(value: Any) -> Any:
     return str(value)
 
 
+#: columns holding p-values: shown as ``<0.001`` rather than ``0.000`` (:func:`format_p`)
+_P_COLUMNS = frozenset({"p", "wilcoxon_p"})
+
+
 def _table(df: pd.DataFrame | None) -> dict[str, Any] | None:
     """A frame as ``{"columns": [...], "rows": [[cell, ...], ...]}`` for the report template."""
     if df is None or df.empty:
         return None
+    cells = [format_p if str(c) in _P_COLUMNS else _cell for c in df.columns]
     return {"columns": [str(c) for c in df.columns],
-            "rows": [[_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]}
+            "rows": [[f(v) for f, v in zip(cells, row)] for row in df.itertuples(index=False, name=None)]}
 
 
 def _report_html(summary: pd.DataFrame, agreement: pd.DataFrame, pairwise: pd.DataFrame,
