@@ -2,7 +2,10 @@
 
 Bundles in this repository include the shared pipelines with ``%transforms/<file>.json::<key>``
 macros. MONAI Label and the Model Zoo want a folder that stands alone, so
-:func:`export_bundle` copies a bundle and inlines those macros.
+:func:`export_bundle` copies a bundle, inlines those macros, points its ``bundle_root`` at the
+copy (so it runs from any working directory), gives it a ``models/`` folder (a trained
+``model.pt`` copied in when given) and has its training write ``models/`` there, where its
+``inference.json`` reads the model.
 """
 
 from __future__ import annotations
@@ -49,25 +52,51 @@ def inline_fragments(config: Any, root: Path) -> Any:
     return config
 
 
-def export_bundle(name_or_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def _standalone(config: dict[str, Any], bundle_root: Path) -> dict[str, Any]:
+    """A top-level config made to run from its exported folder (``bundle_root``, ``ckpt_dir`` into it)."""
+    if "bundle_root" in config:
+        config["bundle_root"] = str(bundle_root)
+    if "ckpt_dir" in config:  # training writes the Model-Zoo models/ folder that inference reads
+        config["ckpt_dir"] = "$@bundle_root + '/models'"
+        config.setdefault("bundle_root", str(bundle_root))
+    return config
+
+
+def export_bundle(
+    name_or_path: str | os.PathLike, dest: str | os.PathLike, model: str | os.PathLike | None = None
+) -> Path:
     """Write a self-contained copy of a bundle to ``dest`` (macros inlined, Model-Zoo layout).
+
+    The copy's ``bundle_root`` is ``dest`` (absolute; pass ``--bundle_root`` after moving it), it has
+    a ``models/`` folder, and its training writes ``models/model.pt`` there.
 
     Args:
         name_or_path: a bundle name under ``bundles/`` or a bundle folder.
         dest: the new bundle folder (must not exist or be empty).
+        model: trained weights to copy to ``models/model.pt`` (e.g. ``runs/npc_segmentation/models/model.pt``).
+
+    Raises:
+        FileNotFoundError: no such bundle, or ``model`` does not exist.
+        FileExistsError: ``dest`` exists and is not empty.
     """
     src = Path(name_or_path)
     if not (src / "configs").is_dir():
         src = bundles_dir() / str(name_or_path)
     if not (src / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"{src}: not a bundle (no configs/metadata.json)")
-    out = Path(dest)
+    if model is not None and not Path(model).is_file():
+        raise FileNotFoundError(f"{model}: model weights not found")
+    out = Path(dest).resolve()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty")
     shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     root = transforms_dir()
     for cfg in sorted((out / "configs").glob("*.json")):
-        atomic_write_json(cfg, inline_fragments(json.loads(cfg.read_text()), root))
+        config = inline_fragments(json.loads(cfg.read_text()), root)
+        atomic_write_json(cfg, _standalone(config, out) if isinstance(config, dict) else config)
+    (out / "models").mkdir(exist_ok=True)
+    if model is not None:
+        shutil.copyfile(model, out / "models" / "model.pt")
     return out
 
 
@@ -77,4 +106,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = bsub.add_parser("export", help="copy a bundle with the shared transform macros inlined")
     e.add_argument("name", help="bundle name under bundles/ (or a bundle folder)")
     e.add_argument("dest", type=Path, help="destination folder")
-    e.set_defaults(func=lambda a: print(f"exported to {export_bundle(a.name, a.dest)}") or 0)
+    e.add_argument("--model", type=Path, default=None, help="trained weights to copy to DEST/models/model.pt")
+    e.set_defaults(func=lambda a: print(f"exported to {export_bundle(a.name, a.dest, a.model)}") or 0)
