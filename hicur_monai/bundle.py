@@ -11,8 +11,10 @@ copy (so it runs from any working directory), gives it a ``models/`` folder (a t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from hicur_monai.transforms.fragments import transforms_dir
 from hicur_monai.utils.io import atomic_write_json
 
-__all__ = ["bundles_dir", "inline_fragments", "export_bundle", "add_parser"]
+__all__ = ["bundles_dir", "inline_fragments", "export_bundle", "suggested_commands", "add_parser"]
 
 _MACRO = "%transforms/"
 
@@ -98,6 +100,68 @@ def export_bundle(
     if model is not None:
         shutil.copyfile(model, out / "models" / "model.pt")
     return out
+
+
+#: where the bundles' training runs write their models (the configs' default output_dir)
+_SEGMENTATION_MODEL = "runs/npc_segmentation/models/model.pt"
+_PROGNOSIS_MODELS = "runs/npc_prognosis"
+
+
+def _bundle_run(*configs: str, **overrides: str) -> str:
+    """A ``python -m monai.bundle run`` command line for configs of the repository's bundles."""
+    files = [f"bundles/{c}.json" for c in configs]
+    spec = files[0] if len(files) == 1 else '"[' + ",".join(f"'{f}'" for f in files) + ']"'
+    args = "".join(f" --{k} {shlex.quote(v)}" for k, v in overrides.items())
+    return f"python -m monai.bundle run --config_file {spec}{args}"
+
+
+def _segmentation_flags(model: Path) -> dict[str, str]:
+    """Command-line settings that rebuild the network a segmentation ``model.pt`` records (empty if it records none)."""
+    import torch
+
+    from hicur_monai.networks.fusion_seg import FUSION_PRESETS, FusionSegConfig
+
+    extra = torch.load(model, map_location="cpu", weights_only=True).get("_extra_state")
+    if not isinstance(extra, dict) or "config" not in extra:
+        return {}
+    config = extra["config"]
+    shape = ("depths", "dims", "stem_dim", "num_heads", "ffn_ratio", "fusion_scales")
+    def as_recorded(name: str) -> dict[str, Any]:  # tuples as lists, as the checkpoint holds them
+        return json.loads(json.dumps(dataclasses.asdict(FusionSegConfig.from_preset(name))))
+
+    preset = next((name for name in FUSION_PRESETS if all(as_recorded(name)[k] == config.get(k) for k in shape)), None)
+    if preset is None:
+        return {}
+    flags = {"preset": preset, "norm": str(config["norm_name"]), "text_dim": str(config["text_dim"])}
+    if config.get("extra", {}).get("img_size"):
+        flags["img_size"] = str(config["extra"]["img_size"])
+    return flags
+
+
+def suggested_commands(task: str, image: str | os.PathLike | None = None, root: str | os.PathLike = ".") -> list[str]:
+    """The commands (run from the repository root ``root``) that answer a routed ``task``, in order.
+
+    Training comes first when its output is not in ``root`` yet. Segmentation infers on
+    ``image``; prognosis predicts for the patients of the demo cohort's clinical table (the
+    bundle's default ``dataset_dir``). The commands are the documented ones of
+    ``bundles/npc_segmentation/docs/README.md`` and ``bundles/npc_prognosis/docs/README.md``.
+
+    Raises:
+        ValueError: a task no bundle answers.
+    """
+    base = Path(root)
+    if task == "segmentation":
+        model = base / _SEGMENTATION_MODEL
+        out = [] if model.is_file() else [_bundle_run("npc_segmentation/configs/train", "npc_segmentation/configs/demo")]
+        inputs = {"input": os.fspath(image)} if image is not None else {}
+        shape = _segmentation_flags(model) if model.is_file() else {"preset": "tiny", "img_size": "64", "norm": "batch"}
+        return out + [_bundle_run("npc_segmentation/configs/inference", **inputs, ckpt_path=_SEGMENTATION_MODEL,
+                                  output_dir="runs/seg_out", **shape)]
+    if task == "prognosis":
+        out = [] if (base / _PROGNOSIS_MODELS / "train_summary.json").is_file() else [
+            _bundle_run("npc_prognosis/configs/train")]
+        return out + [_bundle_run("npc_prognosis/configs/train", "npc_prognosis/configs/inference")]
+    raise ValueError(f"no bundle answers task {task!r} (known: segmentation, prognosis)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

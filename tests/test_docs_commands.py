@@ -32,7 +32,7 @@ FENCE_RE = re.compile(r"^(?P<indent>\s*)```(?P<tag>[\w+-]*)\s*$")
 #: a line like this in an untagged block means the block lacks its ``bash`` tag
 COMMAND_LINE_RE = re.compile(r"^\s*(\w+=\S*\s+)*(hicur|python3?|make|torchrun|pip|curl)( |$)")
 #: links into each page's scratch folder
-LINKED = ("bundles", "transforms", "benchmarks")
+LINKED = ("bundles", "transforms", "benchmarks", "hicur_monai")
 #: blocks whose commands match this run longer than a few seconds (marked slow)
 SLOW_RE = re.compile(r"monai\.bundle run|hicur (segment|demo |judge demo|curate)|hicur_monai\.vlm\.demo|benchmarks/")
 
@@ -251,3 +251,24 @@ def test_documented_block_runs(block: Block, workspace: Workspace):
         if earlier.page == block.page and not earlier.skip and earlier.id not in workspace.done:
             workspace.run(earlier, rules)
     workspace.run(block, rules)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, question", [("segmentation", "segment the tumour in this image"),
+                                            ("prognosis", "what is the survival prognosis of this patient")])
+def test_ask_suggests_commands_that_run(task: str, question: str, workspace: Workspace):
+    """``hicur ask`` routes to a bundle and suggests commands that run (training first, then again without it)."""
+    import json
+
+    cwd = workspace.folder(f"ask_{task}")
+    image = "demo_data/mri/IMG0001/T1.nii.gz"
+    rules = load_rules()
+    for n, round_ in enumerate(("fresh", "trained")):
+        proc = subprocess.run(["hicur", "ask", image, question, "--json"], cwd=cwd, env=workspace.env({}),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert answer["task"] == task and answer["commands"], answer
+        if round_ == "trained":
+            assert len(answer["commands"]) == 1, f"the model was trained; still suggested: {answer['commands']}"
+        workspace.run(Block(f"ask_{task}", n, answer["commands"]), rules)
