@@ -56,6 +56,7 @@ class Rule:
     """One entry of tests/docs_overrides.yaml."""
 
     match: re.Pattern
+    unless: re.Pattern | None = None
     append: str = ""
     replace: list[tuple[str, str]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -118,7 +119,8 @@ def parse_page(path: Path, root: Path = REPO) -> tuple[list[Block], list[str]]:
         if skip and not (skip["reason"] or "").strip():
             problems.append(f"{page}:{i + 1}: docs-test skip marker without a (reason)")
         if tag in SHELL_TAGS:
-            blocks.append(Block(page, i + 1, block_commands(body, tag), skip["reason"].strip() if skip else None))
+            reason = ((skip["reason"] or "").strip() or "(no reason given)") if skip else None
+            blocks.append(Block(page, i + 1, block_commands(body, tag), reason))
         elif not tag and any(COMMAND_LINE_RE.match(ln) for ln in body):
             problems.append(f"{page}:{i + 1}: untagged block with commands: tag it ```bash (and mark it "
                             "<!-- docs-test: skip (reason) --> if it cannot run in CI)")
@@ -130,10 +132,11 @@ def load_rules(path: Path = OVERRIDES) -> list[Rule]:
     """The override rules, validated."""
     rules = []
     for n, entry in enumerate(yaml.safe_load(path.read_text())["rules"]):
-        unknown = set(entry) - {"match", "append", "replace", "env", "timeout"}
+        unknown = set(entry) - {"match", "unless", "append", "replace", "env", "timeout"}
         if unknown or "match" not in entry:
             raise ValueError(f"{path}: rule {n}: needs 'match', unknown keys {sorted(unknown)}")
-        rules.append(Rule(re.compile(entry["match"]), entry.get("append", ""),
+        unless = re.compile(entry["unless"]) if entry.get("unless") else None
+        rules.append(Rule(re.compile(entry["match"]), unless, entry.get("append", ""),
                           [tuple(r) for r in entry.get("replace", [])],
                           {k: str(v) for k, v in (entry.get("env") or {}).items()}, entry.get("timeout")))
     return rules
@@ -144,7 +147,7 @@ def apply_rules(command: str, rules: list[Rule]) -> tuple[str, dict[str, str], i
     env: dict[str, str] = {}
     timeout = 300
     for rule in rules:
-        if not rule.match.search(command):
+        if not rule.match.search(command) or (rule.unless and rule.unless.search(command)):
             continue
         for pattern, repl in rule.replace:
             command = re.sub(pattern, repl, command)
@@ -178,10 +181,13 @@ def test_parser_reads_the_convention(tmp_path):
                     "<!-- docs-test: skip -->\n```sh\nls '#not a comment'\n```\n")
     blocks, problems = parse_page(page, root=tmp_path)
     assert [(b.commands, b.skip) for b in blocks] == [
-        (["torchrun x --y 1"], "needs GPU"), (["hicur demo"], None), (["ls '#not a comment'"], None)]
+        (["torchrun x --y 1"], "needs GPU"), (["hicur demo"], None), (["ls '#not a comment'"], "(no reason given)")]
     assert len(problems) == 2 and "untagged" in problems[0] and "without a (reason)" in problems[1]
-    rules = [Rule(re.compile("demo-data"), append="--preset tiny", env={"A": "1"}, timeout=9)]
+    rules = [Rule(re.compile("demo-data"), append="--preset tiny", env={"A": "1"}, timeout=9),
+             Rule(re.compile("demo-data"), unless=re.compile("--seed"), replace=[("d$", "e")])]
     assert apply_rules("hicur demo-data d", rules) == ("hicur demo-data d --preset tiny", {"A": "1"}, 9)
+    assert apply_rules("hicur demo-data d", rules[1:])[0] == "hicur demo-data e"
+    assert apply_rules("hicur demo-data --seed 1 d", rules[1:])[0] == "hicur demo-data --seed 1 d"
 
 
 class Workspace:
