@@ -194,14 +194,17 @@ class Workspace:
     """The scratch folders, one per page, and which blocks ran in them."""
 
     def __init__(self, root: Path, cohort: Path):
-        self.root, self.cohort, self.done = root, cohort, set()
+        self.root, self.cohort = root, cohort
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
         self.bin = root / "_bin"
         self.bin.mkdir()
-        (self.bin / "python").symlink_to(sys.executable)
-        (self.bin / "python3").symlink_to(sys.executable)
-        hicur = self.bin / "hicur"
-        hicur.write_text(f"#!/bin/sh\nexec '{sys.executable}' -m hicur_monai.cli \"$@\"\n")
-        hicur.chmod(0o755)
+        # wrappers (not links: a link to a virtual environment's python loses the environment)
+        for name, args in (("python", ""), ("python3", ""), ("hicur", " -m hicur_monai.cli"),
+                           ("torchrun", " -m torch.distributed.run")):
+            script = self.bin / name
+            script.write_text(f"#!/bin/sh\nexec '{sys.executable}'{args} \"$@\"\n")
+            script.chmod(0o755)
 
     def folder(self, page: str) -> Path:
         cwd = self.root / re.sub(r"\W+", "_", page)
@@ -222,6 +225,7 @@ class Workspace:
 
     def run(self, block: Block, rules: list[Rule]) -> None:
         cwd = self.folder(block.page)
+        self.failed.add(block.id)  # until it has run through
         for command in block.commands:
             actual, extra, timeout = apply_rules(command, rules)
             try:
@@ -232,6 +236,7 @@ class Workspace:
             if proc.returncode != 0:
                 pytest.fail(f"{block.id}: exit {proc.returncode}: {actual}\n--- stdout (end)\n{proc.stdout[-3000:]}"
                             f"\n--- stderr (end)\n{proc.stderr[-5000:]}")
+        self.failed.discard(block.id)
         self.done.add(block.id)
 
 
@@ -254,7 +259,11 @@ def test_documented_block_runs(block: Block, workspace: Workspace):
     for earlier in ALL_BLOCKS:
         if earlier is block:
             break
-        if earlier.page == block.page and not earlier.skip and earlier.id not in workspace.done:
+        if earlier.page != block.page or earlier.skip:
+            continue
+        if earlier.id in workspace.failed:
+            pytest.fail(f"an earlier block of the page failed: {earlier.id}")
+        if earlier.id not in workspace.done:
             workspace.run(earlier, rules)
     workspace.run(block, rules)
 
