@@ -142,6 +142,11 @@ def load_rules(path: Path = OVERRIDES) -> list[Rule]:
     return rules
 
 
+def load_pages(path: Path = OVERRIDES) -> dict[str, dict[str, str]]:
+    """Per-page settings of the overrides file (``pages: {page: {demo_data: ARGS}}``)."""
+    return yaml.safe_load(path.read_text()).get("pages") or {}
+
+
 def apply_rules(command: str, rules: list[Rule]) -> tuple[str, dict[str, str], int]:
     """The command as CI runs it, its extra environment and its timeout."""
     env: dict[str, str] = {}
@@ -212,7 +217,12 @@ class Workspace:
             cwd.mkdir()
             for name in LINKED:
                 (cwd / name).symlink_to(REPO / name)
-            shutil.copytree(self.cohort, cwd / "demo_data", symlinks=True)
+            cohort_args = load_pages().get(page, {}).get("demo_data")
+            if cohort_args:  # this page needs another cohort than the shared tiny one
+                subprocess.run(["bash", "-c", f"hicur demo-data demo_data {cohort_args}"], cwd=cwd, env=self.env({}),
+                               check=True, capture_output=True, timeout=300)
+            else:
+                shutil.copytree(self.cohort, cwd / "demo_data", symlinks=True)
         return cwd
 
     def env(self, extra: dict[str, str]) -> dict[str, str]:

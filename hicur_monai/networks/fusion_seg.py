@@ -352,6 +352,8 @@ class FusionSegNet(nn.Module):
                              "build the network with hicur_monai.networks.fusion_seg.load_trained_network")
         source = state.get("encoder_source") or {}
         check_recorded_checksum(source.get("path"), source.get("sha256"), _ENCODER_WHAT)
+        if source:  # the weights now come from the checkpoint: so does their provenance
+            self.encoder_source = dict(source)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints saved before the configuration was recorded have no ``_extra_state``: still load them
