@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+SCHEMA_PATH = REPO_ROOT / "hicur_monai" / "bundle_schema" / "meta_schema_20240725.json"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,9 +25,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def meta_schema() -> Path:
-    """The MONAI bundle metadata schema shipped in ../shared (skips when absent)."""
-    if not SCHEMA_PATH.is_file():
-        pytest.skip(f"MONAI metadata schema not found at {SCHEMA_PATH}")
+    """The MONAI bundle metadata schema the package ships (``hicur_monai/bundle_schema``)."""
+    assert SCHEMA_PATH.is_file(), f"MONAI metadata schema missing from the package: {SCHEMA_PATH}"
     return SCHEMA_PATH
 
 

@@ -110,7 +110,7 @@ def test_changed_encoder_file_warns(tmp_path):
     state = torch.load(enc, weights_only=True)
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, enc)  # Stage I re-trained
-    with pytest.warns(UserWarning, match="CHANGED"):
+    with pytest.warns(UserWarning, match="has changed since"):
         VisionLanguageModel.from_pretrained(saved)
 
 

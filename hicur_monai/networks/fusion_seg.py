@@ -16,6 +16,14 @@ The network of the original system (``../shared/reference/hicur-released-code-fa
   transposed convolution to full resolution and a 1x1 head to ``out_channels`` logits
   (1 = binary tumour).
 
+The trained network carries its configuration: ``state_dict()`` holds an ``_extra_state`` entry
+with the :class:`FusionSegConfig` (and, when the encoder came from ``encoder_weights``, that
+file's path, SHA-256 and timm constructor arguments). :func:`load_trained_network` builds the
+network a checkpoint was trained as (so evaluating a ``tiny`` model under a ``base`` command line
+works instead of failing with size mismatches), and loading warns
+(:func:`hicur_monai.utils.checksum.check_recorded_checksum`) when the encoder file has changed
+since training.
+
 ``forward(images, text_states=None, text_mask=None)``: without text states the
 cross-attention is skipped (image-only path; used by shape checks such as ``verify_net_in_out``).
 
@@ -28,8 +36,11 @@ coarsest, for CPU tests).
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +51,7 @@ from torch import nn
 
 from hicur_monai.networks.init import set_output_prior
 from hicur_monai.registry import NETWORKS
+from hicur_monai.utils.checksum import check_recorded_checksum, sha256_file
 
 __all__ = [
     "FUSION_PRESETS",
@@ -48,7 +60,16 @@ __all__ = [
     "FusionBlock",
     "MultiHeadAttention",
     "MoEFeedForward",
+    "load_trained_network",
+    "trained_input_size",
 ]
+
+log = logging.getLogger(__name__)
+
+#: config fields that do not change the network's shapes (not compared when loading a checkpoint)
+_NON_STRUCTURAL = ("encoder_weights", "drop_path_rate", "output_prior", "extra")
+#: what the encoder file is, in the checksum warning
+_ENCODER_WHAT = "the HCMAE ConvNeXt encoder (encoder_weights) this segmentation model was trained from"
 
 #: size presets; ``base`` is the original (ConvNeXtV2-Base encoder)
 FUSION_PRESETS: dict[str, dict[str, Any]] = {
@@ -254,19 +275,22 @@ class FusionSegNet(nn.Module):
         torch.Size([2, 1, 64, 64])
     """
 
-    def __init__(self, preset: str = "base", config: FusionSegConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        preset: str = "base",
+        config: FusionSegConfig | None = None,
+        encoder_source: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
         super().__init__()
         cfg = config or FusionSegConfig.from_preset(preset, **overrides)
         self.config = cfg
+        #: where the encoder came from: ``{"path", "sha256", "kwargs"}`` (``None``: random init)
+        self.encoder_source = encoder_source
         if cfg.encoder_weights:
-            from hicur_monai.networks.hcmae import load_encoder
-
-            self.encoder = load_encoder(os.fspath(cfg.encoder_weights))
-            if not isinstance(self.encoder, ConvNeXt):
-                raise ValueError(f"{cfg.encoder_weights}: not a ConvNeXt encoder ({type(self.encoder).__name__})")
-            if int(self.encoder.stem[0].in_channels) != cfg.in_chans:
-                raise ValueError(f"{cfg.encoder_weights}: encoder takes {self.encoder.stem[0].in_channels} channels, "
-                                 f"config in_chans={cfg.in_chans}")
+            self.encoder = self._load_encoder(os.fspath(cfg.encoder_weights))
+        elif encoder_source:  # the structure of a recorded encoder, weights from the checkpoint
+            self.encoder = ConvNeXt(**encoder_source["kwargs"])
         else:
             self.encoder = ConvNeXt(
                 in_chans=cfg.in_chans, depths=list(cfg.depths), dims=list(cfg.dims), use_grn=True,
@@ -289,6 +313,65 @@ class FusionSegNet(nn.Module):
         self.final_up = nn.ConvTranspose2d(cfg.stem_dim, cfg.stem_dim, kernel_size=2, stride=2)
         self.head = UnetOutBlock(2, cfg.stem_dim, cfg.out_channels)
         set_output_prior(self.head, cfg.output_prior)
+
+    def _load_encoder(self, path: str) -> ConvNeXt:
+        """The HCMAE ConvNeXt at ``path``, its checksum and constructor arguments recorded in ``encoder_source``."""
+        from hicur_monai.networks.hcmae import load_encoder
+
+        encoder = load_encoder(path)
+        if not isinstance(encoder, ConvNeXt):
+            raise ValueError(f"{path}: not a ConvNeXt encoder ({type(encoder).__name__})")
+        if int(encoder.stem[0].in_channels) != self.config.in_chans:
+            raise ValueError(f"{path}: encoder takes {encoder.stem[0].in_channels} channels, "
+                             f"config in_chans={self.config.in_chans}")
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        self.encoder_source = {"path": os.path.abspath(path), "sha256": sha256_file(path), "kwargs": meta["kwargs"]}
+        return encoder
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The configuration and encoder provenance saved with the weights (``_extra_state``)."""
+        config = dataclasses.asdict(self.config)
+        config.update(depths=list(config["depths"]), dims=list(config["dims"]),
+                      fusion_scales=list(config["fusion_scales"]))
+        return {"format": 1, "config": config, "encoder_source": self.encoder_source}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Check a checkpoint's recorded configuration against this network; warn when the encoder file changed.
+
+        Raises:
+            ValueError: the checkpoint was trained with a different network shape (names the fields).
+        """
+        if not isinstance(state, dict) or "config" not in state:
+            return
+        mine, theirs = self.get_extra_state()["config"], state["config"]
+        differ = sorted(k for k in set(mine) | set(theirs)
+                        if k not in _NON_STRUCTURAL and mine.get(k) != theirs.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r}, network {mine.get(k)!r}" for k in differ)
+            raise ValueError(f"FusionSegNet: the checkpoint was trained with another configuration ({detail}); "
+                             "build the network with hicur_monai.networks.fusion_seg.load_trained_network")
+        source = state.get("encoder_source") or {}
+        check_recorded_checksum(source.get("path"), source.get("sha256"), _ENCODER_WHAT)
+        if source:  # the weights now come from the checkpoint: so does their provenance
+            self.encoder_source = dict(source)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints saved before the configuration was recorded have no ``_extra_state``: still load them
+        state_dict.setdefault(prefix + "_extra_state", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FusionSegNet:
+        """The network a saved state dict was trained as (its ``_extra_state`` configuration), weights loaded."""
+        extra = state.get("_extra_state")
+        if not isinstance(extra, dict) or "config" not in extra:
+            raise ValueError("this checkpoint records no FusionSegNet configuration (saved before the configuration "
+                             "was recorded): build the network with the options it was trained with")
+        fields = {f.name for f in dataclasses.fields(FusionSegConfig)}
+        config = FusionSegConfig(**{k: v for k, v in extra["config"].items() if k in fields and k != "encoder_weights"})
+        net = cls(config=config, encoder_source=extra.get("encoder_source"))
+        net.load_state_dict(state)
+        return net
 
     @property
     def moe_aux_loss(self) -> torch.Tensor:
@@ -340,3 +423,55 @@ class FusionSegNet(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return {"encoder": enc, "fusion": fus, "other": total - enc - fus, "total": total}
 
+
+
+def _network_state(path: str | os.PathLike, map_location: str | torch.device) -> dict[str, Any]:
+    """The network's state dict in a ``model.pt`` (plain) or a resumable ``last.pt`` (under ``network``)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("network"), dict):
+        state = state["network"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a network checkpoint (a state dict, or one under 'network')")
+    return state
+
+
+def load_trained_network(
+    path: str | os.PathLike, network: nn.Module, device: str | torch.device | None = None
+) -> nn.Module:
+    """``network`` with the weights of the checkpoint at ``path``; rebuilt as the checkpoint's own network if it differs.
+
+    A :class:`FusionSegNet` checkpoint records its configuration: when it differs from ``network``'s
+    (a ``tiny`` demo model evaluated under the ``base`` defaults), the network is built from the
+    checkpoint's configuration instead, and the differing fields are logged. Other networks
+    (the MONAI UNet baseline) load the weights into ``network`` as it is.
+
+    Args:
+        path: ``model.pt`` (or a resumable ``last.pt``).
+        network: the network the command line describes.
+        device: where to put the result (default: where ``network`` is).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no trained model; train first (bundles/npc_segmentation/configs/train.json) "
+                                "or pass --ckpt_path")
+    device = device or next(network.parameters()).device
+    state = _network_state(path, "cpu")
+    extra = state.get("_extra_state")
+    if isinstance(network, FusionSegNet) and isinstance(extra, dict) and "config" in extra:
+        mine = network.get_extra_state()["config"]
+        differ = {k: v for k, v in extra["config"].items() if k not in _NON_STRUCTURAL and mine.get(k) != v}
+        if differ:
+            log.info("%s: building the network the checkpoint was trained as (%s)", path,
+                     ", ".join(f"{k}={v!r}" for k, v in sorted(differ.items())))
+            return FusionSegNet.from_state(state).to(device)
+    network.load_state_dict(state)
+    return network.to(device)
+
+
+def trained_input_size(network: nn.Module, default: int) -> int:
+    """The input size a network was trained at (``config.extra['img_size']`` of a :class:`FusionSegNet`), else ``default``."""
+    config = getattr(network, "config", None)
+    size = getattr(config, "extra", {}).get("img_size") if config is not None else None
+    return int(size) if size else int(default)

@@ -1,10 +1,10 @@
-"""SHA-256 of files handed from one stage to the next, and the check that they have not changed.
+"""File checksums for checkpoint hand-offs: record a source file's SHA-256, warn when it changed since.
 
-A checkpoint that another stage reads (the HCMAE encoder a vision-language model was trained
-on, a model folder a later step starts from) is recorded with :func:`sha256_file` when it is
-used; :func:`check_recorded_checksum` compares the file on disk with that record when it is
-used again and warns loudly (``warnings.warn`` and the logger) when it changed, so a re-trained
-upstream model never silently changes a downstream model's outputs.
+A model trained from another stage's checkpoint (the segmentation network from the HCMAE
+ConvNeXt, the vision-language model from the HCMAE ViT) records the source file's
+:func:`sha256_file` when it is built; whoever loads the trained model later calls
+:func:`check_recorded_checksum`, which warns (logged and as a Python warning, so it shows in
+the command's output) when the file at that path is no longer the one the model was trained from.
 """
 
 from __future__ import annotations
@@ -15,48 +15,54 @@ import os
 import warnings
 from pathlib import Path
 
-__all__ = ["sha256_file", "check_recorded_checksum"]
+__all__ = ["sha256_file", "check_recorded_checksum", "SourceChangedWarning"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
 
+class SourceChangedWarning(UserWarning):
+    """A checkpoint hand-off's source file differs from the one recorded at training time."""
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (memory independent of the file size).
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks).
 
     Raises:
-        FileNotFoundError: the file does not exist (names it).
+        FileNotFoundError: ``path`` is not a file.
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file to checksum")
-    h = hashlib.sha256()
+        raise FileNotFoundError(f"{p}: no such file (cannot compute its checksum)")
+    digest = hashlib.sha256()
     with p.open("rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def check_recorded_checksum(path: str | os.PathLike, recorded: str | None, what: str) -> bool:
-    """Compare ``path``'s SHA-256 with the one ``recorded`` when it was first used.
+def check_recorded_checksum(path: str | os.PathLike | None, recorded: str | None, what: str) -> None:
+    """Warn when the file at ``path`` is gone or its SHA-256 is no longer ``recorded``.
+
+    Nothing happens when nothing was recorded (``path`` or ``recorded`` empty) or the file is unchanged.
 
     Args:
-        path: the file on disk now.
-        recorded: the hex digest recorded earlier (``None`` or empty: nothing recorded, nothing to check).
-        what: what the file is, for the message (e.g. ``"HCMAE ViT encoder of runs/vl/step2/model"``).
-
-    Returns:
-        True when the file matches (or nothing was recorded); False after warning that it changed.
+        path: the source file as recorded at training time.
+        recorded: its hex SHA-256 at training time.
+        what: what the file is, for the message (e.g. ``"HCMAE ConvNeXt encoder (encoder_weights)"``).
     """
-    if not recorded:
-        return True
-    actual = sha256_file(path)
-    if actual == recorded:
-        return True
-    msg = (f"{what}: {path} has CHANGED since it was recorded (sha256 {actual[:12]}..., recorded "
-           f"{recorded[:12]}...): outputs will differ from the ones it was trained and validated with; "
-           "retrain the dependent model or restore the original file")
-    logger.warning(msg)
-    warnings.warn(msg, UserWarning, stacklevel=2)
-    return False
+    if not path or not recorded:
+        return
+    p = Path(path)
+    if not p.is_file():
+        msg = (f"{what}: {p} no longer exists (recorded sha256 {recorded[:16]}...); the trained model keeps the "
+               "weights it was trained from, but that source can no longer be checked or reproduced")
+    else:
+        current = sha256_file(p)
+        if current == recorded:
+            return
+        msg = (f"{what}: {p} has changed since this model was trained (sha256 then {recorded[:16]}..., now "
+               f"{current[:16]}...); the trained model keeps the weights it was trained from: retrain to use the new file")
+    log.warning(msg)
+    warnings.warn(msg, SourceChangedWarning, stacklevel=2)

@@ -18,11 +18,14 @@ __all__ = ["add_parser", "TASK_HANDLERS"]
 #: task -> handler(args, route) -> text. "chat" is built in; Stage III modules may add theirs.
 TASK_HANDLERS: dict[str, Callable[[argparse.Namespace, Any], str]] = {}
 
-_BUNDLE_FOR = {
-    "segmentation": "bundles/npc_segmentation (python -m monai.bundle run --config_file "
-                    "bundles/npc_segmentation/configs/inference.json)",
-    "prognosis": "bundles/npc_prognosis (python -m monai.bundle run --config_file bundles/npc_prognosis/configs/inference.json)",
-}
+def _suggested(task: str, image: Path) -> list[str]:
+    """The documented commands that answer ``task`` for ``image`` (training first when its model is missing)."""
+    from hicur_monai.bundle import suggested_commands
+
+    try:
+        return suggested_commands(task, image)
+    except ValueError:
+        return []
 
 
 def add_parser(subparsers) -> None:
@@ -68,7 +71,8 @@ def _ask(args: argparse.Namespace) -> int:
         handler = TASK_HANDLERS.get(route.task, _chat if route.task == "chat" else None)
         if handler is None:
             result["answer"] = None
-            result["note"] = f"routed to {route.task}; run {_BUNDLE_FOR.get(route.task, 'the ' + route.task + ' bundle')}"
+            result["commands"] = _suggested(route.task, args.image)
+            result["note"] = f"routed to {route.task}; run from the repository root: " + " && ".join(result["commands"])
         else:
             if route.task == "chat" and not (args.model / "vlm_config.json").is_file():
                 print(f"hicur ask: {args.model}: no trained model (vlm_config.json); train bundles/vl_alignment "
