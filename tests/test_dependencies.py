@@ -30,6 +30,11 @@ EXTRA_OF = {
 #: modules that do not run in the toolkit's environment, with why
 RUN_ELSEWHERE = {
     "hicur_monai/label/app_main.py": "the MONAI Label app: runs in its own environment (make label; monailabel pins numpy<2)",
+    "hicur_monai/label/guard.py": "the MONAI Label app's route guards: imported by app_main.py in the label environment",
+}
+#: imports a user brings only for an opt-in feature, with why they are not declared
+OPTIONAL = {
+    "deepspeed": "imported only when a DeepSpeed config is given; it is built against the user's CUDA toolchain",
 }
 
 
@@ -97,7 +102,7 @@ def undeclared_imports() -> list[str]:
             continue
         extra = next((e for prefix, e in EXTRA_OF.items() if rel.startswith(prefix)), None)
         allowed = core | (extras.get(extra, set()) if extra else set())
-        for module in sorted(third_party_imports(path)):
+        for module in sorted(third_party_imports(path) - OPTIONAL.keys()):
             candidates = {_norm(d) for d in dists.get(module, [])}
             if not candidates:
                 problems.append(f"{rel}: imports {module!r}, which no installed distribution provides")
