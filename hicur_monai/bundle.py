@@ -138,6 +138,16 @@ def _segmentation_flags(model: Path) -> dict[str, str]:
     return flags
 
 
+def _unused_folder(root: Path, name: str) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... : the first that does not exist under ``root``
+    (inference refuses to overwrite earlier results, so a suggestion never points at them)."""
+    candidate, k = name, 1
+    while (root / candidate).exists():
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
+
+
 def suggested_commands(task: str, image: str | os.PathLike | None = None, root: str | os.PathLike = ".") -> list[str]:
     """The commands (run from the repository root ``root``) that answer a routed ``task``, in order.
 
@@ -156,7 +166,7 @@ def suggested_commands(task: str, image: str | os.PathLike | None = None, root: 
         inputs = {"input": os.fspath(image)} if image is not None else {}
         shape = _segmentation_flags(model) if model.is_file() else {"preset": "tiny", "img_size": "64", "norm": "batch"}
         return out + [_bundle_run("npc_segmentation/configs/inference", **inputs, ckpt_path=_SEGMENTATION_MODEL,
-                                  output_dir="runs/seg_out", **shape)]
+                                  output_dir=_unused_folder(base, "runs/seg_out"), **shape)]
     if task == "prognosis":
         out = [] if (base / _PROGNOSIS_MODELS / "train_summary.json").is_file() else [
             _bundle_run("npc_prognosis/configs/train")]
