@@ -33,6 +33,7 @@ from monai.transforms import (
 )
 
 from hicur_monai.segmentation.data import inference_items
+from hicur_monai.utils.flags import as_flag
 
 __all__ = [
     "MASK_SUFFIX",
@@ -48,24 +49,6 @@ __all__ = [
 MASK_SUFFIX = "_seg.nii.gz"
 SEG_SUFFIX = "_seg.dcm"
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-
-def as_flag(value: Any, name: str) -> bool:
-    """A bundle flag: a bool, or ``"true"/"false"`` (any case), ``"1"/"0"``, ``"yes"/"no"`` as the command line gives them.
-
-    Raises:
-        ValueError: any other value (``bool("false")`` would be true).
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _stem(name: str) -> str:

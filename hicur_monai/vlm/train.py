@@ -42,6 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from hicur_monai.networks.vlm import VisionLanguageModel
 from hicur_monai.training.distributed import default_backend
 from hicur_monai.utils.checksum import sha256_file
+from hicur_monai.utils.flags import as_flag
 from hicur_monai.utils.io import atomic_write_json
 from hicur_monai.vlm.data import LlavaConversationDataset
 
@@ -225,26 +226,10 @@ def _saved_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _flag(value: bool | str, name: str) -> bool:
-    """A yes/no setting from a bool or the strings the command line gives (``--resume false`` is the string "false").
-
-    Raises:
-        ValueError: anything else (names the setting).
-    """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 def _resolve_bf16(bf16: bool | str, use_cpu: bool) -> bool:
     if bf16 == "auto":
         return (not use_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return _flag(bf16, "bf16")
+    return as_flag(bf16, "bf16")
 
 
 def _backend() -> str | None:
@@ -333,9 +318,9 @@ class VLMTraining:
                  ddp_backend: str | None = None, save_total_limit: int | None = 2, run_name: str | None = None):
         self.out = Path(output_dir)
         self.mode = mode
-        resume, progress = _flag(resume, "resume"), _flag(progress, "progress")
-        gradient_checkpointing = _flag(gradient_checkpointing, "gradient_checkpointing")
-        tune_projector = _flag(tune_projector, "tune_projector")
+        resume, progress = as_flag(resume, "resume"), as_flag(progress, "progress")
+        gradient_checkpointing = as_flag(gradient_checkpointing, "gradient_checkpointing")
+        tune_projector = as_flag(tune_projector, "tune_projector")
         use_cpu = device == "cpu" or not torch.cuda.is_available()
         if use_cpu and (deepspeed or fsdp):
             raise ValueError("deepspeed / fsdp need GPUs: accelerate runs FSDP and DeepSpeed only on multi-GPU "
