@@ -69,14 +69,17 @@ clean:
 # MONAI Label (pins numpy < 2 and an older pydicom) in its own environment, with the hicur_monai
 # package (editable, no dependencies: the app needs only torch, monai, timm, nibabel from here).
 # torch and torchvision come first, as CPU builds where an index offers them (PyPI's Linux wheels
-# are CUDA builds, 8 GB with their libraries): pip looks in LABEL_TORCH_INDEX (PyTorch's CPU wheels)
-# with a 15 s timeout and falls back to the default index when that fails or cannot be reached.
+# are CUDA builds, 8 GB with their libraries): pip looks in LABEL_TORCH_INDEX first when it is set
+# (e.g. https://download.pytorch.org/whl/cpu: PyTorch's CPU wheels), with a 15 s timeout, and falls
+# back to the default index when that fails or cannot be reached. Empty by default: where that index is
+# unreachable, pip's other configured sources can give a CPU torch with a CUDA torchvision (seen here),
+# which does not load.
 # The two must come from one build family: a CPU torch with PyPI's (CUDA) torchvision does not load
 # (monailabel imports torchvision: "operator torchvision::nms does not exist"). Override with e.g.
 # `make label LABEL_TORCH_INDEX=https://my.mirror/whl/cpu` or `LABEL_TORCH="torch==2.6.0 torchvision==0.21.0"`;
 # an empty LABEL_TORCH_INDEX skips the first try. The installed versions are then kept (constraint).
 LABEL_TORCH ?= torch torchvision
-LABEL_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+LABEL_TORCH_INDEX ?=
 $(LABEL_STAMP): setup.cfg
 	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
 	$(LABEL_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
@@ -85,6 +88,9 @@ $(LABEL_STAMP): setup.cfg
 	# keep those builds: monai's torchvision extra would otherwise pull the newest (CUDA) pair
 	$(LABEL_VENV)/bin/python -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}\ntorchvision=={v(\"torchvision\")}')" \
 	    > $(LABEL_VENV)/torch-constraint.txt
+	# a torch / torchvision pair of two build families fails only when the server starts: fail here instead
+	$(LABEL_VENV)/bin/python -c "import torchvision.ops" || \
+	  { echo "label env: torch and torchvision do not load together (see LABEL_TORCH)"; rm -rf $(LABEL_VENV); exit 1; }
 	$(LABEL_VENV)/bin/python -m pip install --quiet -c $(LABEL_VENV)/torch-constraint.txt \
 	    monailabel==0.8.5 pydicom==2.4.4 pynetdicom==2.0.2 dicomweb-client==0.59.1 timm
 	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
