@@ -34,7 +34,7 @@ def ddp_run(demo_cohort, tmp_path_factory):
     return base
 
 
-def _reference(demo_cohort, repo_root, iterations: int) -> dict:
+def _reference(demo_cohort, repo_root, output_dir, iterations: int) -> dict:
     """One process, the same global batch: the two ranks' batches accumulated, as DDP averages them."""
     import monai
     from monai.bundle import ConfigParser
@@ -44,7 +44,7 @@ def _reference(demo_cohort, repo_root, iterations: int) -> dict:
 
     parser = ConfigParser()
     parser.read_config(str(repo_root / TRAIN))
-    parser.update({"dataset_dir": str(demo_cohort), "output_dir": str(repo_root / ".unused"), "epochs": 1,
+    parser.update({"dataset_dir": str(demo_cohort), "output_dir": str(output_dir), "epochs": 1,
                    "batch_size": 2 * PER_RANK_BATCH, **TINY})
     monai.utils.set_determinism(seed=0)
     torch.set_num_threads(1)
@@ -75,7 +75,7 @@ def _reference(demo_cohort, repo_root, iterations: int) -> dict:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(ddp_run, demo_cohort, repo_root):
+def test_two_processes_equal_one_with_the_same_global_batch(ddp_run, demo_cohort, repo_root, tmp_path):
     rank0, rank1 = ddp_run / "rank0", ddp_run / "rank1"
     # only rank 0 writes checkpoints, exports, figures and logs
     assert {"models/last.pt", "models/model.pt", "models/vit_encoder.pt", "reconstruction.png",
@@ -84,7 +84,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(ddp_run, demo_cohort
     assert not rank1.exists() or written_files(rank1) == set()
     ckpt = torch.load(rank0 / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert ckpt["trainer"]["iteration"] == 2  # 8 images / (2 processes x 2)
-    ref = _reference(demo_cohort, repo_root, iterations=2)
+    ref = _reference(demo_cohort, repo_root, tmp_path, iterations=2)  # its writer logs under tmp_path
     got = torch.load(rank0 / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert set(got) == set(ref)
     for k in ref:

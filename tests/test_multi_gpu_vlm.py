@@ -23,23 +23,17 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from multi_gpu_helpers import PER_RANK, launch, written_files  # noqa: E402
+from vlm_helpers import TINY_LLM, tiny_instructions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 C = "bundles/vl_alignment/configs"
 PRETRAIN, DDP = f"{C}/pretrain.json", f"{C}/multi_gpu_train.json"
-TINY_LLM = {"backend": "tiny_random", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "vocab_size": 400, "seed": 0}
 
 
 @pytest.fixture(scope="module")
 def common(demo_cohort, tmp_path_factory):
-    from hicur_monai.data.instructions import build_instruction_data, collect_pairs
-    from hicur_monai.llm.teacher import make_teacher
-
-    out = tmp_path_factory.mktemp("instructions")
-    pairs, _ = collect_pairs(demo_cohort / "reports", demo_cohort / "endoscopy")
-    build_instruction_data(pairs, make_teacher("rule"), out, n_eval=1, progress=False)
+    out = tiny_instructions(demo_cohort, tmp_path_factory.mktemp("instructions"))
     return {"dataset_dir": str(demo_cohort), "instructions_dir": str(out), "llm": TINY_LLM, "vit_encoder": "",
             "image_size": 32, "max_length": 256, "device": "cpu", "lr": 0.01, "warmup_ratio": 0.0, "threads": 1,
             "limit": 6}

@@ -10,18 +10,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-TINY_LLM = {"backend": "tiny_random", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "vocab_size": 400, "seed": 0}
+from vlm_helpers import TINY_LLM, tiny_instructions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def instructions(demo_cohort, tmp_path_factory):
-    from hicur_monai.data.instructions import build_instruction_data, collect_pairs
-    from hicur_monai.llm.teacher import make_teacher
-
-    out = tmp_path_factory.mktemp("instructions")
-    pairs, _ = collect_pairs(demo_cohort / "reports", demo_cohort / "endoscopy")
-    build_instruction_data(pairs, make_teacher("rule"), out, n_eval=1, progress=False)
+    out = tiny_instructions(demo_cohort, tmp_path_factory.mktemp("instructions"))
     return out
 
 

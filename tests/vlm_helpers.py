@@ -9,6 +9,16 @@ TINY_LLM = {"backend": "tiny_random", "hidden_size": 32, "num_hidden_layers": 2,
             "num_key_value_heads": 2, "vocab_size": 400, "seed": 0}
 
 
+def tiny_instructions(demo_cohort, out):
+    """Instruction data of the demo cohort's endoscopy reports (rule teacher, one held-out pair) in ``out``."""
+    from hicur_monai.data.instructions import build_instruction_data, collect_pairs
+    from hicur_monai.llm.teacher import make_teacher
+
+    pairs, _ = collect_pairs(demo_cohort / "reports", demo_cohort / "endoscopy")
+    build_instruction_data(pairs, make_teacher("rule"), out, n_eval=1, progress=False)
+    return out
+
+
 def tiny_vlm(**kw):
     from hicur_monai.networks.vlm import VisionLanguageModel
 
