@@ -330,19 +330,11 @@ def stages(args: argparse.Namespace) -> dict:
 
     from hicur_monai.data.curation.deid import Pseudonymizer, deidentify_dataset, header_json, read_header
     from hicur_monai.data.curation.discover import discover
-    from hicur_monai.data.curation.process import (
-        CurateConfig,
-        _quantised,
-        _State,
-        content_hash,
-        encode_png,
-        file_hash,
-        init_worker,
-        npy_header,
-        perceptual_hash,
-        process_file,
-    )
+    from hicur_monai.data.curation.hashing import content_hash, file_hash, perceptual_hash
+    from hicur_monai.data.curation.normalise import display_slice
+    from hicur_monai.data.curation.process import CurateConfig, WorkerState, init_worker, process_file
     from hicur_monai.data.curation.rules import load_rules
+    from hicur_monai.data.curation.writer import encode_png, npy_header
     from hicur_monai.transforms import LoadMedicalImage, ScaleIntensityByModality
     from hicur_monai.utils.io import atomic_write_chunks
 
@@ -367,14 +359,14 @@ def stages(args: argparse.Namespace) -> dict:
         ds0 = read_header(f)
         img = (ds0.pixel_array.astype(np.float32) + np.float32(ds0.RescaleIntercept))[None]
         normed = np.asarray(norm(img))
-        disp = _quantised(None, normed, (1.0, 1.0)).display
+        disp = display_slice(None, normed, (1.0, 1.0)).display
         with Image.open(e) as im:
             rgb = np.asarray(im)
         pil = Image.open(e)
         pil.load()
         cfg = CurateConfig(out_dir=str(root / "out"), rules=load_rules(root / "rules.yaml"), salt=SALT)
         init_worker(cfg)
-        st = _State(cfg)
+        st = WorkerState(cfg)
         found = {x.path: x for x in discover([src])}
         fresh = iter(range(10**6))
 
@@ -416,7 +408,7 @@ def stages(args: argparse.Namespace) -> dict:
             "CT: read_header (deferred pixels)": lambda: read_header(f),
             "CT: read_header + pixel_array (deferred read)": lambda: read_header(f).pixel_array,
             "CT: ScaleIntensityByModality": lambda: norm(img),
-            "CT: quantise to uint16": lambda: _quantised(None, normed, (1.0, 1.0)),
+            "CT: quantise to uint16": lambda: display_slice(None, normed, (1.0, 1.0)),
             "CT: content_hash (xxh3-128)": lambda: content_hash(disp),
             "CT: perceptual_hash": lambda: perceptual_hash(disp),
             "CT: write NPY (uncompressed)": lambda: write_npy(disp),
@@ -556,7 +548,7 @@ def phash_quality(args: argparse.Namespace) -> dict:
     import itertools
 
     from hicur_monai.data.curation.dedup import DEFAULT_NEAR_THRESHOLD
-    from hicur_monai.data.curation.process import perceptual_hash
+    from hicur_monai.data.curation.hashing import perceptual_hash
 
     def dist(a: str, b: str) -> int:
         return (int(a, 16) ^ int(b, 16)).bit_count()

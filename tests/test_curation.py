@@ -265,20 +265,30 @@ def test_fast_paths_equal_the_shared_transforms(tmp_path: Path) -> None:
 def test_ct_lookup_table_equals_the_direct_path(dtype: type, slope: float, intercept: float) -> None:
     """CT's window is element-wise, so curation tabulates the quantised output of every stored value once;
     a table look-up must give exactly what rescale + ScaleIntensityByModality("ct") + quantisation give."""
-    from types import SimpleNamespace
-
-    from hicur_monai.data.curation import process as P
+    from hicur_monai.data.curation import normalise as N
 
     info = np.iinfo(dtype)
     px = np.random.default_rng(1).integers(info.min, info.max + 1, size=(97, 131)).astype(dtype)
     px[0, :4] = [info.min, info.max, 0, -1 if info.min < 0 else 1]
-    direct, vmax = P._quantise(P._rescale_normalise(px, slope, intercept, "ct")[0], owned=True)
-    st = SimpleNamespace(tables={})
-    table = P._ct_table(st, px.dtype, slope, intercept)
-    assert vmax == 65535 and table.dtype == np.uint16 and table.size == info.max - info.min + 1
+    direct = _transform_then_quantise(px, slope, intercept, "ct")
+    tables: dict = {}
+    table = N.ct_table(tables, px.dtype, slope, intercept)
+    assert table.dtype == np.uint16 and table.size == info.max - info.min + 1
     via = table[px.view(np.uint16 if px.dtype.itemsize == 2 else np.uint8)]
     assert np.array_equal(via, direct)
-    assert P._ct_table(st, px.dtype, slope, intercept) is table  # built once per (dtype, slope, intercept)
+    assert N.ct_table(tables, px.dtype, slope, intercept) is table  # built once per (dtype, slope, intercept)
+    assert np.array_equal(N.grey_display(px, "ct", slope, intercept, tables), direct)  # the path curation takes
+
+
+def _transform_then_quantise(px: np.ndarray, slope: float, intercept: float, modality: str) -> np.ndarray:
+    """The reference: DICOM rescale in float32, the shared transform itself, rounded to 65535 steps."""
+    import torch
+
+    from hicur_monai.transforms import ScaleIntensityByModality
+
+    img = px.astype(np.float32) * np.float32(slope) + np.float32(intercept)  # x 1 and + 0 are exact
+    norm = ScaleIntensityByModality(modality)(torch.from_numpy(img[None]))
+    return np.rint(np.asarray(norm)[0] * np.float32(65535)).astype(np.uint16)
 
 
 @pytest.mark.parametrize(("dtype", "top"), [(np.uint16, 4095), (np.int16, 3000), (np.uint16, 65535), (np.uint8, 255),
@@ -286,17 +296,21 @@ def test_ct_lookup_table_equals_the_direct_path(dtype: type, slope: float, inter
 def test_mri_lookup_table_equals_the_direct_path(dtype: type, top: int) -> None:
     """MRI (no rescale, non-negative integers): percentiles from a histogram, then a table of the values
     0..max; exactly what ScaleIntensityByModality("mri") on the float image + quantisation give."""
-    from hicur_monai.data.curation import process as P
+    from hicur_monai.data.curation import normalise as N
+    from hicur_monai.data.curation.reasons import CurationReject
     from hicur_monai.transforms import ScaleIntensityByModality
 
     px = np.random.default_rng(2).integers(0, top + 1, size=(89, 123)).astype(dtype)
-    direct, _ = P._quantise(P._rescale_normalise(px, 1.0, 0.0, "mri")[0], owned=True)
+    direct = _transform_then_quantise(px, 1.0, 0.0, "mri")
     index = px.view(np.uint16 if px.dtype.itemsize == 2 else np.uint8)
-    assert np.array_equal(np.take(P._mri_table(index), index), direct)
+    assert np.array_equal(np.take(N.mri_table(index), index), direct)
+    assert np.array_equal(N.grey_display(px, "mri", 1.0, 0.0, {}), direct)  # the path curation takes
+    rescaled = N.grey_display(px, "mri", 2.0, 0.0, {})  # a rescale: the transform directly, no table
+    assert np.array_equal(rescaled, _transform_then_quantise(px, 2.0, 0.0, "mri"))
     t = ScaleIntensityByModality("mri")
     assert t.mri_window(px) == t.mri_window(px.astype(np.float32))  # histogram == sort
-    with pytest.raises(P.CurationReject):
-        P._mri_table(np.full((40, 40), 7, np.uint16))
+    with pytest.raises(CurationReject):
+        N.mri_table(np.full((40, 40), 7, np.uint16))
 
 
 def test_png_output_equals_npy_output(tmp_path: Path) -> None:

@@ -11,14 +11,8 @@ import pytest
 from PIL import Image
 
 from hicur_monai.data.curation.dicom_values import integer, number, text, values
-from hicur_monai.data.curation.process import (
-    PHASH_SIZE,
-    _box_grey,
-    encode_npy,
-    npy_header,
-    perceptual_hash,
-    phash_of_32,
-)
+from hicur_monai.data.curation.hashing import PHASH_SIZE, box_means_grey, perceptual_hash, phash_of_32
+from hicur_monai.data.curation.writer import encode_npy, npy_header
 from hicur_monai.utils.io import atomic_write_chunks
 
 
@@ -142,7 +136,7 @@ def test_box_grey_is_the_exact_box_mean() -> None:
     fy, fx = 300 // PHASH_SIZE, 517 // PHASH_SIZE
     crop = a[: fy * PHASH_SIZE, : fx * PHASH_SIZE].astype(np.float64)
     expect = crop.reshape(PHASH_SIZE, fy, PHASH_SIZE, fx).mean(axis=(1, 3)) * 255 / 65535
-    np.testing.assert_array_equal(_box_grey(a), np.rint(expect).astype(np.uint8))
+    np.testing.assert_array_equal(box_means_grey(a), np.rint(expect).astype(np.uint8))
 
 
 def test_perceptual_hash_keeps_near_duplicates_near_and_distinct_images_far() -> None:

@@ -282,6 +282,27 @@ class ScaleIntensityByModality(Transform):
             return torch.clamp(img_t / self.rgb_max, 0.0, 1.0)
         raise ValueError(f"{_source(img)}: no intensity rule for modality {mod!r}")  # pragma: no cover
 
+    def window(self, img: torch.Tensor | np.ndarray, modality: str | None = None) -> tuple[float, float]:
+        """The intensities the modality's rule maps to 0 and 1 (clipped outside them).
+
+        CT: the fixed Hounsfield window; MRI: the percentiles of ``img`` (:meth:`mri_window`);
+        endoscopy: ``(0, rgb_max)``. For CT and MRI the rule is ``apply_window(img, *window(img))``
+        exactly, so a caller may compute the window once (a whole volume's) and apply it to parts,
+        or to a table of the values an integer image can take.
+
+        Raises:
+            ValueError: no modality, or a constant MRI image.
+        """
+        mod = canonical_modality(modality) if modality else self.modality
+        if mod == CT:
+            level, width = self.ct_window
+            return level - width / 2, level + width / 2
+        if mod == MRI:
+            return self.mri_window(img)
+        if mod == ENDOSCOPY:
+            return 0.0, self.rgb_max
+        raise ValueError(f"{_source(img)}: no modality given to ScaleIntensityByModality")
+
     @staticmethod
     def apply_window(img: torch.Tensor | np.ndarray, lower: float, upper: float) -> torch.Tensor:
         """``lower`` -> 0, ``upper`` -> 1, linearly, clipped (MONAI's ``ScaleIntensityRange``)."""
