@@ -247,15 +247,42 @@ def curate(
                        image_format=image_format, keep_dicom_header=keep_dicom_header,
                        max_decoded_bytes=int(max_decoded_mb * (1 << 20)))
     folder = _parts_dir(out, shard_t)
-    done = _done_ids(folder, out, keep_dicom_header) if resume else set()
-    if resume:  # temp files of writes a kill interrupted (the files are redone)
-        for tmp in out.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+    done = _resume_done(folder, out, keep_dicom_header) if resume else set()
     writer = _PartWriter(folder, flush_every, flush_seconds)
-    counts: Counter[str] = Counter()
     todo = (f for f in discover(sources, follow_external_links) if in_shard(f.rel, shard_t))
-    bar = _progress(None, progress)
+    elapsed = _process_all(cfg, todo, done, pseudo, writer, workers, batch_size, progress)
+    return _finish_shard(folder, out, shard_t, near_threshold, split, elapsed)
+
+
+def _finish_shard(folder: Path, out: Path, shard_t: tuple[int, int], near_threshold: int, split: Sequence[float],
+                  elapsed: float) -> dict[str, Any]:
+    """De-duplicate, split and write the shard's manifest (``manifest.*`` for a single shard); its summary."""
+    name = "manifest" if shard_t[1] == 1 else f"manifest-{shard_tag(shard_t)}"
+    summary = _finalize(sorted(folder.glob("part-*.parquet")), out, name, near_threshold, split)
+    summary["seconds"] = round(elapsed, 2)
+    if shard_t[1] > 1:
+        summary["next"] = f"after all {shard_t[1]} shards finish: hicur curate merge --out {out}"
+    return summary
+
+
+def _resume_done(folder: Path, out: Path, keep_dicom_header: bool) -> set[str]:
+    """The source ids a resumed run skips; temp files of writes a kill interrupted are removed (redone)."""
+    done = _done_ids(folder, out, keep_dicom_header)
+    for tmp in out.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return done
+
+
+def _process_all(cfg: CurateConfig, todo: Iterator[Found], done: set[str], pseudo: Pseudonymizer,
+                 writer: _PartWriter, workers: int, batch_size: int, progress: bool) -> float:
+    """Curate every file of ``todo`` not in ``done`` (here or in a pool), committing the rows through ``writer``.
+
+    Returns:
+        The seconds it took.
+    """
     t0 = time.monotonic()
+    counts: Counter[str] = Counter()
+    bar = _progress(None, progress)
 
     def record(rows: list[dict[str, Any]]) -> None:
         writer.add(rows)
@@ -286,12 +313,7 @@ def curate(
     elapsed = time.monotonic() - t0
     log.info("processed %d files (%d resumed from earlier parts) in %.1f s", sum(counts[s] for s in (ACCEPTED, REJECTED)),
              counts["resumed"], elapsed)
-    name = "manifest" if shard_t[1] == 1 else f"manifest-{shard_tag(shard_t)}"
-    summary = _finalize(sorted(folder.glob("part-*.parquet")), out, name, near_threshold, split)
-    summary["seconds"] = round(elapsed, 2)
-    if shard_t[1] > 1:
-        summary["next"] = f"after all {shard_t[1]} shards finish: hicur curate merge --out {out}"
-    return summary
+    return elapsed
 
 
 def _preload() -> None:
