@@ -138,3 +138,35 @@ def test_color_jitter_is_repeatable_and_only_touches_rgb_modalities():
     mri = t({"image": img, "modality": "mri"})["image"]
     assert not torch.allclose(endo, img)
     torch.testing.assert_close(torch.as_tensor(mri), img)
+
+
+def test_window_then_apply_window_is_the_rule() -> None:
+    """ScaleIntensityByModality.window + apply_window give exactly the rule (what curation tabulates and streams)."""
+    g = torch.Generator().manual_seed(0)
+    for modality, img in (("ct", torch.rand(1, 17, 19, generator=g) * 3000 - 1000),
+                          ("mri", torch.rand(1, 17, 19, generator=g) * 900)):
+        t = ScaleIntensityByModality(modality)
+        assert torch.equal(t.apply_window(img, *t.window(img)), t(img))
+    assert ScaleIntensityByModality("ct").window(None) == (-160.0, 240.0)
+    assert ScaleIntensityByModality("endoscopy", rgb_max=4095).window(None) == (0.0, 4095.0)
+    with pytest.raises(ValueError, match="constant"):
+        ScaleIntensityByModality("mri").window(torch.full((1, 8, 8), 3.0))
+
+
+def test_model_input_normalisation_is_declared_once() -> None:
+    """NormalizeModelInput(d) is MONAI's channel-wise NormalizeIntensity with the one pair of constants, and the
+    shared fragment (transforms/common.json::normalize) normalises with the same values."""
+    from monai.transforms import NormalizeIntensity
+
+    from hicur_monai.transforms import MODEL_INPUT_MEAN, MODEL_INPUT_STD, NormalizeModelInput, NormalizeModelInputd
+    from hicur_monai.transforms.fragments import build_fragment
+
+    img = torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(1))
+    expect = (img - torch.tensor(MODEL_INPUT_MEAN).view(3, 1, 1)) / torch.tensor(MODEL_INPUT_STD).view(3, 1, 1)
+    ref = NormalizeIntensity(subtrahend=list(MODEL_INPUT_MEAN), divisor=list(MODEL_INPUT_STD), channel_wise=True)
+    assert torch.equal(torch.as_tensor(NormalizeModelInput()(img.clone())), torch.as_tensor(ref(img.clone())))
+    np.testing.assert_allclose(torch.as_tensor(NormalizeModelInput()(img.clone())).numpy(), expect.numpy(), rtol=1e-6)
+    out = NormalizeModelInputd(keys="image")({"image": img.clone()})["image"]
+    assert torch.equal(torch.as_tensor(out), torch.as_tensor(ref(img.clone())))
+    fragment = build_fragment("common.json::normalize")({"image": img.clone()})["image"]
+    assert torch.equal(torch.as_tensor(fragment), torch.as_tensor(ref(img.clone())))

@@ -11,6 +11,8 @@ They fill the gaps between MONAI's own transforms for the HiCur-NPC modalities:
 * :class:`EnsureRGB`: grey to 3 channels (and RGBA to RGB).
 * :class:`RandColorJitter`: brightness / contrast / saturation / hue jitter for RGB images
   (torchvision's functional ops, driven by MONAI's random state).
+* :class:`NormalizeModelInput`: the model-input normalisation of the original system
+  (:data:`MODEL_INPUT_MEAN`, :data:`MODEL_INPUT_STD`: the one place these constants live).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from monai.data import MetaTensor, get_track_meta
 from monai.data.image_reader import NumpyReader, PydicomReader
 from monai.transforms import (
     LoadImage,
+    NormalizeIntensity,
     RandomizableTransform,
     ScaleIntensityRange,
     Transform,
@@ -44,11 +47,14 @@ __all__ = [
     "slice_range_from_mask",
     "EnsureRGB",
     "RandColorJitter",
+    "NormalizeModelInput",
     "DEFAULT_CT_WINDOW",
     "DEFAULT_MRI_PERCENTILES",
     "STORED_MAX_KEY",
     "STORED_GREY_MAX",
     "STORED_RGB_MAX",
+    "MODEL_INPUT_MEAN",
+    "MODEL_INPUT_STD",
 ]
 
 #: data-dict key (and curation manifest column) of the stored value of normalised intensity 1.0: an image
@@ -73,6 +79,12 @@ IMAGE_FORMATS: dict[str, str] = {
 DEFAULT_CT_WINDOW: tuple[float, float] = (40.0, 400.0)
 #: robust scaling percentiles for MRI
 DEFAULT_MRI_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+#: per-channel mean of the original system's model-input normalisation, ``(x - mean) / std``, applied to
+#: 3-channel images in [0, 1] (after ScaleIntensityByModality and EnsureRGB) by every network of the toolkit
+MODEL_INPUT_MEAN: tuple[float, float, float] = (0.530, 0.313, 0.316)
+#: per-channel standard deviation of that normalisation
+MODEL_INPUT_STD: tuple[float, float, float] = (0.337, 0.237, 0.243)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -541,3 +553,18 @@ class RandColorJitter(RandomizableTransform):
         if isinstance(img_t, MetaTensor):
             return MetaTensor(out, meta=img_t.meta, applied_operations=img_t.applied_operations)
         return out
+
+
+class NormalizeModelInput(NormalizeIntensity):
+    """MONAI's ``NormalizeIntensity`` with the toolkit's model-input statistics, channel-wise:
+    ``(x - MODEL_INPUT_MEAN[c]) / MODEL_INPUT_STD[c]`` for each channel ``c`` of a 3-channel image.
+
+    Args:
+        mean: per-channel subtrahend (default :data:`MODEL_INPUT_MEAN`).
+        std: per-channel divisor (default :data:`MODEL_INPUT_STD`).
+        dtype: output dtype.
+    """
+
+    def __init__(self, mean: Sequence[float] = MODEL_INPUT_MEAN, std: Sequence[float] = MODEL_INPUT_STD,
+                 dtype: DtypeLike = np.float32) -> None:
+        super().__init__(subtrahend=list(mean), divisor=list(std), channel_wise=True, dtype=dtype)

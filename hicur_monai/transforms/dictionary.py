@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 from monai.config import DtypeLike, KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import MapTransform, NormalizeIntensityd, RandomizableTransform
 from monai.utils import convert_to_tensor
 
 from hicur_monai.modality import ENDOSCOPY, canonical_modality
 from hicur_monai.transforms.array import (
     DEFAULT_CT_WINDOW,
     DEFAULT_MRI_PERCENTILES,
+    MODEL_INPUT_MEAN,
+    MODEL_INPUT_STD,
     STORED_MAX_KEY,
     EnsureRGB,
     ExtractSlices,
@@ -34,6 +36,7 @@ __all__ = [
     "ExtractSlicesd",
     "EnsureRGBd",
     "RandColorJitterd",
+    "NormalizeModelInputd",
     "LoadMedicalImageD",
     "LoadMedicalImageDict",
     "ScaleIntensityByModalityD",
@@ -44,6 +47,8 @@ __all__ = [
     "EnsureRGBDict",
     "RandColorJitterD",
     "RandColorJitterDict",
+    "NormalizeModelInputD",
+    "NormalizeModelInputDict",
 ]
 
 
@@ -228,8 +233,25 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
         return d
 
 
+class NormalizeModelInputd(NormalizeIntensityd):
+    """Dictionary twin of :class:`~hicur_monai.transforms.array.NormalizeModelInput` (MONAI's
+    ``NormalizeIntensityd`` with the toolkit's model-input statistics, channel-wise)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mean: Sequence[float] = MODEL_INPUT_MEAN,
+        std: Sequence[float] = MODEL_INPUT_STD,
+        dtype: DtypeLike = np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, subtrahend=list(mean), divisor=list(std), channel_wise=True, dtype=dtype,
+                         allow_missing_keys=allow_missing_keys)
+
+
 LoadMedicalImageD = LoadMedicalImageDict = LoadMedicalImaged
 ScaleIntensityByModalityD = ScaleIntensityByModalityDict = ScaleIntensityByModalityd
 ExtractSlicesD = ExtractSlicesDict = ExtractSlicesd
 EnsureRGBD = EnsureRGBDict = EnsureRGBd
 RandColorJitterD = RandColorJitterDict = RandColorJitterd
+NormalizeModelInputD = NormalizeModelInputDict = NormalizeModelInputd
