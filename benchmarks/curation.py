@@ -5,11 +5,12 @@ names, IDs and dates in the headers, grouped in series, plus RGB endoscopy JPEG 
 CT / MRI / endoscopy mix of the original 755K set: 48 / 34 / 18 %; realistic sizes by default:
 CT 512 x 512, MR 256-512, endoscopy 1280 x 1024), then measures:
 
-* ``throughput`` (``--rounds`` interleaved rounds, medians reported): images/s of the full pipeline (``curate``: identify, de-identify, QC,
-  normalise, hash, pHash, NPY / PNG write, manifest, de-duplication) vs. images/s of the bare
-  read + decode of the same files (pydicom ``pixel_array`` / PIL) with the same number of
-  processes -- the physical limit on this machine -- and their ratio; plus the projected
-  wall time for 755K images on a 16-core machine (linear scaling in cores assumed).
+* ``throughput`` (``--rounds`` interleaved rounds, medians reported): images/s of the full pipeline
+  (``curate``: identify, de-identify, QC, normalise, hash, pHash, NPY / PNG write, manifest,
+  de-duplication) vs. images/s of the bare read + decode of the same files (pydicom
+  ``pixel_array`` / PIL) with the same number of processes -- the physical limit on this
+  machine -- and their ratio; plus the projected wall time for 755K images on a 16-core
+  machine (linear scaling in cores assumed).
 * ``rss``: peak RSS of the main process and of the largest worker when curating N files;
   run it for 1K and 10K files and compare (each size in a fresh process).
 
@@ -241,7 +242,8 @@ def throughput(args: argparse.Namespace) -> dict:
             runs.append(run)
             print(f"round {r + 1}/{rounds}: bare {run['bare_images_per_s']:7.1f} images/s, pipeline "
                   f"{run['pipeline_images_per_s']:7.1f} images/s -> ratio {run['ratio']:.3f}; CPU per image bare "
-                  f"{run['bare_cpu_ms']:.2f} ms, pipeline {run['pipeline_cpu_ms']:.2f} ms -> ratio {run['ratio_cpu']:.3f}"
+                  f"{run['bare_cpu_ms']:.2f} ms, pipeline {run['pipeline_cpu_ms']:.2f} ms -> ratio "
+                  f"{run['ratio_cpu']:.3f}"
                   f"; load {os.getloadavg()[0]:.2f}")
             if r < rounds - 1:
                 shutil.rmtree(out)
@@ -271,9 +273,10 @@ def throughput(args: argparse.Namespace) -> dict:
         "load_average": os.getloadavg(),
     }
     print(f"bare read+decode : {bare_rate:8.1f} images/s (median of {rounds}, {args.workers} processes)")
-    print(f"toolkit loader   : {loader_rate:8.1f} images/s (LoadMedicalImage = MONAI readers, {args.workers} processes, "
-          "once)")
-    print(f"full pipeline    : {full_rate:8.1f} images/s (median of {rounds}, {args.workers} workers, {args.image_format}"
+    print(f"toolkit loader   : {loader_rate:8.1f} images/s (LoadMedicalImage = MONAI readers, "
+          f"{args.workers} processes, once)")
+    print(f"full pipeline    : {full_rate:8.1f} images/s (median of {rounds}, {args.workers} workers, "
+          f"{args.image_format}"
           f"{', DICOM headers kept' if args.keep_dicom_header else ''})")
     print(f"ratio            : per round {res['ratios']}, median {res['ratio_median']:.3f} vs bare decode "
           f"(target >= 0.5); {res['ratio_vs_loader']:.3f} vs the toolkit loader")
@@ -308,7 +311,8 @@ def rss(args: argparse.Namespace) -> dict:
     res = {"files": args.files, "sizes": args.sizes, "workers": args.workers, "seconds": round(dt, 1),
            "images": summary["images"]["total"], "peak_rss_main_mb": round(peak_self / 1024, 1),
            "rss_main_after_imports_mb": round(base_self / 1024, 1),
-           "growth_main_mb": round((peak_self - base_self) / 1024, 1), "peak_rss_worker_mb": round(peak_child / 1024, 1)}
+           "growth_main_mb": round((peak_self - base_self) / 1024, 1),
+           "peak_rss_worker_mb": round(peak_child / 1024, 1)}
     print(json.dumps(res))
     return res
 
@@ -493,8 +497,9 @@ def _real_images() -> dict[str, list[np.ndarray]]:
         import data_store
 
         d = Path(data_store.__file__).parent / "data"
-        paths += [str(d / n) for n in ("MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm",
-                                       "693_UNCR.dcm", "liver.dcm", "eCT_Supplemental.dcm", "emri_small.dcm")]
+        paths += [str(d / n) for n in ("MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm",
+                                       "RG3_UNCR.dcm", "693_UNCR.dcm", "liver.dcm", "eCT_Supplemental.dcm",
+                                       "emri_small.dcm")]
     except ImportError:
         pass
     for p in paths:
@@ -613,7 +618,8 @@ def volume(args: argparse.Namespace) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mib = n**3 * 4 / 2**20
     res = {"side": n, "streamed": not args.no_stream, "float32_mib": round(mib, 1),
-           "rss_growth_mib": round((peak - base) / 1024, 1), "growth_per_float32_byte": round((peak - base) / 1024 / mib, 2),
+           "rss_growth_mib": round((peak - base) / 1024, 1),
+           "growth_per_float32_byte": round((peak - base) / 1024 / mib, 2),
            "images": summary["images"]["total"], "seconds": round(seconds, 2)}
     print(json.dumps(res))
     return res
@@ -649,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         throughput(args)
         out = []
         for n in (1000, 10000):
-            cmd = [sys.executable, __file__, "rss", "--files", str(n), "--sizes", "tiny", "--workers", str(args.workers)]
+            cmd = [sys.executable, __file__, "rss", "--files", str(n), "--sizes", "tiny",
+                   "--workers", str(args.workers)]
             line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             out.append(json.loads(line))
             print(line)

@@ -326,7 +326,8 @@ def test_png_output_equals_npy_output(tmp_path: Path) -> None:
     (src / "a").mkdir(parents=True)
     shutil.copy(get_testdata_file("CT_small.dcm"), src / "a" / "ct.dcm")
     Image.fromarray(endoscopy_frame(4)).save(src / "a" / "frame.png")
-    rules = write_rules(tmp_path / "r.yaml", "version: 1\nrules:\n  - glob: 'src/a/frame.png'\n    modality: endoscopy\n")
+    rules = write_rules(tmp_path / "r.yaml",
+                        "version: 1\nrules:\n  - glob: 'src/a/frame.png'\n    modality: endoscopy\n")
     outs = {}
     for fmt in ("npy", "png"):
         outs[fmt] = tmp_path / fmt

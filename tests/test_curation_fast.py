@@ -62,7 +62,8 @@ def test_header_values_equal_pydicom_on_every_text_element() -> None:
             files += 1
             for elem in ref.iterall():
                 kw = keyword_for_tag(elem.tag)
-                if not kw or tag_for_keyword(kw) != elem.tag or elem.VR in ("SQ", "OB", "OW", "UN") or elem.tag not in ds or kw == "PixelData":
+                if (not kw or tag_for_keyword(kw) != elem.tag or elem.VR in ("SQ", "OB", "OW", "UN")
+                        or elem.tag not in ds or kw == "PixelData"):
                     continue
                 was_raw = type(ds._dict[elem.tag]).__name__ == "RawDataElement"  # noqa: SLF001
                 try:

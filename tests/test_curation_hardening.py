@@ -122,8 +122,8 @@ def test_links_leaving_the_source_are_not_followed_unless_asked(tmp_path: Path) 
 
     followed, salt = tmp_path / "followed", tmp_path / "salt.txt"
     salt.write_text(SALT)
-    assert main(["curate", str(src), "--out", str(followed), "--follow-external-links", "--max-decoded-mb", "64", "--no-progress",
-                 "--salt-file", str(salt)]) == 0
+    assert main(["curate", str(src), "--out", str(followed), "--follow-external-links", "--max-decoded-mb", "64",
+                 "--no-progress", "--salt-file", str(salt)]) == 0
     inputs = _inputs(followed)
     assert inputs.loc["src/p0/linked.png", "status"] == "accepted"
     assert inputs.loc["src/p0/linked_dir/foreign.png", "status"] == "duplicate"

@@ -91,8 +91,8 @@ def test_rubric_prompts_show_everything_and_keep_braces():
     for criterion in J.CRITERIA:
         msgs = J.rubric_messages(ITEMS[0], "my {answer} text", criterion)
         user = msgs[-1]["content"]
-        for part in ("What is shown?", "Axial T1C MRI.", "A left nasopharyngeal mass {with braces}.", "my {answer} text",
-                     "SCORE: N", criterion.upper()):
+        for part in ("What is shown?", "Axial T1C MRI.", "A left nasopharyngeal mass {with braces}.",
+                     "my {answer} text", "SCORE: N", criterion.upper()):
             assert part in user, (criterion, part)
     # prompts differ per criterion
     assert len({J.rubric_messages(ITEMS[0], "x", c)[-1]["content"] for c in J.CRITERIA}) == 4
@@ -248,8 +248,9 @@ def test_read_items_and_answers_name_file_line_and_field(tmp_path):
 def test_stage_ii_field_names_are_read_and_bad_records_named(tmp_path):
     # the held-out files of `hicur instructions build` as items; LLaVA model_vqa answers
     conv = tmp_path / "eval_conversation.jsonl"
-    conv.write_text(json.dumps({"question_id": "p1_conv0", "pair_id": "p1", "image": "p1.png", "category": "conversation",
-                                "text": "Is there a mass?", "reference": "Yes, on the left wall.", "history": []}) + "\n")
+    conv.write_text(json.dumps({"question_id": "p1_conv0", "pair_id": "p1", "image": "p1.png",
+                                "category": "conversation", "text": "Is there a mass?",
+                                "reference": "Yes, on the left wall.", "history": []}) + "\n")
     det = tmp_path / "eval_detailed.jsonl"
     det.write_text(json.dumps({"question_id": "p1_detail", "pair_id": "p1", "image": "p1.png", "category": "detailed",
                                "text": "Describe it.", "reference": "A mass on the left wall."}) + "\n")

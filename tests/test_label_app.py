@@ -123,7 +123,8 @@ def test_access_policy():
 
 
 def test_guard_middleware_with_tokens():
-    """The ASGI guard in front of a stand-in app: admin routes pass with the token only; ids checked in every query value."""
+    """The ASGI guard in front of a stand-in app: admin routes pass with the token only; ids checked in every
+    query value."""
     import asyncio
 
     import httpx

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-openai = pytest.importorskip("openai", reason="the openai backend needs the openai SDK (pip install 'hicur-monai[vlm]')")
+openai = pytest.importorskip("openai",
+                             reason="the openai backend needs the openai SDK (pip install 'hicur-monai[vlm]')")
 
 from hicur_monai.llm import ChatModelError, GenerationConfig, load_chat_model  # noqa: E402
 from hicur_monai.llm.openai_http import RateLimiter, request_key  # noqa: E402
@@ -44,8 +45,8 @@ class _Server:
                     content = RuleChatModel().chat(body["messages"])
                     status, text = 200, json.dumps({"choices": [{"message": {"content": content}}]})
                 elif item == "ok":
-                    status, text = 200, json.dumps({"choices": [{"message": {"role": "assistant",
-                                                                              "content": f"echo {len(server.requests)}"}}]})
+                    message = {"role": "assistant", "content": f"echo {len(server.requests)}"}
+                    status, text = 200, json.dumps({"choices": [{"message": message}]})
                 else:
                     status, text, *more = item
                     headers = more[0] if more else {}

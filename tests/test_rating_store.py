@@ -86,7 +86,8 @@ def test_zero_is_a_score_and_rescoring_keeps_history(store):
     assert store.progress("alice") == (0, 60)
     store.submit("alice", "it00", "A", {"accuracy": 0, "completeness": 0, "reliability": 0, "safety": 0})
     assert store.progress("alice") == (1, 60)
-    assert store.view("alice", "it00", "A")["scores"] == {"accuracy": 0, "completeness": 0, "reliability": 0, "safety": 0}
+    zeros = {"accuracy": 0, "completeness": 0, "reliability": 0, "safety": 0}
+    assert store.view("alice", "it00", "A")["scores"] == zeros
     store.submit("alice", "it00", "A", {**FOUR, "safety": 9.5})
     assert store.view("alice", "it00", "A")["scores"]["safety"] == 9.5
     audit = store.export_rows(audit=True)

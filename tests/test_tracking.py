@@ -15,7 +15,8 @@ def _runs(uri: str, experiment: str) -> list:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment!r} in {uri}"
-    return [(r, {a.path for a in client.list_artifacts(r.info.run_id)}) for r in client.search_runs([exp.experiment_id])]
+    runs = client.search_runs([exp.experiment_id])
+    return [(r, {a.path for a in client.list_artifacts(r.info.run_id)}) for r in runs]
 
 
 def test_hcmae_bundle_tracks_params_metrics_and_pictures(demo_cohort, repo_root, tmp_path, monkeypatch):
@@ -44,9 +45,9 @@ def test_segmentation_bundle_tracks_metrics_and_contours(demo_cohort, repo_root,
     monkeypatch.chdir(repo_root)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     cfg = [str(repo_root / "bundles/npc_segmentation/configs" / c) for c in ("train.json", "demo.json")]
-    run(config_file=cfg, tracking=MLFLOW_SETTINGS, tracking_uri=uri, experiment_name="seg", dataset_dir=str(demo_cohort),
-        output_dir=str(tmp_path / "out"), max_patients=2, val_every=3, sequences=["T1C"], augment=False,
-        val_interval=1, epochs=1)
+    run(config_file=cfg, tracking=MLFLOW_SETTINGS, tracking_uri=uri, experiment_name="seg",
+        dataset_dir=str(demo_cohort), output_dir=str(tmp_path / "out"), max_patients=2, val_every=3,
+        sequences=["T1C"], augment=False, val_interval=1, epochs=1)
     [(r, artifacts)] = _runs(uri, "seg")
     assert {"train_loss", "val_mean_dice_3d"} <= set(r.data.metrics)
     assert "val_contours.png" in artifacts and r.data.params["use_coarse"] == "True"

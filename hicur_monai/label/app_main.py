@@ -87,7 +87,8 @@ class HiCurNPCApp(MONAILabelApp):
                 raise RequestRefused(404, "")
             check_inside(path, self.studies)
         except RequestRefused:
-            raise HTTPException(status_code=404, detail=f"image {str(image)[:80]!r} is not in the studies folder") from None
+            raise HTTPException(status_code=404,
+                                detail=f"image {str(image)[:80]!r} is not in the studies folder") from None
         from hicur_monai.transforms import LoadMedicalImage
 
         try:
@@ -95,7 +96,8 @@ class HiCurNPCApp(MONAILabelApp):
         except Exception as err:
             reason = str(err).replace(path, image)  # no server paths in answers
             raise HTTPException(status_code=422, detail=f"image {image!r} cannot be read: {reason}") from err
-        # the resolved path, not the id: MONAI Label would take an id that names a file in its working folder as that file
+        # the resolved path, not the id: MONAI Label would take an id that names a file in its working folder
+        # as that file
         result = super().infer(dict(request, image=path), store)
         if request.get("save_label") and result.get("file"):
             tag = request.get("label_tag") or "original"

@@ -24,5 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dest", help="new app folder")
     p.add_argument("--model", help="trained weights (models/model.pt of a npc_segmentation run)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
-                   help="top-level config values for the exported inference/train configs (e.g. preset=tiny img_size=64)")
+                   help="top-level config values for the exported inference/train configs "
+                        "(e.g. preset=tiny img_size=64)")
     p.set_defaults(func=_label_app)

@@ -7,11 +7,11 @@ Keycloak realm) every route is open. The app installs three layers:
 * :class:`SafeLocalDatastore`: the datastore checks every id, tag and upload suffix
   (:mod:`hicur_monai.label.safety`) and that every path it writes, reads or deletes
   resolves inside the studies folder; an upload never replaces an existing image;
-* :class:`~hicur_monai.label.middleware.GuardMiddleware`: the access policy of :func:`~hicur_monai.label.safety.check_access`
-  (sessions and proxies refused; model, logs, training and deletions only with the admin
-  token ``HICUR_LABEL_ADMIN_TOKEN``; datastore uploads with ``HICUR_LABEL_ANNOTATOR_TOKEN``
-  when it is set; the token goes in ``Authorization: Bearer ...`` or, where MONAI Label's own
-  Keycloak login is on and holds that header, in ``X-HiCur-Token``) and the ids and tags of
+* :class:`~hicur_monai.label.middleware.GuardMiddleware`: the access policy of
+  :func:`~hicur_monai.label.safety.check_access` (sessions and proxies refused; model, logs, training and
+  deletions only with the admin token ``HICUR_LABEL_ADMIN_TOKEN``; datastore uploads with
+  ``HICUR_LABEL_ANNOTATOR_TOKEN`` when it is set; the token goes in ``Authorization: Bearer ...``
+  or, where MONAI Label's own Keycloak login is on and holds that header, in ``X-HiCur-Token``) and the ids and tags of
   the query string. MONAI Label's login, when enabled, still applies on top: its roles check
   each route, but in 0.8.5 its annotator role may replace or delete the model, so the admin
   token is required in every case;
@@ -64,7 +64,8 @@ def _info(info: Any) -> dict[str, Any]:
 
 
 class SafeLocalDatastore(LocalDatastore):
-    """MONAI Label's local datastore with every client-chosen name checked and every path kept inside the studies folder."""
+    """MONAI Label's local datastore with every client-chosen name checked and every path kept inside the
+    studies folder."""
 
     def _root(self) -> str:
         return self._datastore_path
@@ -110,7 +111,8 @@ class SafeLocalDatastore(LocalDatastore):
         super().update_label_info(label_id, check_tag(label_tag), _info(info))
 
     def get_image_uri(self, image_id: str) -> str:
-        """The image's path, or ``""`` for an invalid or unknown id, or a file that resolves outside the studies folder."""
+        """The image's path, or ``""`` for an invalid or unknown id, or a file that resolves outside the
+        studies folder."""
         try:
             uri = super().get_image_uri(check_id(image_id))
             return str(check_inside(uri, self._root())) if uri else ""
@@ -174,7 +176,8 @@ def _overrides() -> APIRouter:
                     params: str = Form("{}"), file: UploadFile = File(None), label: UploadFile = File(None),
                     output: str | None = None) -> Any:
         if file is not None or label is not None:
-            raise RequestRefused(400, "uploaded files are not accepted: inference runs on datastore images (?image=<id>)")
+            raise RequestRefused(400,
+                                 "uploaded files are not accepted: inference runs on datastore images (?image=<id>)")
         if session_id:
             raise RequestRefused(403, "sessions are disabled in this app")
         if not image:
@@ -230,7 +233,8 @@ def install_guard(fastapi_app: Any | None = None) -> bool:
         fastapi_app.add_exception_handler(json.JSONDecodeError, _refused_handler)
         fastapi_app.middleware_stack = None  # rebuilt with the guard on the next request
         fastapi_app.add_middleware(GuardMiddleware, prefix=settings.MONAI_LABEL_API_STR,
-                                   admin_token=os.environ.get(ADMIN_TOKEN_ENV), annotator_token=os.environ.get(ANNOTATOR_TOKEN_ENV))
+                                   admin_token=os.environ.get(ADMIN_TOKEN_ENV),
+                                   annotator_token=os.environ.get(ANNOTATOR_TOKEN_ENV))
     except Exception as err:  # noqa: BLE001 - any failure here must stop the server
         raise RuntimeError(f"cannot install the request guard into the MONAI Label server: {err}") from err
     fastapi_app.state.hicur_guard = True

@@ -46,7 +46,8 @@ class GuardMiddleware:
         token = headers.get("x-hicur-token") or (auth[7:].strip() if auth.lower().startswith("bearer ") else None)
         try:
             check_access(scope["method"], path, token, self.admin_token, self.annotator_token)
-            for key, value in parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True):
+            query = scope.get("query_string", b"").decode("utf-8", "replace")
+            for key, value in parse_qsl(query, keep_blank_values=True):
                 check_query(path, {key: value})  # every value of a repeated key
         except RequestRefused as err:
             await _send_json(send, err.status, {"detail": err.reason})

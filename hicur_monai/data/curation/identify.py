@@ -96,7 +96,8 @@ def identify_dicom(ds: Dataset, rules: Rules, match: RuleMatch | None) -> Identi
             ``unknown_sequence`` or ``unsupported_sequence``.
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise CurationReject("no_pixel_data", f"DICOM object of modality {text(ds, 'Modality') or '?'} has no pixel data")
+        modality = text(ds, "Modality") or "?"
+        raise CurationReject("no_pixel_data", f"DICOM object of modality {modality} has no pixel data")
     if text(ds, "BurnedInAnnotation").upper() == "YES":
         raise CurationReject("burned_in_annotation", "the header declares burned-in annotation")
     image_type = [v.upper() for v in (values(ds, "ImageType") or [])]
@@ -105,7 +106,8 @@ def identify_dicom(ds: Dataset, rules: Rules, match: RuleMatch | None) -> Identi
     dicom_mod = text(ds, "Modality").upper()
     modality = rules.dicom_modality.get(dicom_mod) or (match.modality if match else None)
     if modality is None:
-        raise CurationReject("unknown_modality", f"DICOM modality {dicom_mod or '(missing)'} is not in the modality map")
+        raise CurationReject("unknown_modality",
+                             f"DICOM modality {dicom_mod or '(missing)'} is not in the modality map")
     sequence = None
     if modality == MRI:
         sequence = match.sequence if match and match.sequence else _mri_sequence(ds, rules)

@@ -58,13 +58,15 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "patient": (pa.string(), "pseudonymous patient id (P + 16 hex, keyed by the salt); empty when unknown"),
     "modality": (pa.string(), "endoscopy, mri or ct; empty when unknown"),
     "sequence": (pa.string(), "T1, T2 or T1C for MRI; empty otherwise"),
-    "group_id": (pa.string(), "keyed id of the series (DICOM) or volume file; near duplicates are not sought within a group"),
+    "group_id": (pa.string(),
+                 "keyed id of the series (DICOM) or volume file; near duplicates are not sought within a group"),
     "slice_index": (pa.int32(), "index of the slice in the oriented volume (image rows of 3D inputs); null for 2D"),
     "n_images": (pa.int32(), "input rows: images written for this file"),
     "output_path": (pa.string(), "image rows: the image file (NPY or PNG), relative to the output folder"),
     "file_hash": (pa.string(), "input rows: xxh3-128 of the input file's bytes (hex)"),
     "image_hash": (pa.string(), "image rows: xxh3-128 of the written pixel array (dtype, shape, row-major bytes; hex)"),
-    "phash": (pa.string(), "image rows: 64-bit perceptual hash (imagehash.phash bits of the 32 x 32 box-averaged normalised image), hex"),
+    "phash": (pa.string(), "image rows: 64-bit perceptual hash (imagehash.phash bits of the 32 x 32 box-averaged "
+                           "normalised image), hex"),
     "width": (pa.int32(), "image width in pixels (first spatial axis, MONAI convention)"),
     "height": (pa.int32(), "image height in pixels"),
     "channels": (pa.int32(), "1 (grey, 16-bit) or 3 (RGB, 8-bit)"),
@@ -166,7 +168,8 @@ def read_parts(paths: Iterable[str | os.PathLike], columns: Sequence[str] | None
             raise ValueError(f"{p}: manifest part lacks columns {sorted(missing)}")
         tables.append(t.select(list(columns or COLUMNS)))
     if not tables:
-        return SCHEMA.empty_table().to_pandas() if columns is None else SCHEMA.empty_table().select(list(columns)).to_pandas()
+        empty = SCHEMA.empty_table()
+        return empty.to_pandas() if columns is None else empty.select(list(columns)).to_pandas()
     return pa.concat_tables(tables).to_pandas()
 
 
@@ -195,6 +198,11 @@ def assign_splits(df: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 0.1)
     return df
 
 
+def _reason_counts(rows: pd.DataFrame, status: str) -> dict[str, int]:
+    """Rows of ``status`` per reason, in reason order."""
+    return {k: int(v) for k, v in rows[rows["status"] == status]["reason"].value_counts().sort_index().items()}
+
+
 def summarize(df: pd.DataFrame) -> dict[str, Any]:
     """Counts per modality and sequence (like the original's data table), per status, reason and split."""
     inputs = df[df["row_type"] == "input"]
@@ -221,9 +229,9 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         "accepted_images_total": int(len(acc)),
         "patients": int(acc["patient"].nunique()),
         "patients_by_split": patients_by_split,
-        "rejected_inputs_by_reason": {k: int(v) for k, v in inputs[inputs["status"] == REJECTED]["reason"].value_counts().sort_index().items()},
-        "rejected_images_by_reason": {k: int(v) for k, v in images[images["status"] == REJECTED]["reason"].value_counts().sort_index().items()},
-        "duplicates_by_reason": {k: int(v) for k, v in df[df["status"] == DUPLICATE]["reason"].value_counts().sort_index().items()},
+        "rejected_inputs_by_reason": _reason_counts(inputs, REJECTED),
+        "rejected_images_by_reason": _reason_counts(images, REJECTED),
+        "duplicates_by_reason": _reason_counts(df, DUPLICATE),
     }
 
 
@@ -235,10 +243,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{r['images_train']:>8} {r['images_val']:>7} {r['images_test']:>7}")
     lines.append(f"{'total':<19} {summary['accepted_images_total']:>9} {summary['patients']:>8}")
     i = summary["inputs"]
-    lines.append(f"inputs: {i['total']} files, {i[ACCEPTED]} accepted, {i[REJECTED]} rejected, {i[DUPLICATE]} duplicate; "
+    lines.append(f"inputs: {i['total']} files, {i[ACCEPTED]} accepted, {i[REJECTED]} rejected, "
+                 f"{i[DUPLICATE]} duplicate; "
                  f"images: {summary['images'][DUPLICATE]} duplicate, {summary['images'][REJECTED]} rejected")
     if summary["rejected_inputs_by_reason"]:
-        lines.append("rejected inputs: " + ", ".join(f"{k} {v}" for k, v in summary["rejected_inputs_by_reason"].items()))
+        rejected = summary["rejected_inputs_by_reason"]
+        lines.append("rejected inputs: " + ", ".join(f"{k} {v}" for k, v in rejected.items()))
     return "\n".join(lines)
 
 

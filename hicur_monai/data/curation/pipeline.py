@@ -311,8 +311,8 @@ def _process_all(cfg: CurateConfig, todo: Iterator[Found], done: set[str], pseud
     finally:
         bar.close()
     elapsed = time.monotonic() - t0
-    log.info("processed %d files (%d resumed from earlier parts) in %.1f s", sum(counts[s] for s in (ACCEPTED, REJECTED)),
-             counts["resumed"], elapsed)
+    log.info("processed %d files (%d resumed from earlier parts) in %.1f s",
+             sum(counts[s] for s in (ACCEPTED, REJECTED)), counts["resumed"], elapsed)
     return elapsed
 
 
@@ -409,7 +409,8 @@ def _crashed_row(cfg: CurateConfig, f: Found) -> dict[str, Any]:
                    status=REJECTED, reason="worker_crashed", detail="the worker process died on this file twice")
 
 
-def _finalize(parts: Sequence[Path], out: Path, name: str, near_threshold: int, split: Sequence[float]) -> dict[str, Any]:
+def _finalize(parts: Sequence[Path], out: Path, name: str, near_threshold: int, split: Sequence[float]
+              ) -> dict[str, Any]:
     df = read_parts(parts)
     # a file can appear twice only if a part was committed twice; keep the first copy of every row
     df = df.drop_duplicates(subset=["row_type", "source_id", "slice_index"], keep="first")
@@ -443,7 +444,8 @@ def merge(
     out = Path(out_dir).absolute()
     files = [Path(m) for m in manifests] if manifests else sorted(out.glob("manifest-shard-*-of-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{out}: no manifest-shard-*.parquet to merge (run `hicur curate ... --shard i/n` first)")
+        raise FileNotFoundError(
+            f"{out}: no manifest-shard-*.parquet to merge (run `hicur curate ... --shard i/n` first)")
     seen: dict[int, set[int]] = {}
     for f in files:
         m = re.search(r"shard-(\d+)-of-(\d+)", f.name)

@@ -27,16 +27,19 @@ def check_shape(shape: Sequence[int], cfg: Any, channels: int = 1) -> None:
     if not shape:
         return
     if len(shape) < 2 or len(shape) > 3:
-        raise CurationReject("wrong_dimensionality", f"{len(shape)}D data of shape {shape}; expected a 2D image or 3D volume")
+        raise CurationReject("wrong_dimensionality",
+                             f"{len(shape)}D data of shape {shape}; expected a 2D image or 3D volume")
     if any(s <= 0 for s in shape):
         raise CurationReject("wrong_dimensionality", f"shape {shape} has an empty axis")
     if max(shape) > cfg.max_side or int(np.prod(shape, dtype=np.int64)) > cfg.max_voxels:
-        raise CurationReject("too_large", f"shape {shape} exceeds the limits (side {cfg.max_side}, voxels {cfg.max_voxels})")
+        raise CurationReject("too_large",
+                             f"shape {shape} exceeds the limits (side {cfg.max_side}, voxels {cfg.max_voxels})")
     decoded = int(np.prod(shape, dtype=np.int64)) * max(1, int(channels)) * 4
     if decoded > cfg.max_decoded_bytes:
-        raise CurationReject("too_large", f"shape {shape} x {channels} channels decodes to {decoded / (1 << 20):.0f} MiB, "
-                                          f"above the limit of {cfg.max_decoded_bytes / (1 << 20):.0f} MiB "
-                                          "(--max-decoded-mb)")
+        raise CurationReject("too_large",
+                             f"shape {shape} x {channels} channels decodes to {decoded / (1 << 20):.0f} MiB, "
+                             f"above the limit of {cfg.max_decoded_bytes / (1 << 20):.0f} MiB "
+                             "(--max-decoded-mb)")
     if min(shape[:2]) < cfg.min_size:
         raise CurationReject("too_small", f"in-plane size {shape[:2]} is below the minimum {cfg.min_size}")
 
@@ -65,7 +68,8 @@ def check_image(img: Any, modality: str, cfg: Any) -> None:
     shape = tuple(int(s) for s in img.shape)
     channels, spatial = shape[0], shape[1:]
     if len(spatial) not in (2, 3):
-        raise CurationReject("wrong_dimensionality", f"decoded array of shape {shape}; expected (C, X, Y) or (C, X, Y, Z)")
+        raise CurationReject("wrong_dimensionality",
+                             f"decoded array of shape {shape}; expected (C, X, Y) or (C, X, Y, Z)")
     if modality == ENDOSCOPY and (channels not in (3, 4) or len(spatial) != 2):
         raise CurationReject("wrong_dimensionality", f"endoscopy must be a 2D RGB image, got shape {shape}")
     if modality != ENDOSCOPY and channels != 1:

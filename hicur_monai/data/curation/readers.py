@@ -115,7 +115,8 @@ def _rescale(ds: Any) -> tuple[float, float]:
     slope = 1.0 if slope is None else slope
     intercept = 0.0 if intercept is None else intercept
     if not (math.isfinite(slope) and math.isfinite(intercept)):
-        raise CurationReject("non_finite", f"DICOM rescale slope {slope} / intercept {intercept} is not a finite number")
+        raise CurationReject("non_finite",
+                             f"DICOM rescale slope {slope} / intercept {intercept} is not a finite number")
     return slope, intercept
 
 

@@ -42,7 +42,8 @@ REASONS: dict[str, str] = {
     "localizer": "a DICOM localiser / scout image",
     "burned_in_annotation": "DICOM BurnedInAnnotation is YES: identifiers may be part of the pixels",
     # quality control
-    "non_finite": "the image contains NaN or infinite values, or its DICOM rescale slope / intercept is not a finite number",
+    "non_finite": ("the image contains NaN or infinite values, or its DICOM rescale slope / intercept is not a "
+                   "finite number"),
     "constant_image": "the image is empty or constant (no information)",
     "wrong_dimensionality": "not a 2D image or 3D volume of the expected channels (e.g. 4D, 1D, grey endoscopy)",
     "too_small": "an in-plane side is below the minimum size",

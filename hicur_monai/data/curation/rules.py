@@ -218,7 +218,8 @@ def load_rules(path: str | os.PathLike | None) -> Rules:
         if ("glob" in item) == ("regex" in item):
             raise _err(src, where, "give exactly one of 'glob' or 'regex'")
         try:
-            pattern = re.compile(fnmatch.translate(str(item["glob"]))) if "glob" in item else re.compile(str(item["regex"]))
+            expr = fnmatch.translate(str(item["glob"])) if "glob" in item else str(item["regex"])
+            pattern = re.compile(expr)
             modality = canonical_modality(item["modality"]) if item.get("modality") else None
             sequence = canonical_sequence(item.get("sequence"))
         except (ValueError, re.error) as err:

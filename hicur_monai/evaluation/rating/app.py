@@ -176,7 +176,8 @@ class _Handlers:
             raise gr.Error(f"Set the slider of {', '.join(untouched)} first (an untouched slider is not a score).",
                            print_exception=False)
         try:
-            self.store.submit(rater, current["item_id"], current["label"], {"accuracy": accuracy, "completeness": completeness, "reliability": reliability, "safety": safety})
+            scores = {"accuracy": accuracy, "completeness": completeness, "reliability": reliability, "safety": safety}
+            self.store.submit(rater, current["item_id"], current["label"], scores)
         except RatingError as err:
             raise gr.Error(str(err), print_exception=False) from None
         gr.Info(f"Saved scores of answer {current['label']}.")

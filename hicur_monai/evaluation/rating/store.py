@@ -8,8 +8,8 @@ arrive while one is being written are committed together, each in its own savepo
 one ``BEGIN IMMEDIATE`` transaction with ``synchronous=FULL`` (group commit: one fsync for
 the group; each call returns once its scores are on disk). With a commit costing one fsync
 (about 35 ms on the test machine's disk) and SQLite's busy handler sleeping in growing
-steps, one transaction per submission kept 20 concurrent raters at a p95 of 600-800 ms. The file (and its ``-wal`` / ``-shm``
-companions) is created with mode 0600: it holds the password hashes.
+steps, one transaction per submission kept 20 concurrent raters at a p95 of 600-800 ms. The file
+(and its ``-wal`` / ``-shm`` companions) is created with mode 0600: it holds the password hashes.
 
 Passwords: scrypt with the OWASP minimum cost (N=2^17, r=8, p=1); the parameters are part
 of each stored hash, so hashes made with other parameters still verify, and a successful
@@ -266,7 +266,8 @@ class RatingStore:
             self.commits += 1
 
     # -- study setup -------------------------------------------------------------------
-    def add_study(self, items: Sequence[Item], answers: Sequence[Answer], images_dir: str | os.PathLike | None = None) -> None:
+    def add_study(self, items: Sequence[Item], answers: Sequence[Answer],
+                  images_dir: str | os.PathLike | None = None) -> None:
         """Add (or update the texts of) items and answers; one transaction.
 
         Raises:
@@ -288,14 +289,15 @@ class RatingStore:
                 old = con.execute("SELECT answer FROM answers WHERE item_id=? AND system=?",
                                   (ans.item_id, ans.system)).fetchone()
                 if old is not None and old[0] != ans.answer and con.execute(
-                        "SELECT 1 FROM scores WHERE item_id=? AND system=? LIMIT 1", (ans.item_id, ans.system)).fetchone():
+                        "SELECT 1 FROM scores WHERE item_id=? AND system=? LIMIT 1",
+                        (ans.item_id, ans.system)).fetchone():
                     raise RatingError(f"answer of system {ans.system!r} to item {ans.item_id!r} already has scores; "
                                       "its text cannot change (start a new study database)")
                 con.execute("INSERT INTO answers VALUES (?,?,?) ON CONFLICT(item_id, system) DO UPDATE SET "
                             "answer=excluded.answer", (ans.item_id, ans.system, ans.answer))
             if images_dir is not None:
-                con.execute("INSERT INTO meta VALUES ('images_dir', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                            (str(Path(images_dir).resolve()),))
+                con.execute("INSERT INTO meta VALUES ('images_dir', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(Path(images_dir).resolve()),))
             con.execute("INSERT INTO meta VALUES ('criteria', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                         (json.dumps(self.criteria),))
             for (rater,) in con.execute("SELECT rater FROM raters").fetchall():
@@ -480,7 +482,8 @@ class RatingStore:
         given = set(scores)
         if given != set(self.criteria):
             raise RatingError(f"scores must give exactly {list(self.criteria)}; "
-                              f"missing {sorted(set(self.criteria) - given)}, unknown {sorted(given - set(self.criteria))}")
+                              f"missing {sorted(set(self.criteria) - given)}, "
+                              f"unknown {sorted(given - set(self.criteria))}")
         clean = {}
         for criterion in self.criteria:
             value = scores[criterion]
@@ -535,7 +538,8 @@ class RatingStore:
             prev = con.execute("SELECT score FROM scores WHERE rater=? AND item_id=? AND system=? AND criterion=?",
                                (*key, criterion)).fetchone()
             con.execute("INSERT INTO scores VALUES (?,?,?,?,?,?) ON CONFLICT(rater, item_id, system, criterion) "
-                        "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at", (*key, criterion, value, at))
+                        "DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at",
+                        (*key, criterion, value, at))
             con.execute("INSERT INTO audit (rater, item_id, system, criterion, score, previous, at) "
                         "VALUES (?,?,?,?,?,?,?)", (*key, criterion, value, prev[0] if prev else None, at))
         return at
@@ -546,7 +550,8 @@ class RatingStore:
         with self._connect() as con:
             con.row_factory = sqlite3.Row
             if audit:
-                sql = ("SELECT a.id, a.rater, a.item_id, a.system, l.label, i.kind, a.criterion, a.score, a.previous, a.at "
+                sql = ("SELECT a.id, a.rater, a.item_id, a.system, l.label, i.kind, a.criterion, a.score, "
+                       "a.previous, a.at "
                        "FROM audit a JOIN items i USING(item_id) LEFT JOIN labels l ON l.rater=a.rater AND "
                        "l.item_id=a.item_id AND l.system=a.system ORDER BY a.id")
             else:
