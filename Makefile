@@ -54,14 +54,17 @@ browser-deps:
 	  echo "browser-deps: chromium could not be installed; the browser test will be skipped"
 
 # the MONAI Label server test needs the label environment (built once: about 12 min, 8 GB)
-test: install browser-deps $(LABEL_STAMP)
+test: install lint browser-deps $(LABEL_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# ruff (line length 120, ruff.toml) and mypy on the package (setup.cfg [mypy]; cache in .mypy_cache);
+# `make test` (CI) runs it first. Contributors: `pre-commit install` runs the same on each commit.
 lint: install
 	$(VENV)/bin/ruff check hicur_monai tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_OUT) .pytest_cache build dist *.egg-info

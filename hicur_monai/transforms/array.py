@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -288,7 +288,7 @@ class ScaleIntensityByModality(Transform):
         if mod is None:
             raise ValueError(f"{_source(img)}: no modality given to ScaleIntensityByModality")
         if mod == CT:
-            return self._ct(img)
+            return cast(torch.Tensor, self._ct(img))  # MONAI's transforms return a tensor for any input
         img_t = convert_to_tensor(img, track_meta=get_track_meta())
         if mod == MRI:
             return self.apply_window(img_t, *self.mri_window(img_t))
@@ -320,7 +320,8 @@ class ScaleIntensityByModality(Transform):
     @staticmethod
     def apply_window(img: torch.Tensor | np.ndarray, lower: float, upper: float) -> torch.Tensor:
         """``lower`` -> 0, ``upper`` -> 1, linearly, clipped (MONAI's ``ScaleIntensityRange``)."""
-        return ScaleIntensityRange(a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True)(img)
+        out = ScaleIntensityRange(a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True)(img)
+        return cast(torch.Tensor, out)  # MONAI's transforms return a tensor for any input
 
     def mri_window(self, img: torch.Tensor | np.ndarray) -> tuple[float, float]:
         """The MRI rule's ``(lower, upper)`` intensities: the ``mri_percentiles`` of the whole image.
@@ -332,6 +333,7 @@ class ScaleIntensityByModality(Transform):
         Raises:
             ValueError: the image is constant between the percentiles.
         """
+        flat: Any
         if isinstance(img, torch.Tensor):
             flat = img.detach().reshape(-1)
         else:

@@ -245,7 +245,10 @@ class NormalizeModelInputd(NormalizeIntensityd):
         dtype: DtypeLike = np.float32,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, subtrahend=list(mean), divisor=list(std), channel_wise=True, dtype=dtype,
+        # lists, as the bundle configs give them (NormalizeIntensityd's annotation names arrays only)
+        sub: Any = list(mean)
+        div: Any = list(std)
+        super().__init__(keys, subtrahend=sub, divisor=div, channel_wise=True, dtype=dtype,
                          allow_missing_keys=allow_missing_keys)
 
 

@@ -97,7 +97,7 @@ def content_hash(display: np.ndarray) -> str:
     import xxhash
 
     h = xxhash.xxh3_128(f"{display.dtype}{display.shape}".encode())
-    h.update(np.ascontiguousarray(display))
+    h.update(np.ascontiguousarray(display).data)
     return h.hexdigest()
 
 

@@ -96,8 +96,8 @@ def identify_dicom(ds: Dataset, rules: Rules, match: RuleMatch | None) -> Identi
             ``unknown_sequence`` or ``unsupported_sequence``.
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        modality = text(ds, "Modality") or "?"
-        raise CurationReject("no_pixel_data", f"DICOM object of modality {modality} has no pixel data")
+        declared = text(ds, "Modality") or "?"
+        raise CurationReject("no_pixel_data", f"DICOM object of modality {declared} has no pixel data")
     if text(ds, "BurnedInAnnotation").upper() == "YES":
         raise CurationReject("burned_in_annotation", "the header declares burned-in annotation")
     image_type = [v.upper() for v in (values(ds, "ImageType") or [])]

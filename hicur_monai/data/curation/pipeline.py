@@ -62,7 +62,8 @@ def _kill_hard() -> None:
     import signal
 
     for child in mp.active_children():
-        os.kill(child.pid, signal.SIGKILL)
+        if child.pid is not None:
+            os.kill(child.pid, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -235,7 +236,7 @@ def curate(
     out.mkdir(parents=True, exist_ok=True)
     parsed = load_rules(rules)
     pseudo = Pseudonymizer(salt)
-    info = {
+    info: dict[str, Any] = {
         "version": _VERSION, "salt_fingerprint": pseudo.fingerprint(),
         "sources": [prefix for _p, prefix in source_prefixes(sources)], "shard": f"{shard_t[0]}/{shard_t[1]}",
         "rules": Path(parsed.source).name, "near_threshold": near_threshold, "split": list(split), "min_size": min_size,

@@ -240,7 +240,8 @@ def _volume_shape(path: str, fmt: str) -> tuple[int, ...]:
     if fmt == "nifti":
         import nibabel as nib
 
-        shape = tuple(int(s) for s in nib.load(path).shape)
+        image: Any = nib.load(path)  # a NIfTI image (typed as nibabel's base class)
+        shape = tuple(int(s) for s in image.shape)
         return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
     if fmt == "nrrd":
         import nrrd
@@ -279,7 +280,7 @@ def _load(ctx: FileContext, st: WorkerState, fmt: str, frames: int | None, sampl
     from monai.data import MetaTensor
 
     try:
-        t = st.loader(ctx.found.path)
+        t: Any = st.loader(ctx.found.path)
     except ValueError as err:
         raise reject_of_error(err, ctx) from None
     # DICOM colour images may come as (1, 3, X, Y) or (1, X, Y, 3): make them (3, X, Y)
@@ -344,7 +345,7 @@ def slice_range(ctx: FileContext, st: WorkerState, ident: Identity, shape: tuple
     if spec is not None and spec.mask:
         mpath = Path(ctx.found.path).parent / spec.mask
         try:
-            mask = st.loader(str(mpath))
+            mask: Any = st.loader(str(mpath))
             if orient:
                 mask = Orientation(axcodes="LPS")(mask)
         except Exception:  # noqa: BLE001

@@ -12,6 +12,8 @@ element (``tests/test_curation_hardening.py`` compares both on the same files).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["STREAM_BYTES", "SLAB_BYTES", "read_nifti_float32", "lps_view"]
@@ -41,7 +43,7 @@ def read_nifti_float32(path: str) -> tuple[np.ndarray, np.ndarray]:
     """
     import nibabel as nib
 
-    img = nib.load(path, keep_file_open=True)
+    img: Any = nib.load(path, keep_file_open=True)  # a NIfTI image (typed as nibabel's base class)
     full = tuple(int(s) for s in img.shape)
     if len(full) < 3 or any(s != 1 for s in full[3:]):
         raise ValueError(f"expected a 3D volume, got shape {full}")
@@ -50,7 +52,8 @@ def read_nifti_float32(path: str) -> tuple[np.ndarray, np.ndarray]:
     step = max(1, SLAB_BYTES // (shape[0] * shape[1] * 4))
     for k in range(0, shape[2], step):
         part = buf[:, :, k:k + step]
-        part[...] = np.asanyarray(img.dataobj[(slice(None), slice(None), slice(k, k + step), *extra)])
+        index = (slice(None), slice(None), slice(k, k + step), *extra)
+        part[...] = np.asanyarray(img.dataobj[index])
         if not np.isfinite(part).all():
             raise NonFiniteVolume("image contains NaN or infinite values")
     affine = np.array(img.affine, dtype=np.float64, copy=True)

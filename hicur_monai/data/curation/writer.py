@@ -67,7 +67,7 @@ def encode_npy(fh: Any, arr: np.ndarray) -> None:
     channel-first transposed view)."""
     disp = np.ascontiguousarray(arr)
     fh.write(npy_header(disp))
-    fh.write(memoryview(disp).cast("B"))
+    fh.write(disp.data.cast("B"))
 
 
 def _output_folder(st: WorkerState, ident: Identity, patient: str) -> tuple[str, str]:
