@@ -193,9 +193,9 @@ def test_done_steps_are_skipped_until_their_inputs_or_command_change(tmp_path):
     assert end.read_text() == "axx" and any("done in" in ln and "(wall)" in ln for ln in lines)
     assert [o.status for o in run_steps(steps, tmp_path, log=lines.append)] == ["skipped", "skipped"]
     assert "skipped (outputs exist, inputs and command unchanged)" in lines[-1]
-    src.write_text("b")  # new input: both steps again
+    src.write_text("bb")  # new input: both steps again
     assert [o.status for o in run_steps(steps, tmp_path, log=lines.append)] == ["ran", "ran"]
-    assert end.read_text() == "bxx"
+    assert end.read_text() == "bbxx"
     steps[1] = _writer("two", mid, end, "y")  # same input, other command
     assert [o.status for o in run_steps(steps, tmp_path, log=lines.append)] == ["skipped", "ran"]
     end.unlink()  # an output gone: that step again, the others kept
@@ -232,3 +232,13 @@ def test_table_command_reads_the_run_manifest(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "budget: `tiny`" in printed and "Made by: `hicur curriculum run X`" in printed
     assert "| MONAI UNet | not run |" in printed and (out / "curriculum.png").is_file()
+
+
+def test_table_command_without_a_run_takes_the_budget_from_its_options(tmp_path, capsys):
+    from hicur_monai.cli import main
+
+    out = make_results(tmp_path / "o")
+    assert main(["curriculum", "table", "--out", str(out), "--budget", "demo", "--command", "docs/curriculum.md"]) == 0
+    printed = capsys.readouterr().out
+    assert "budget: `demo`" in printed and "Made by: `docs/curriculum.md`" in printed
+    assert f"hcmae_epochs={BUDGETS['demo'].hcmae_epochs}" in printed

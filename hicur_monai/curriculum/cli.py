@@ -38,7 +38,10 @@ def _table(args: argparse.Namespace) -> int:
     from hicur_monai.curriculum.budgets import get_budget
     from hicur_monai.curriculum.table import read_manifest, write_ablation
 
-    manifest = read_manifest(args.out)
+    if args.budget:  # results of the stage commands run by hand: no manifest
+        manifest = {"budget": {"name": args.budget}, "command": args.command or "", "skipped": args.skip or []}
+    else:
+        manifest = read_manifest(args.out)
     name = manifest["budget"]["name"]
     line = get_budget(name).describe() if name in BUDGETS else ""
     md, png = write_ablation(args.out, name, manifest.get("command", ""), manifest.get("skipped", ()), line)
@@ -61,4 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_run)
     t = s.add_parser("table", help="(re)write curriculum.md + curriculum.png from a run's result files")
     t.add_argument("--out", default="demo_output", help="the run's output folder")
+    t.add_argument("--budget", choices=list(BUDGETS),
+                   help="the budget the results were made at, for results of stage commands run by hand "
+                        "(default: read from the run's curriculum.json)")
+    t.add_argument("--command", help="with --budget: the command(s) that made the results, for the header")
+    t.add_argument("--skip", nargs="+", choices=SKIPPABLE, metavar="VARIANT", help="with --budget: variants not run")
     t.set_defaults(func=_table)
