@@ -242,3 +242,19 @@ def test_table_command_without_a_run_takes_the_budget_from_its_options(tmp_path,
     printed = capsys.readouterr().out
     assert "budget: `demo`" in printed and "Made by: `docs/curriculum.md`" in printed
     assert f"hcmae_epochs={BUDGETS['demo'].hcmae_epochs}" in printed
+
+
+def test_the_docs_page_shows_the_commands_the_runner_runs(tmp_path, monkeypatch):
+    """docs/curriculum.md's stage-by-stage commands are those of ``hicur curriculum run --budget demo``."""
+    import shlex
+
+    from test_docs_commands import parse_page
+
+    blocks, problems = parse_page(REPO / "docs" / "curriculum.md")
+    assert not problems
+    documented = [shlex.split(c) for b in blocks for c in b.commands]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo_data" / "clinical").mkdir(parents=True)
+    (tmp_path / "demo_data" / "clinical" / "truth.json").write_text("{}")
+    for step in curriculum_steps("demo_data", "demo_output", BUDGETS["demo"]):
+        assert shlex.split(_cmd(step)) in documented, f"docs/curriculum.md lacks the {step.name} command: {_cmd(step)}"
