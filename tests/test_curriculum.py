@@ -258,3 +258,12 @@ def test_the_docs_page_shows_the_commands_the_runner_runs(tmp_path, monkeypatch)
     (tmp_path / "demo_data" / "clinical" / "truth.json").write_text("{}")
     for step in curriculum_steps("demo_data", "demo_output", BUDGETS["demo"]):
         assert shlex.split(_cmd(step)) in documented, f"docs/curriculum.md lacks the {step.name} command: {_cmd(step)}"
+
+
+def test_cli_reports_a_failed_run_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from hicur_monai.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["curriculum", "run", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "hicur curriculum run:" in err and "nodata/datalist.json: not a demo cohort" in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from hicur_monai.curriculum.budgets import BUDGETS
 
@@ -29,8 +30,13 @@ def _run(args: argparse.Namespace) -> int:
     from hicur_monai.curriculum.runner import run_curriculum
 
     command = run_command(args.data, args.out, args.budget, args.skip)
-    run_curriculum(args.data, args.out, get_budget(args.budget), skip=args.skip or (), command=command,
-                   dry_run=args.dry_run)
+    try:
+        run_curriculum(args.data, args.out, get_budget(args.budget), skip=args.skip or (), command=command,
+                       dry_run=args.dry_run)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"hicur curriculum run: {e}\n(steps already done are kept; the same command resumes after them)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -142,7 +142,7 @@ def _table(out: Path, budget: Budget, skip: Sequence[str], command: str) -> None
 
 
 def run_curriculum(data: str | Path, out: str | Path, budget: Budget, skip: Sequence[str] = (), command: str = "",
-                   dry_run: bool = False, log: Callable[[str], None] = print) -> list[StepOutcome]:
+                   dry_run: bool = False, log: Callable[[str], None] | None = None) -> list[StepOutcome]:
     """Run the curriculum (steps already done are skipped) and write the ablation table and chart.
 
     Raises:
@@ -159,7 +159,7 @@ def run_curriculum(data: str | Path, out: str | Path, budget: Budget, skip: Sequ
     if not dry_run:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / MANIFEST, manifest)
-    outcomes = run_steps(steps, Path(out), dry_run=dry_run, log=log)
+    outcomes = run_steps(steps, Path(out), dry_run=dry_run, **({"log": log} if log else {}))
     if not dry_run:
         manifest["steps"] = [asdict(o) for o in outcomes]
         atomic_write_json(Path(out) / MANIFEST, manifest)

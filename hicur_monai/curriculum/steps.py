@@ -95,7 +95,7 @@ def _up_to_date(step: Step, stamp_file: Path) -> bool:
 def _check_inputs(step: Step) -> None:
     missing = [str(p) for p in step.inputs if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"curriculum step {step.name!r} ({step.title.strip()}): missing input(s) "
+        raise FileNotFoundError(f"curriculum step {step.name!r} ({' '.join(step.title.split())}): missing input(s) "
                                 f"{', '.join(missing)}; an earlier step should have written them")
 
 
@@ -105,15 +105,19 @@ def _execute(step: Step, env: dict[str, str] | None) -> None:
         return
     proc = subprocess.run(list(step.command), env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"curriculum step {step.name!r} ({step.title.strip()}) failed with exit code "
+        raise RuntimeError(f"curriculum step {step.name!r} ({' '.join(step.title.split())}) failed with exit code "
                            f"{proc.returncode}: {step.display()}")
     missing = [str(p) for p in step.outputs if not p.exists()]
     if missing:
         raise RuntimeError(f"curriculum step {step.name!r} ran but did not write {', '.join(missing)}: {step.display()}")
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)  # before the step's own output, which goes straight to the terminal
+
+
 def run_steps(steps: Sequence[Step], out: Path, dry_run: bool = False, env: dict[str, str] | None = None,
-              log: Callable[[str], None] = print) -> list[StepOutcome]:
+              log: Callable[[str], None] = _print) -> list[StepOutcome]:
     """Run ``steps`` in order, skipping those already done; print one progress line per step with its wall time.
 
     Args:
