@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ __all__ = ["ablation_chart"]
 
 
 def _not_run(ax: Axes, xs: list[int] | np.ndarray, labels: list[str], missing: list[bool]) -> None:
+    labels = [textwrap.fill(lab, 18) for lab in labels]
     ax.set_xticks(list(xs), [f"{lab}\n(not run)" if m else lab for lab, m in zip(labels, missing)], fontsize=7)
 
 
