@@ -167,6 +167,7 @@ def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert printed.count("[curriculum ") == 8 and "[curriculum 8/8]" in printed
     assert "--llm tiny --steps1 2 --steps2 2" in printed and "--epochs 1 --max-patients 2" in printed
+    assert printed.count("--endpoints ffs") == 3
     assert not (tmp_path / "o").exists()
 
 

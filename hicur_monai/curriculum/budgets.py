@@ -32,6 +32,7 @@ class Budget:
         prog_n_boot_calibration: bootstrap draws of the calibration metrics.
         prog_deepsurv_seeds: DeepSurv seeds (ensemble size).
         prog_deepsurv_epochs: DeepSurv epochs; ``None``: the bundle's default.
+        prog_endpoints: prognosis endpoints (``all``, or comma-separated: ``ffs,os``).
     """
 
     name: str
@@ -49,6 +50,7 @@ class Budget:
     prog_n_boot_calibration: int
     prog_deepsurv_seeds: int
     prog_deepsurv_epochs: int | None
+    prog_endpoints: str = "all"
 
     def describe(self) -> str:
         """One line with every size, for the table header."""
@@ -58,7 +60,8 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", hcmae_epochs=1, hcmae_max_items=8, hcmae_batch_size=2, vlm_llm="tiny", vlm_steps1=2,
                    vlm_steps2=2, findings_limit=2, findings_max_new_tokens=8, seg_epochs=1, seg_max_patients=2,
-                   prog_n_boot=10, prog_n_boot_calibration=5, prog_deepsurv_seeds=1, prog_deepsurv_epochs=20),
+                   prog_n_boot=10, prog_n_boot_calibration=5, prog_deepsurv_seeds=1, prog_deepsurv_epochs=20,
+                   prog_endpoints="ffs"),
     "demo": Budget("demo", hcmae_epochs=5, hcmae_max_items=300, hcmae_batch_size=None, vlm_llm="smollm2",
                    vlm_steps1=12, vlm_steps2=8, findings_limit=12, findings_max_new_tokens=48, seg_epochs=13,
                    seg_max_patients=20, prog_n_boot=100, prog_n_boot_calibration=20, prog_deepsurv_seeds=1,

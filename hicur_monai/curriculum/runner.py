@@ -94,6 +94,7 @@ def _prognosis(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], feat
               "--output_dir", str(run_dir), *(("--truth", str(truth)) if truth.is_file() else ()),
               "--n_boot", str(b.prog_n_boot), "--n_boot_calibration", str(b.prog_n_boot_calibration),
               "--deepsurv#n_seeds", str(b.prog_deepsurv_seeds), *_opt("--deepsurv#epochs", b.prog_deepsurv_epochs),
+              *_opt("--endpoints", None if b.prog_endpoints == "all" else b.prog_endpoints),
               *_opt("--hcmae_encoder", vit if image else None), *_opt("--vlm_checkpoint", model if len(image) > 1 else None))
     return Step(f"stage3_prognosis_{feature_set}", f"III  prognosis, {PROGNOSIS_SETS[feature_set]} (bundles/npc_prognosis)",
                 cmd, (*data_in, *image), (run_dir / "metrics.json",))
