@@ -268,3 +268,42 @@ def test_cli_reports_a_failed_run_without_a_traceback(tmp_path, monkeypatch, cap
     assert main(["curriculum", "run", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "hicur curriculum run:" in err and "nodata/datalist.json: not a demo cohort" in err
+
+
+def _stand_in(step: Step, ref: Path, out: Path) -> Step:
+    """``step`` with a command that writes its outputs: the result files copied from ``ref``, the rest made empty."""
+    from dataclasses import replace
+
+    code = ("import pathlib, shutil, sys\n"
+            "ref, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+            "for p in map(pathlib.Path, sys.argv[3:]):\n"
+            "    p.parent.mkdir(parents=True, exist_ok=True)\n"
+            "    if p.suffix == '.json': shutil.copyfile(ref / p.relative_to(out), p)\n"
+            "    elif p.suffix: p.write_text('x')\n"
+            "    else: p.mkdir(exist_ok=True)\n")
+    return replace(step, command=(sys.executable, "-c", code, str(ref), str(out), *map(str, step.outputs)))
+
+
+def test_a_run_with_stand_in_stages_ends_with_the_table_and_resumes(tmp_path, monkeypatch, capsys):
+    from hicur_monai.curriculum import runner
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bundles" / "hcmae_pretrain" / "configs").mkdir(parents=True)
+    (tmp_path / "bundles" / "hcmae_pretrain" / "configs" / "train.json").write_text("{}")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "datalist.json").write_text("{}")
+    ref, out = make_results(tmp_path / "ref"), tmp_path / "o"
+    real = runner.curriculum_steps
+    monkeypatch.setattr(runner, "curriculum_steps", lambda *a, **k: [
+        s if s.action else _stand_in(s, ref, out) for s in real(*a, **k)])
+    first = run_curriculum("d", out, BUDGETS["tiny"], command="hicur curriculum run X")
+    assert [o.status for o in first] == ["ran"] * 8
+    assert "Made by: `hicur curriculum run X`" in (out / "curriculum.md").read_text()
+    assert (out / "curriculum.png").stat().st_size > 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["budget"]["name"] == "tiny" and len(manifest["steps"]) == 8
+    again = run_curriculum("d", out, BUDGETS["tiny"], command="hicur curriculum run X")
+    assert [o.status for o in again] == ["skipped"] * 7 + ["ran"]
+    (tmp_path / "d" / "datalist.json").write_text('{"new": 1}')  # new data: everything again
+    assert [o.status for o in run_curriculum("d", out, BUDGETS["tiny"])] == ["ran"] * 8
+    assert "| MONAI UNet |" in capsys.readouterr().out
