@@ -32,7 +32,9 @@ def _seg_row(dice: float, states: str) -> dict:
 
 
 def _metrics(c: float, n_image: int) -> dict:
-    ep = {"data": {"image_feature_columns": [f"img_{i}" for i in range(n_image)]},
+    # metrics.json counts the image feature columns; a list of their names is read too
+    cols = n_image if n_image % 16 == 0 else [f"img_{i}" for i in range(n_image)]
+    ep = {"data": {"image_feature_columns": cols},
           "models": {m: {"metrics": {"harrell_c": {"estimate": c + d, "lo": c + d - 0.05, "hi": c + d + 0.04}}}
                      for m, d in (("cox", 0.0), ("deepsurv", -0.01))}}
     return {"endpoints": {"ffs": ep, "os": ep}}

@@ -124,7 +124,8 @@ def _prognosis(path: Path) -> dict[str, Any]:
     c: dict[str, dict[str, tuple[float, float, float]]] = {}
     n_image = 0
     for ep, res in eps.items():
-        n_image = max(n_image, len((res.get("data") or {}).get("image_feature_columns") or []))
+        cols = (res.get("data") or {}).get("image_feature_columns") or 0  # a count (or the column names)
+        n_image = max(n_image, cols if isinstance(cols, int) else len(cols))
         for model, mres in (res.get("models") or {}).items():
             hc = ((mres or {}).get("metrics") or {}).get("harrell_c")
             if not isinstance(hc, dict):
