@@ -42,9 +42,9 @@ def _segmentation(ax_dice: Axes, ax_hd: Axes, res: CurriculumResults) -> None:
 
 
 def _prognosis(ax: Axes, res: CurriculumResults) -> None:
-    from hicur_monai.curriculum.table import PROGNOSIS_SETS, _endpoints_models
+    from hicur_monai.curriculum.table import PROGNOSIS_SETS, endpoints_and_models
 
-    eps, models = _endpoints_models(res)
+    eps, models = endpoints_and_models(res)
     sets = list(PROGNOSIS_SETS)
     x = np.arange(len(sets))
     ep = eps[0] if eps else "ffs"

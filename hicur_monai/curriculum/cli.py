@@ -13,10 +13,12 @@ import shlex
 import sys
 
 from hicur_monai.curriculum.budgets import BUDGETS
+from hicur_monai.curriculum.table import PROGNOSIS_SETS, SEGMENTATION_VARIANTS
 
 __all__ = ["add_parser", "run_command"]
 
-SKIPPABLE = ("unet", "fusion_standin", "fusion_vlm", "fusion_vlm_report", "clinical", "hcmae", "hcmae_vlm")
+#: what ``--skip`` accepts: segmentation variants and prognosis feature sets
+SKIPPABLE = (*SEGMENTATION_VARIANTS, *PROGNOSIS_SETS)
 
 
 def run_command(data: str, out: str, budget: str, skip: list[str] | None = None) -> str:

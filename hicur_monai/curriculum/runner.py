@@ -35,13 +35,11 @@ from hicur_monai.curriculum.table import (
 )
 from hicur_monai.utils.io import atomic_write_json
 
-__all__ = ["curriculum_steps", "run_curriculum", "VLM_PROGNOSIS_SETS"]
+__all__ = ["curriculum_steps", "run_curriculum"]
 
 PROGNOSIS_CONFIGS = "['bundles/npc_prognosis/configs/train.json','bundles/npc_prognosis/configs/evaluate.json']"
 #: the cohort files whose change means "new data" (the generator writes them all at once)
 DATA_FILES = ("datalist.json", "cohort.json", "clinical/clinical.csv")
-#: prognosis feature sets that use the stage II model
-VLM_PROGNOSIS_SETS = ("hcmae_vlm",)
 
 
 def _py(*args: str) -> tuple[str, ...]:

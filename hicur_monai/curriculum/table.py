@@ -36,6 +36,7 @@ __all__ = [
     "ablation_chart",
     "write_ablation",
     "read_manifest",
+    "endpoints_and_models",
 ]
 
 #: segmentation variant -> its label in the table (the names of ``hicur segment demo --models``)
@@ -184,7 +185,8 @@ def _seg_rows(res: CurriculumResults) -> list[str]:
     return rows
 
 
-def _endpoints_models(res: CurriculumResults) -> tuple[list[str], list[str]]:
+def endpoints_and_models(res: CurriculumResults) -> tuple[list[str], list[str]]:
+    """The prognosis endpoints (FFS, OS, DMFS order) and models found in any feature set's results."""
     eps, models = [], []
     for r in filter(None, res.prognosis.values()):
         for ep, by_model in r["c"].items():
@@ -194,7 +196,7 @@ def _endpoints_models(res: CurriculumResults) -> tuple[list[str], list[str]]:
 
 
 def _prog_rows(res: CurriculumResults) -> list[str]:
-    eps, models = _endpoints_models(res)
+    eps, models = endpoints_and_models(res)
     rows = ["| features | image features | model | " + " | ".join(e.upper() for e in eps) + " |",
             "|---|---|---|" + "---|" * len(eps)]
     for s, label in PROGNOSIS_SETS.items():
