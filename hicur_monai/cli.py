@@ -29,6 +29,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "hicur_monai.vlm.cli": ("ask",),
     "hicur_monai.segmentation.cli": ("segment",),
     "hicur_monai.label.cli": ("label-app",),
+    "hicur_monai.curriculum.cli": ("curriculum",),
 }
 
 
