@@ -261,7 +261,7 @@ class CoarseStateCache:
 
     def get(self, images: torch.Tensor, texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """States ``(B, L, D)`` and mask ``(B, L)`` of a batch of images (and report texts), cached where possible."""
-        images = torch.as_tensor(images)
+        images = _plain(images)  # a MetaTensor's metadata must not reach the states (nor their files)
         reports = check_texts(self.provider, int(images.shape[0]), texts)
         keys = [_text_key(image_hash(img), r) for img, r in zip(images, reports)]
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
@@ -279,7 +279,7 @@ class CoarseStateCache:
             else:
                 states, mask = self.provider(images[todo])
             for j, i in enumerate(todo):
-                v = (states[j].detach().cpu().clone(), mask[j].detach().cpu().clone())
+                v = (_plain(states[j]).detach().cpu().clone(), _plain(mask[j]).detach().cpu().clone())
                 out[i] = v
                 self._remember(keys[i], v)
                 if self.cache_dir is not None:
@@ -334,3 +334,8 @@ def _name(d: Mapping[Hashable, Any]) -> str:
     """How an item is named in messages: its study, else its image file."""
     meta = getattr(d.get("image"), "meta", None) or {}
     return repr(d.get("study") or meta.get("filename_or_obj") or "?")
+
+
+def _plain(t: Any) -> torch.Tensor:
+    """A plain tensor (MONAI's ``MetaTensor`` without its metadata)."""
+    return torch.as_tensor(t).as_subclass(torch.Tensor)
