@@ -19,7 +19,7 @@ def _all_refs() -> list[str]:
     refs = []
     for name in FRAGMENT_FILES:
         data = json.loads((transforms_dir() / f"{name}.json").read_text())
-        refs += [f"{name}.json::{k}" for k in data if not k.startswith("_")]
+        refs += [f"{name}.json::{k}" for k, v in data.items() if not k.startswith("_") and isinstance(v, dict)]
     return refs
 
 
@@ -33,8 +33,9 @@ def test_fragments_include_through_monai_macros(repo_root: Path, monkeypatch: py
     """A bundle-style config includes fragments with %transforms/<file>.json::<key> from the repo root."""
     monkeypatch.chdir(repo_root)
     parser = ConfigParser({
+        "img_size": 256,
         "preprocessing": {"_target_": "Compose", "transforms": [
-            "%transforms/mri.json::load", "%transforms/mri.json::slices_roi", "%transforms/common.json::rgb_256",
+            "%transforms/mri.json::load", "%transforms/common.json::slices_roi", "%transforms/common.json::rgb",
             "%transforms/common.json::normalize",
         ]}
     })
@@ -43,14 +44,14 @@ def test_fragments_include_through_monai_macros(repo_root: Path, monkeypatch: py
     assert len(pipeline.transforms) == 4
 
 
-def _run(refs, item):
-    out = build_pipeline(*refs)(dict(item))
+def _run(refs, item, **params):
+    out = build_pipeline(*refs, **params)(dict(item))
     return out if isinstance(out, list) else [out]
 
 
 def test_mri_pipeline_on_demo_volume(demo_cohort: Path):
     item = next(i for i in load_datalist(demo_cohort, "mri") if i["sequence"] == "T1C")
-    slices = _run(("mri.json::load", "mri.json::slices_roi", "common.json::rgb_256"), item)
+    slices = _run(("mri.json::load", "common.json::slices_roi", "common.json::rgb"), item, img_size=256)
     assert 1 <= len(slices) <= 12
     for s in slices:
         assert s["image"].shape == (3, 256, 256) and s["label"].shape == (1, 256, 256)
@@ -65,14 +66,14 @@ def test_ct_pipeline_on_demo_volume(demo_cohort: Path):
     # soft-tissue window: air maps to 0, bone to 1, soft tissue in between
     img = loaded["image"]
     assert float(img.min()) == 0.0 and float(img.max()) == 1.0
-    slices = _run(("ct.json::load", "ct.json::slices", "common.json::rgb_384"), item)
+    slices = _run(("ct.json::load", "ct.json::slices", "common.json::rgb"), item)
     assert len(slices) == img.shape[-1] and slices[0]["image"].shape == (3, 384, 384)
 
 
 def test_endoscopy_pipeline_with_augmentation_and_normalisation(demo_cohort: Path):
     item = load_datalist(demo_cohort, "endoscopy")[0]
-    (plain,) = _run(("endoscopy.json::load", "common.json::rgb_384"), item)
-    pipe = build_pipeline("endoscopy.json::load", "common.json::rgb_384", "augment.json::pretrain", "common.json::normalize")
+    (plain,) = _run(("endoscopy.json::load", "common.json::rgb"), item)
+    pipe = build_pipeline("endoscopy.json::load", "common.json::rgb", "augment.json::pretrain", "common.json::normalize")
     pipe.set_random_state(0)
     out = pipe(dict(item))
     assert out["image"].shape == (3, 384, 384)
@@ -87,7 +88,7 @@ def test_endoscopy_pipeline_with_augmentation_and_normalisation(demo_cohort: Pat
 def test_mixed_modality_pipeline_on_real_samples(demo_cohort: Path):
     items = load_datalist(demo_cohort, "real")
     assert items, "installed packages ship real samples (pydicom, scikit-image, nibabel)"
-    pipe = build_pipeline("common.json::load_any", "common.json::slices_any", "common.json::rgb_384")
+    pipe = build_pipeline("common.json::load_any", "common.json::slices_any", "common.json::rgb")
     for item in items:
         out = pipe(dict(item))
         first = out[0] if isinstance(out, list) else out
@@ -102,7 +103,8 @@ def test_bundle_export_inlines_fragment_macros(tmp_path: Path, repo_root: Path, 
     (src / "configs").mkdir(parents=True)
     (src / "configs" / "metadata.json").write_text("{}")
     (src / "configs" / "inference.json").write_text(json.dumps({
-        "preprocessing": {"_target_": "Compose", "transforms": ["%transforms/ct.json::load", "%transforms/common.json::rgb_256"]}
+        "img_size": 256,
+        "preprocessing": {"_target_": "Compose", "transforms": ["%transforms/ct.json::load", "%transforms/common.json::rgb"]}
     }))
     out = export_bundle(src, tmp_path / "exported")
     cfg = json.loads((out / "configs" / "inference.json").read_text())
@@ -113,3 +115,21 @@ def test_bundle_export_inlines_fragment_macros(tmp_path: Path, repo_root: Path, 
     assert len(parser.get_parsed_content("preprocessing").transforms) == 2
     with pytest.raises(FileExistsError):
         export_bundle(src, out)
+
+
+def test_rgb_fragment_follows_img_size(repo_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """One parametric fragment: the including config's img_size sets both the resize and the padding."""
+    monkeypatch.chdir(repo_root)
+    item = {"image": torch.rand(1, 30, 20), "label": torch.zeros(1, 30, 20)}
+    for size in (64, 256):
+        parser = ConfigParser({"img_size": size, "rgb": "%transforms/common.json::rgb"})
+        out = parser.get_parsed_content("rgb")(dict(item))
+        assert out["image"].shape == (3, size, size) and out["label"].shape == (1, size, size)
+    assert build_fragment("common.json::rgb")(dict(item))["image"].shape == (3, 384, 384)  # the file's default
+
+
+def test_slices_roi_declared_once():
+    """The tumour-slice fragment lives in common.json only (MRI and CT used identical copies)."""
+    for name in ("mri", "ct"):
+        assert "slices_roi" not in json.loads((transforms_dir() / f"{name}.json").read_text())
+    assert "slices_roi" in json.loads((transforms_dir() / "common.json").read_text())

@@ -10,9 +10,18 @@ the key/value sequence of the fusion blocks' cross-attention.
   into a coarse-state provider. An image-conditioned encoder (the VLM's ``"vlm_coarse"``,
   which adds the fixed instruction itself) receives the images, as in the original. A text-only encoder (the default, the offline ``"hashed_bow"``) is a
   **stand-in**: it encodes the fixed instruction only, so every image gets the same states.
-* :class:`CoarseStateCache` keys the states by a SHA-256 of the image tensor and the
-  provider, in memory and (optionally) on disk, written atomically: a training run
-  computes them once per image, not once per epoch, and a second run reuses them.
+* :class:`~hicur_monai.segmentation.handoff.VLMStates` is the stage II -> III hand-off: the
+  aligned VLM saved by ``bundles/vl_alignment`` run on each image with the fixed instruction
+  (optionally followed by the study's radiology report);
+  :func:`~hicur_monai.segmentation.handoff.coarse_provider` picks it or the stand-in from one
+  bundle key (``vlm_checkpoint``).
+* Both keep the **last** ``num_tokens`` real positions of the sequence: in a causal LM those are the
+  positions that have seen the image and the whole instruction (the first positions hold the chat
+  template, identical for every image).
+* :class:`CoarseStateCache` keys the states by a SHA-256 of the image tensor (and of the report
+  text, when the provider uses it) under the provider's key (which includes the VLM's checksum),
+  in memory and (optionally) on disk, written atomically: a training run computes them once per
+  image, not once per epoch, and a second run reuses them.
 * :class:`CoarseStatesd` is the dictionary transform that adds ``coarse_states`` /
   ``coarse_mask`` to a data item (put it before random augmentation, so the cached value
   is that of the un-augmented image, as in the original).
@@ -23,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +47,15 @@ __all__ = [
     "TextEncoderStates",
     "CoarseStateCache",
     "CoarseStatesd",
+    "check_texts",
     "image_hash",
+    "keep_last",
+    "REPORT_PREFIX",
+    "with_report",
 ]
+
+#: what joins the fixed instruction and a study's radiology report (``coarse_report``)
+REPORT_PREFIX = "\nThe radiology report of this study: "
 
 #: the fixed instruction of the original (a description for disease-area segmentation)
 SEGMENTATION_INSTRUCTION = (
@@ -54,6 +70,17 @@ def image_hash(image: torch.Tensor) -> str:
     h = hashlib.sha256(str(tuple(t.shape)).encode())
     h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def with_report(instruction: str, report: str | None) -> str:
+    """The instruction followed by a study's radiology report text (the instruction alone without one)."""
+    return instruction if not report else f"{instruction}{REPORT_PREFIX}{report.strip()}"
+
+
+def _text_key(key: str, text: str | None) -> str:
+    if text is None:
+        return key
+    return hashlib.sha256(f"{key}|{text}".encode()).hexdigest()
 
 
 def _create_text_encoder(name: str, kwargs: Mapping[str, Any] | None) -> Any:
@@ -75,7 +102,7 @@ def _create_text_encoder(name: str, kwargs: Mapping[str, Any] | None) -> Any:
 
 
 class TextEncoderStates:
-    """Coarse-state provider from a registered text encoder, padded/truncated to ``num_tokens``.
+    """Coarse-state provider from a registered text encoder: the last ``num_tokens`` real positions, zero-padded.
 
     Args:
         encoder: a name in :data:`~hicur_monai.registry.TEXT_ENCODERS` or an encoder object.
@@ -86,9 +113,12 @@ class TextEncoderStates:
         image_conditioned: call ``encoder.encode(images)`` (the encoder adds its own instruction,
             as ``"vlm_coarse"`` does) instead of encoding ``instruction`` once for all images;
             ``None``: True for ``"vlm_coarse"``.
+        report: the provider takes each image's radiology report text (``coarse_report``); a
+            text-only encoder then encodes the instruction followed by the report.
 
-    ``__call__(images)`` with images ``(B, C, H, W)`` returns states ``(B, num_tokens, dim)``
-    and a mask ``(B, num_tokens)`` (True = real token).
+    ``__call__(images, texts=None)`` with images ``(B, C, H, W)`` (and, with ``report``, one report
+    text per image) returns states ``(B, num_tokens, dim)`` and a mask ``(B, num_tokens)``
+    (True = real token).
     """
 
     def __init__(
@@ -98,6 +128,7 @@ class TextEncoderStates:
         num_tokens: int = 32,
         encoder_kwargs: Mapping[str, Any] | None = None,
         image_conditioned: bool | None = None,
+        report: bool = False,
     ) -> None:
         if isinstance(encoder, str):
             self.name = encoder
@@ -113,34 +144,72 @@ class TextEncoderStates:
             image_conditioned = self.name == "vlm_coarse" or bool(getattr(encoder, "image_conditioned", False))
         self.image_conditioned = bool(image_conditioned)
         self.dim = int(getattr(encoder, "dim", 0)) or None
-        self._text_only: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.report = bool(report)
+        self._text_only: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def key(self) -> str:
-        """Identifies the provider in cache keys (encoder, instruction, token count, dim)."""
-        raw = f"{self.name}|{self.dim}|{self.num_tokens}|{self.instruction}"
+        """Identifies the provider in cache keys (encoder, instruction, token count, dim, report use)."""
+        raw = f"{self.name}|{self.dim}|{self.num_tokens}|{self.instruction}|keep-last|report={self.report}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
+    @property
+    def description(self) -> str:
+        """One line saying what the states are (written next to every result that used them)."""
+        if self.image_conditioned:
+            return f"{self.name} encoder states of each image + the fixed instruction ({self.dim}-d, {self.num_tokens} positions)"
+        what = "the fixed instruction + each study's MRI report (per study, not per image)" if self.report else \
+            "the fixed instruction only: the same states for every image"
+        return f"stand-in: text-only {self.name} encoding of {what} ({self.dim}-d); no vlm_checkpoint given"
+
     def _fix_length(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.num_tokens
-        states, mask = states[:, :n].float(), mask[:, :n].bool()
-        if states.shape[1] < n:
-            pad = n - states.shape[1]
-            states = torch.cat([states, states.new_zeros(states.shape[0], pad, states.shape[2])], 1)
-            mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], 1)
-        return states, mask
+        return keep_last(states, mask, self.num_tokens)
+
+    def _encode_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if text not in self._text_only:
+            states, mask = self.encoder.encode([text])
+            self._text_only[text] = self._fix_length(torch.as_tensor(states), torch.as_tensor(mask))
+        return self._text_only[text]
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = int(images.shape[0])
+        reports = check_texts(self, b, texts)
         if self.image_conditioned:
-            states, mask = self.encoder.encode(list(images))
+            instructions = [with_report(self.instruction, r) for r in reports]
+            states, mask = self.encoder.encode(list(images), *([instructions] if self.report else []))
             return self._fix_length(torch.as_tensor(states), torch.as_tensor(mask))
-        if self._text_only is None:
-            states, mask = self.encoder.encode([self.instruction])
-            self._text_only = self._fix_length(torch.as_tensor(states), torch.as_tensor(mask))
-        states, mask = self._text_only
-        return states.expand(b, -1, -1).clone(), mask.expand(b, -1).clone()
+        pairs = [self._encode_text(with_report(self.instruction, r)) for r in reports]
+        return torch.stack([p[0][0] for p in pairs]), torch.stack([p[1][0] for p in pairs])
+
+
+def check_texts(provider: Any, batch: int, texts: Sequence[str | None] | None) -> list[str | None]:
+    """The report texts a provider uses for a batch: one per image with ``provider.report``, else ``None`` each.
+
+    Raises:
+        ValueError: the provider uses reports (``coarse_report``) and an image has none.
+    """
+    if not getattr(provider, "report", False):
+        return [None] * batch
+    if texts is None or len(texts) != batch or any(not t for t in texts):
+        raise ValueError("coarse_report is true but an image came without its study's report text "
+                         "(the datalist item needs a 'report' file, read by ReportTextd)")
+    return [str(t) for t in texts]
+
+
+def keep_last(states: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``n`` real (mask True) positions of each sequence, left-aligned, zero-padded at the end.
+
+    Returns ``states (B, n, D)`` float32 and ``mask (B, n)`` bool.
+    """
+    states, mask = torch.as_tensor(states).float(), torch.as_tensor(mask).bool()
+    out = states.new_zeros(states.shape[0], n, states.shape[2])
+    keep = torch.zeros(states.shape[0], n, dtype=torch.bool, device=states.device)
+    for b in range(states.shape[0]):
+        real = states[b][mask[b]][-n:]
+        out[b, : real.shape[0]] = real
+        keep[b, : real.shape[0]] = True
+    return out, keep
 
 
 class CoarseStateCache:
@@ -180,10 +249,21 @@ class CoarseStateCache:
         except Exception:  # a damaged cache file is recomputed, never trusted
             return None
 
-    def get(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """States ``(B, L, D)`` and mask ``(B, L)`` of a batch of images, from the cache where possible."""
-        images = torch.as_tensor(images)
-        keys = [image_hash(img) for img in images]
+    @property
+    def description(self) -> str:
+        """The provider's one-line description."""
+        return str(getattr(self.provider, "description", type(self.provider).__name__))
+
+    @property
+    def report(self) -> bool:
+        """Whether the provider takes each image's report text."""
+        return bool(getattr(self.provider, "report", False))
+
+    def get(self, images: torch.Tensor, texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """States ``(B, L, D)`` and mask ``(B, L)`` of a batch of images (and report texts), cached where possible."""
+        images = _plain(images)  # a MetaTensor's metadata must not reach the states (nor their files)
+        reports = check_texts(self.provider, int(images.shape[0]), texts)
+        keys = [_text_key(image_hash(img), r) for img, r in zip(images, reports)]
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for k in keys:
             v = self._mem.get(k) or self._disk(k)
@@ -194,9 +274,12 @@ class CoarseStateCache:
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
             self.misses += len(todo)
-            states, mask = self.provider(images[todo])
+            if self.report:
+                states, mask = self.provider(images[todo], [reports[i] for i in todo])
+            else:
+                states, mask = self.provider(images[todo])
             for j, i in enumerate(todo):
-                v = (states[j].detach().cpu().clone(), mask[j].detach().cpu().clone())
+                v = (_plain(states[j]).detach().cpu().clone(), _plain(mask[j]).detach().cpu().clone())
                 out[i] = v
                 self._remember(keys[i], v)
                 if self.cache_dir is not None:
@@ -213,6 +296,8 @@ class CoarseStatesd(MapTransform):
         keys: the image key (one).
         cache: a :class:`CoarseStateCache` (or any callable with the same contract).
         states_key, mask_key: output keys.
+        text_key: the item's report text (``report_text``, added by
+            :class:`~hicur_monai.segmentation.handoff.ReportTextd`), passed on when the provider uses reports.
     """
 
     def __init__(
@@ -221,11 +306,12 @@ class CoarseStatesd(MapTransform):
         cache: CoarseStateCache,
         states_key: str = "coarse_states",
         mask_key: str = "coarse_mask",
+        text_key: str = "report_text",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.cache = cache
-        self.states_key, self.mask_key = states_key, mask_key
+        self.states_key, self.mask_key, self.text_key = states_key, mask_key, text_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -233,6 +319,23 @@ class CoarseStatesd(MapTransform):
             img = torch.as_tensor(d[key])
             if img.ndim != 3:
                 raise ValueError(f"CoarseStatesd: {key!r} must be a channel-first 2D image (C, H, W), got {tuple(img.shape)}")
-            states, mask = self.cache(img[None])
+            if getattr(self.cache, "report", False):
+                if not d.get(self.text_key):
+                    raise ValueError(f"CoarseStatesd: coarse_report is true but item {_name(d)} has no "
+                                     f"{self.text_key!r} (its 'report' file, read by ReportTextd)")
+                states, mask = self.cache(img[None], [d[self.text_key]])
+            else:
+                states, mask = self.cache(img[None])
             d[self.states_key], d[self.mask_key] = states[0], mask[0]
         return d
+
+
+def _name(d: Mapping[Hashable, Any]) -> str:
+    """How an item is named in messages: its study, else its image file."""
+    meta = getattr(d.get("image"), "meta", None) or {}
+    return repr(d.get("study") or meta.get("filename_or_obj") or "?")
+
+
+def _plain(t: Any) -> torch.Tensor:
+    """A plain tensor (MONAI's ``MetaTensor`` without its metadata)."""
+    return torch.as_tensor(t).as_subclass(torch.Tensor)

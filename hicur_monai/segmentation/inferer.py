@@ -37,7 +37,8 @@ class VolumeSliceInferer(Inferer):
         roi_size: network input size (longest side resized to it, then padded square).
         sw_batch_size: slices per network call.
         coarse: a coarse-state provider/cache (``images (N, 3, roi, roi) in [0, 1] -> (states, mask)``);
-            when given, the network is called as ``network(x, text_states=..., text_mask=...)``.
+            when given, the network is called as ``network(x, text_states=..., text_mask=...)``. When it
+            uses reports (``coarse_report``), each volume's text comes from its ``meta["report_text"]``.
         slice_axis: spatial axis of the slices (-1: axial for RAS volumes).
         mean, std: the model-input normalisation (``None`` to skip).
         progress: show a tqdm bar over slice batches.
@@ -78,8 +79,14 @@ class VolumeSliceInferer(Inferer):
         s = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - m) / s
 
-    def _run_slices(self, slices: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``slices`` (N, C, H, W) in [0, 1] -> logits (N, K, H, W) on the same grid."""
+    def _states(self, chunk: torch.Tensor, report: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self.coarse, "report", False):
+            return self.coarse(chunk, [report] * len(chunk))  # type: ignore[misc]
+        return self.coarse(chunk)  # type: ignore[misc]
+
+    def _run_slices(self, slices: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
+                    report: str | None = None, **kwargs: Any) -> torch.Tensor:
+        """``slices`` (N, C, H, W) in [0, 1] -> logits (N, K, H, W) on the same grid (``report``: the study's text)."""
         n, c, h, w = slices.shape
         if c == 1:
             slices = slices.repeat(1, 3, 1, 1)
@@ -100,7 +107,7 @@ class VolumeSliceInferer(Inferer):
             chunk = x01[i : i + self.sw_batch_size]
             inp = self._normalise(chunk)
             if self.coarse is not None:
-                states, mask = self.coarse(chunk.detach().cpu())
+                states, mask = self._states(chunk.detach().cpu(), report)
                 kwargs_i = dict(kwargs, text_states=states.to(inp.device), text_mask=mask.to(inp.device))
                 out.append(network(inp, *args, **kwargs_i))
             else:
@@ -115,17 +122,29 @@ class VolumeSliceInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Logits ``(B, K, X, Y, Z)`` of volumes ``(B, C, X, Y, Z)`` (or ``(B, K, H, W)`` of 2D images)."""
         x = torch.as_tensor(inputs)
+        reports = _reports(inputs, int(x.shape[0]))
         if x.ndim == 4:
-            return self._run_slices(x, network, *args, **kwargs)
+            return self._run_slices(x, network, *args, report=reports[0], **kwargs)
         if x.ndim != 5:
             raise ValueError(f"VolumeSliceInferer: expected (B, C, X, Y, Z) or (B, C, H, W), got {tuple(x.shape)}")
         ax = 2 + (self.slice_axis % 3)
         results = []
         for b in range(x.shape[0]):
             vol = x[b].movedim(ax - 1, 0)  # (Z, C, ...) slices first
-            logits = self._run_slices(vol, network, *args, **kwargs)  # (Z, K, h, w)
+            logits = self._run_slices(vol, network, *args, report=reports[b], **kwargs)  # (Z, K, h, w)
             results.append(logits.movedim(0, ax - 1))
         out = torch.stack(results, 0)
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return out
+
+
+def _reports(inputs: Any, batch: int) -> list[str | None]:
+    """The report text of each volume (``meta["report_text"]``, set by ``ReportTextd``), else ``None`` each."""
+    text = (getattr(inputs, "meta", None) or {}).get("report_text")
+    if text is None:
+        return [None] * batch
+    if isinstance(text, str):
+        return [text] * batch
+    texts = [str(t) for t in text]
+    return texts if len(texts) == batch else [texts[0]] * batch

@@ -19,14 +19,15 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.metrics import CumulativeIterationMetric, compute_dice, compute_iou
 
 from hicur_monai.modality import SEQUENCES, canonical_sequence
-from hicur_monai.utils.io import atomic_write_text
+from hicur_monai.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["PerSliceMetric", "comparison_table", "dice_by_sequence", "read_metrics_csv"]
+__all__ = ["EvaluationSummary", "PerSliceMetric", "comparison_table", "dice_by_sequence", "read_metrics_csv"]
 
 
 class PerSliceMetric(CumulativeIterationMetric):
@@ -138,3 +139,34 @@ def comparison_table(runs: Mapping[str, str | os.PathLike], output_file: str | o
     if output_file:
         atomic_write_text(output_file, table)
     return table
+
+
+class EvaluationSummary:
+    """Ignite handler: at the end of an evaluation, write ``summary.json`` (metrics + what the coarse states were).
+
+    Args:
+        output_file: the JSON file (``<eval_dir>/summary.json``), written atomically.
+        coarse_states: the one-line description of the coarse states (``describe_coarse``), also printed,
+            so every evaluation that used the stand-in says so.
+    """
+
+    def __init__(self, output_file: str | os.PathLike, coarse_states: str) -> None:
+        self.output_file, self.coarse_states = Path(output_file), str(coarse_states)
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        metrics = {k: _as_number(v) for k, v in engine.state.metrics.items()}
+        atomic_write_json(self.output_file, {"metrics": metrics, "coarse_states": self.coarse_states})
+        print(f"[evaluate] coarse_states: {self.coarse_states}")
+
+
+def _as_number(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v

@@ -36,8 +36,12 @@ def transforms_dir(start: str | os.PathLike | None = None) -> Path:
     )
 
 
-def build_fragment(ref: str, root: str | os.PathLike | None = None) -> Any:
-    """Instantiate one fragment, e.g. ``build_fragment("mri.json::load")``."""
+def build_fragment(ref: str, root: str | os.PathLike | None = None, **params: Any) -> Any:
+    """Instantiate one fragment, e.g. ``build_fragment("mri.json::load")`` or ``build_fragment("common.json::rgb", img_size=256)``.
+
+    ``params`` set the file's top-level values the fragments refer to (``@img_size``); a bundle that
+    includes a fragment with a ``%`` macro supplies its own.
+    """
     from monai.bundle import ConfigParser
 
     file, _, key = ref.partition("::")
@@ -45,14 +49,16 @@ def build_fragment(ref: str, root: str | os.PathLike | None = None) -> Any:
         raise ValueError(f"fragment reference {ref!r} must look like '<file>.json::<key>'")
     path = (Path(root) if root else transforms_dir()) / file
     parser = ConfigParser(ConfigParser.load_config_file(path))
+    for name, value in params.items():
+        parser[name] = value
     if key not in parser.get():
         available = sorted(k for k in parser.get() if not k.startswith("_"))
         raise KeyError(f"{path}: no fragment {key!r}; available: {available}")
     return parser.get_parsed_content(key, instantiate=True)
 
 
-def build_pipeline(*refs: str, root: str | os.PathLike | None = None) -> Any:
-    """A ``monai.transforms.Compose`` of several fragments in order."""
+def build_pipeline(*refs: str, root: str | os.PathLike | None = None, **params: Any) -> Any:
+    """A ``monai.transforms.Compose`` of several fragments in order (``params`` as for :func:`build_fragment`)."""
     from monai.transforms import Compose
 
-    return Compose([build_fragment(r, root) for r in refs])
+    return Compose([build_fragment(r, root, **params) for r in refs])

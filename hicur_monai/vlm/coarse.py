@@ -87,7 +87,9 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
     model.eval()
     try:
         embeds, mask, _ = model.embed(batch["input_ids"], batch["attention_mask"], None, batch["images"], "right")
-        out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        # only the hidden states are used: the LM head runs on one position, not on every position
+        out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False,
+                        logits_to_keep=1)
     finally:
         model.train(was_training)
     hidden = _blend(out.hidden_states, blend).float()
@@ -163,15 +165,26 @@ class VLMCoarseEncoder:
             return None, s  # a text (e.g. a patient description)
         raise TypeError(f"cannot encode a {type(item).__name__}; give image tensors, image files or texts")
 
-    def encode(self, items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """States ``(B, length, dim)`` and mask ``(B, length)`` for images (tensors / files) or texts."""
+    def encode(self, items: Sequence[Any], instructions: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """States ``(B, length, dim)`` and mask ``(B, length)`` for images (tensors / files) or texts.
+
+        Args:
+            items: image tensors, image files or texts.
+            instructions: one instruction per image item instead of the fixed ``instruction``
+                (e.g. the instruction followed by the study's radiology report); ignored for texts.
+        """
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("encode expects a sequence of items, not one string")
         if isinstance(items, torch.Tensor) and items.ndim == 3:
             items = [items]
+        if instructions is not None and len(instructions) != len(items):
+            raise ValueError(f"{len(items)} items but {len(instructions)} instructions")
         states, masks = [], []
         for start in range(0, len(items), self.batch_size):
             chunk = [self._item(x) for x in items[start: start + self.batch_size]]
+            if instructions is not None:
+                texts = instructions[start: start + self.batch_size]
+                chunk = [(img, str(t) if img is not None else q) for (img, q), t in zip(chunk, texts)]
             s, m = coarse_features(self.model, [c[0] for c in chunk], [c[1] for c in chunk], self.length, self.blend)
             states.append(s.cpu())
             masks.append(m.cpu())

@@ -223,6 +223,7 @@ def generate_demo_cohort(
             mri_list.append({
                 "image": rel(res["mri"][seq]), "label": rel(res["mri"]["mask"]), "modality": "mri",
                 "sequence": seq, "patient": patients[i], "study": res["study"], "t_stage": t_stages[i],
+                "report": rel(res["report"]["report"]),
             })
         if "ct" in res:
             ct_list.append({

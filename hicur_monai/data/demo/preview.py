@@ -20,11 +20,11 @@ __all__ = ["PREVIEW_PIPELINES", "preview_anatomy", "preview_pipelines"]
 
 #: modality -> the fragments composed for its preview (2D, 3-channel, 384 px, in [0, 1])
 PREVIEW_PIPELINES: dict[str, tuple[str, ...]] = {
-    "mri": ("mri.json::load", "mri.json::slices_roi", "common.json::rgb_384"),
-    "ct": ("ct.json::load", "ct.json::slices_roi", "common.json::rgb_384"),
-    "endoscopy": ("endoscopy.json::load", "common.json::rgb_384"),
-    "endoscopy_augmented": ("endoscopy.json::load", "common.json::rgb_384", "augment.json::pretrain"),
-    "real": ("common.json::load_any", "common.json::slices_any", "common.json::rgb_384"),
+    "mri": ("mri.json::load", "common.json::slices_roi", "common.json::rgb"),
+    "ct": ("ct.json::load", "common.json::slices_roi", "common.json::rgb"),
+    "endoscopy": ("endoscopy.json::load", "common.json::rgb"),
+    "endoscopy_augmented": ("endoscopy.json::load", "common.json::rgb", "augment.json::pretrain"),
+    "real": ("common.json::load_any", "common.json::slices_any", "common.json::rgb"),
 }
 
 
