@@ -276,7 +276,8 @@ class StudyFeatureExtractor:
         if size not in self._tf:
             self._tf[size] = _slice_transform(size)
         tf = self._tf[size]
-        return torch.stack([torch.as_tensor(tf({"image": img[..., int(z)]})["image"]) for z in idx])
+        out = [tf({"image": img[..., int(z)]})["image"] for z in idx]
+        return torch.stack([x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x) for x in out])
 
     @torch.no_grad()
     def _hcmae(self, st: MRIStudy, volumes: Mapping[str, tuple[torch.Tensor, np.ndarray]]) -> np.ndarray:
