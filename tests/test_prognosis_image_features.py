@@ -184,3 +184,12 @@ def test_studies_without_mri_or_mask(demo_cohort, hcmae_export, study_ids, tmp_p
     dl = _datalist(demo_cohort, tmp_path, empty_mask)
     with pytest.raises(ImageFeatureError, match="empty_mask.nii.gz: the tumour mask is empty"):
         study_features(study_ids, dl, tmp_path / "c2", hcmae_encoder=enc, device="cpu")
+
+
+def test_report_cli_names_a_wrong_checkpoint(demo_cohort, tiny_vlm_dir, tmp_path, capsys):
+    from hicur_monai.cli import main
+
+    rc = main(["report", "survival", str(demo_cohort / "clinical" / "clinical.csv"), "--out", str(tmp_path),
+               "--hcmae-encoder", str(tiny_vlm_dir), "--salt", "s"])
+    out = capsys.readouterr().out
+    assert rc == 2 and str(tiny_vlm_dir) in out and "give it as vlm_checkpoint" in out
