@@ -299,7 +299,8 @@ class StudyFeatureExtractor:
         return states[0][mask[0]].mean(dim=0).float().numpy()
 
     def _cache_path(self, kind: str, st: MRIStudy, files: Sequence[tuple[str, str, str]]) -> Path:
-        key = hashlib.sha256(json.dumps({"version": FEATURES_VERSION, "kind": kind, "source": self.sources[kind],
+        source = {k: v for k, v in self.sources[kind].items() if k != "path"}  # the checksum, not where it lies
+        key = hashlib.sha256(json.dumps({"version": FEATURES_VERSION, "kind": kind, "source": source,
                                          "files": files}, sort_keys=True).encode()).hexdigest()
         name = st.study if _SAFE_ID.fullmatch(st.study) else "study-" + hashlib.sha256(st.study.encode()).hexdigest()
         return self.cache_dir / kind / f"{name}-{key[:24]}.npy"
