@@ -78,6 +78,8 @@ def test_extracted_cached_and_recomputed_for_a_new_checkpoint(demo_cohort, hcmae
     again, desc2 = study_features(*args, hcmae_encoder=enc, device="cpu")
     assert desc2["cache"] == {**desc["cache"], "computed": 0, "cached": len(ids)}
     np.testing.assert_array_equal(again.to_numpy(), feats.to_numpy())
+    _, moved = study_features(*args, hcmae_encoder=hcmae_export / "vit_encoder.pt", device="cpu")
+    assert moved["cache"]["cached"] == len(ids)  # the same bytes elsewhere: keyed by checksum, not path
 
     state = torch.load(enc, weights_only=True)
     state = {k: v + 0.05 if v.is_floating_point() else v for k, v in state.items()}
