@@ -78,12 +78,44 @@ def test_bundle_metadata_verifies():
 def test_bundle_configs_parse():
     from monai.bundle import ConfigParser
 
-    for overlay in (None, "evaluate.json", "inference.json", "gpu.json"):
+    tasks = {None: "train", "evaluate.json": "evaluate", "inference.json": "infer", "gpu.json": "train"}
+    for overlay, task in tasks.items():
         files = [str(BUNDLE / "configs" / "train.json")] + ([str(BUNDLE / "configs" / overlay)] if overlay else [])
         parser = ConfigParser()
         parser.read_config(files)
-        assert parser["run"][0].startswith("$hicur_monai.survival.workflow.")
+        assert parser["run"] == ["$@workflow.run()"]  # one component, not a long call string
+        assert parser["workflow#task"] == task
         assert parser["endpoints"] == "all" and parser["models"] == ["cox", "deepsurv"]
+        assert parser["hcmae_encoder"] is None and parser["vlm_checkpoint"] is None
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / f) for f in ("train.json", "evaluate.json")])
+    wf = parser.get_parsed_content("workflow")
+    assert wf.evaluation["n_boot"] == 200 and wf.common["mri_datalist"] == "demo_data/datalist.json"
+
+
+def test_bundle_configs_are_wiring():
+    """#18: no ``$`` expression with a conditional or a lambda, none over 120 characters, run not repeated."""
+    runs = []
+    for path in sorted((BUNDLE / "configs").glob("*.json")):
+        text = path.read_text()
+        exprs = [s for s in _strings(json.loads(text)) if s.startswith("$")]
+        for e in exprs:
+            assert " if " not in e and "lambda" not in e, (path.name, e)
+            assert len(e) <= 120, (path.name, e)
+        runs += [e for e in exprs if "workflow." in e and "run(" in e]
+    assert runs.count("$@workflow.run()") == 2  # train.json and inference.json; evaluate.json overrides the task
+    assert "run" not in json.loads((BUNDLE / "configs" / "evaluate.json").read_text())
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
 
 
 def test_inference_config_runs_alone():

@@ -36,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="cox,deepsurv", help="comma-separated of cox,deepsurv")
     p.add_argument("--covariates", default=None, help="comma-separated covariates (default: the collinearity-safe set)")
     p.add_argument("--image-features", type=Path, default=None, help="per-study features (.csv/.npz/.npy)")
+    p.add_argument("--hcmae-encoder", type=Path, default=None,
+                   help="extract per-study features with this Stage I ViT export (vit_encoder.pt)")
+    p.add_argument("--vlm-checkpoint", type=Path, default=None,
+                   help="add the coarse states of this Stage II model folder (bundles/vl_alignment)")
+    p.add_argument("--mri-datalist", type=Path, default=None,
+                   help="datalist.json with the 'mri' list (default: datalist.json two folders above TABLE)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--boot", type=int, default=200, help="bootstrap samples for discrimination/Brier CIs")
     p.add_argument("--boot-calibration", type=int, default=30, help="bootstrap samples for ICI CIs")
@@ -58,7 +64,9 @@ def report_survival(args: argparse.Namespace) -> int:
                        covariates=args.covariates.split(",") if args.covariates else None,
                        deepsurv={"n_seeds": args.deepsurv_seeds}, image_features=args.image_features,
                        n_folds=args.folds, n_boot=args.boot, n_boot_calibration=args.boot_calibration,
-                       seed=args.seed, truth=args.truth, mode=args.mode, salt=args.salt)
+                       seed=args.seed, truth=args.truth, mode=args.mode, salt=args.salt,
+                       hcmae_encoder=args.hcmae_encoder, vlm_checkpoint=args.vlm_checkpoint,
+                       mri_datalist=args.mri_datalist or args.table.resolve().parent.parent / "datalist.json")
     except (ClinicalTableError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"hicur report survival: {err}")
         return 2

@@ -390,6 +390,16 @@ def _endpoint(ep: str, res: Mapping[str, Any], pe: Mapping[str, Any], data: pd.D
             "calibration": calibration}
 
 
+def _image_source(desc: Mapping[str, Any]) -> str:
+    """Where the image features came from, for the TRIPOD predictors item."""
+    if desc.get("source") == "file":
+        return f" (from {desc.get('file')})"
+    if desc.get("source") == "extracted":
+        ckpts = "; ".join(f"{k}: {v['path']} (sha256 {v['sha256'][:12]})" for k, v in desc["checkpoints"].items())
+        return f" (extracted over the tumour slices from {ckpts}; {desc.get('n_studies')} studies)"
+    return ""
+
+
 def _tripod(table: ClinicalTable, results: Mapping[str, Any], truth: Any) -> list[tuple[str, str]]:
     any_ep = next(iter(results["endpoints"].values()))
     eps = results["endpoints"]
@@ -399,6 +409,7 @@ def _tripod(table: ClinicalTable, results: Mapping[str, Any], truth: Any) -> lis
         ("Outcomes and definitions (6a)", "; ".join(f"{_label(ep)[1]}: {_label(ep)[2]}" for ep in eps)),
         ("Predictors (7a)", ", ".join(map(str, any_ep["data"]["covariates"]))
          + (f" + {any_ep['data']['image_feature_columns']} image features reduced by PCA on each training split"
+            + _image_source(results.get("image_features") or {})
             if any_ep["data"].get("image_feature_columns") else "")),
         ("Missing data (9)", f"rows with table problems dropped: {table.dropped or 'none'}; "
                              "complete-case analysis per endpoint (exclusions in the cohort table); no imputation"),

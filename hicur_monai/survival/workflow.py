@@ -35,6 +35,7 @@ from hicur_monai.data.clinical import (
     load_clinical_table,
 )
 from hicur_monai.survival.features import SurvivalPipeline, load_image_features
+from hicur_monai.survival.image_features import study_features
 from hicur_monai.survival.metrics import Outcome, SurvivalPredictions, evaluate_survival, harrell_c
 from hicur_monai.survival.models import MODEL_FACTORIES, CoxModel, FitError, load_model, save_model
 from hicur_monai.utils.csv_safe import neutralize_formulas
@@ -50,6 +51,8 @@ __all__ = [
     "train",
     "evaluate",
     "infer",
+    "image_inputs",
+    "PrognosisWorkflow",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,31 +194,65 @@ def _model_params(models: Sequence[str], cox: Mapping | None, deepsurv: Mapping 
     return {m: params[m] for m in models}
 
 
+def image_inputs(table: ClinicalTable, output_dir: str | os.PathLike,
+                 image_features: str | os.PathLike | pd.DataFrame | None = None,
+                 hcmae_encoder: str | os.PathLike | None = None, vlm_checkpoint: str | os.PathLike | None = None,
+                 mri_datalist: str | os.PathLike | None = None, mode: str = "drop"
+                 ) -> tuple[str | os.PathLike | pd.DataFrame | None, dict[str, Any]]:
+    """The image features for the models and what they are (``metrics.json``'s ``"image_features"``).
+
+    A feature file (``image_features``), features extracted here from the named checkpoints
+    (``hcmae_encoder`` / ``vlm_checkpoint`` over ``mri_datalist``, cached in
+    ``output_dir/image_features``, see :func:`hicur_monai.survival.image_features.study_features`),
+    or none (clinical covariates only).
+
+    Raises:
+        ValueError: both a feature file and checkpoints are given, or checkpoints without a datalist.
+    """
+    if hcmae_encoder is None and vlm_checkpoint is None:
+        if image_features is None:
+            return None, {"source": "none"}
+        what = "<DataFrame>" if isinstance(image_features, pd.DataFrame) else str(image_features)
+        return image_features, {"source": "file", "file": what}
+    if image_features is not None:
+        raise ValueError("give either image_features (a feature file) or hcmae_encoder / vlm_checkpoint "
+                         "(features extracted from the checkpoints), not both")
+    if not mri_datalist:
+        raise ValueError("hcmae_encoder / vlm_checkpoint need mri_datalist (the cohort's datalist.json with 'mri')")
+    return study_features(table.data["study_id"].astype(str).tolist(), mri_datalist,
+                          Path(output_dir) / "image_features", hcmae_encoder, vlm_checkpoint, mode)
+
+
 def train(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir: str | os.PathLike,
           endpoints: str | Sequence[str] = "all", models: Sequence[str] = ("cox", "deepsurv"),
           covariates: Sequence[str] | None = None, cox: Mapping[str, Any] | None = None,
           deepsurv: Mapping[str, Any] | None = None, image_features: str | os.PathLike | None = None,
           horizons: Sequence[float] = DEFAULT_HORIZONS, mode: str = "drop", salt: str | None = None,
-          column_map: Mapping[str, str] | None = None) -> dict[str, Any]:
+          column_map: Mapping[str, str] | None = None, hcmae_encoder: str | os.PathLike | None = None,
+          vlm_checkpoint: str | os.PathLike | None = None, mri_datalist: str | os.PathLike | None = None
+          ) -> dict[str, Any]:
     """Fit every model for every endpoint on all eligible patients; save to ``output_dir/models``.
 
     Writes ``models/<endpoint>_<model>.pt`` and ``train_summary.json`` (counts, fit
-    times, hyperparameters, Cox hazard ratios, baseline survival at the horizons).
+    times, hyperparameters, Cox hazard ratios, baseline survival at the horizons, and the
+    image features used: see :func:`image_inputs`).
     """
     out = Path(output_dir)
     ct = load_table(table, mode, salt, column_map)
     params = _model_params(models, cox, deepsurv)
+    feats, feat_desc = image_inputs(ct, out, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist, mode)
     summary: dict[str, Any] = {"source": ct.source, "table": ct.summary(), "dropped_rows": ct.dropped,
-                               "endpoints": {}}
+                               "image_features": feat_desc, "endpoints": {}}
     for ep in resolve_endpoints(endpoints):
-        df, _, image_cols, info = prepare_dataset(ct, ep, covariates, image_features)
+        df, _, image_cols, info = prepare_dataset(ct, ep, covariates, feats)
         summary["endpoints"][ep] = {"data": info, "models": {}}
         for name, p in params.items():
             with _fit_context(f"endpoint {ep!r}, model {name!r}"):
                 pipe = build_model(name, p, image_cols).fit(df)
             rel = f"models/{ep}_{name}.pt"
             save_model(pipe, out / rel, endpoint=ep, model_name=name, covariates=info["covariates"],
-                       image_columns=image_cols, params=pipe.model.params(), horizons=list(horizons))
+                       image_columns=image_cols, params=pipe.model.params(), horizons=list(horizons),
+                       image_features=feat_desc)
             entry: dict[str, Any] = {"file": rel, "fit_seconds": pipe.fit_seconds_, "params": pipe.model.params(),
                                      "convergence": dict(pipe.model.convergence_),
                                      "baseline_survival": dict(zip([f"{h:g}" for h in horizons],
@@ -236,7 +273,9 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
              horizons: Sequence[float] = DEFAULT_HORIZONS, seed: int = 0, report: bool = True,
              report_name: str = "survival_report.html", truth: str | os.PathLike | None = None,
              mode: str = "drop", salt: str | None = None, column_map: Mapping[str, str] | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, hcmae_encoder: str | os.PathLike | None = None,
+             vlm_checkpoint: str | os.PathLike | None = None, mri_datalist: str | os.PathLike | None = None
+             ) -> dict[str, Any]:
     """Cross-validated evaluation of every model on every endpoint, plus the HTML report.
 
     Metrics are computed on the pooled out-of-fold predictions (each patient predicted by
@@ -247,13 +286,18 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
     Args:
         truth: optional ``truth.json`` of the demo generator: the report then compares the
             Cox fit with the true log hazard ratios.
+        hcmae_encoder, vlm_checkpoint, mri_datalist: extract the image features from these
+            checkpoints (see :func:`image_inputs`) instead of reading ``image_features``.
     """
     out = Path(output_dir)
     ct = load_table(table, mode, salt, column_map)
     params = _model_params(models, cox, deepsurv)
     horizons = [float(h) for h in horizons]
+    image_features, feat_desc = image_inputs(ct, out, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist,
+                                             mode)
     results: dict[str, Any] = {"source": ct.source, "table": ct.summary(), "dropped_rows": ct.dropped,
-                               "n_folds": n_folds, "seed": seed, "horizons": horizons, "endpoints": {}}
+                               "n_folds": n_folds, "seed": seed, "horizons": horizons,
+                               "image_features": feat_desc, "endpoints": {}}
     per_endpoint: dict[str, Any] = {}
     oof_rows = []
     for ep in resolve_endpoints(endpoints):
@@ -301,11 +345,29 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
     return results
 
 
+def _check_same_features(path: Path, trained: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Raise when a model trained with image features gets none, or features from other checkpoints."""
+    if given.get("source", "none") == "none":
+        how = "hcmae_encoder / vlm_checkpoint" if trained.get("source") == "extracted" else "image_features="
+        raise ValueError(f"{path} was trained with image features; pass {how}")
+    for kind, src in (trained.get("checkpoints") or {}).items():
+        now = (given.get("checkpoints") or {}).get(kind)
+        if now is None or now.get("sha256") != src.get("sha256"):
+            got = f"{now['path']} (sha256 {now['sha256'][:16]}...)" if now else "none"
+            raise ValueError(f"{path} was trained with {kind} features from {src.get('path')} "
+                             f"(sha256 {str(src.get('sha256'))[:16]}...); given: {got}")
+
+
 def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame, output_csv: str | os.PathLike,
           endpoints: str | Sequence[str] = "all", models: Sequence[str] = ("cox", "deepsurv"),
           horizons: Sequence[float] | None = None, image_features: str | os.PathLike | None = None,
-          mode: str = "flag", salt: str | None = None, column_map: Mapping[str, str] | None = None) -> Path:
+          mode: str = "flag", salt: str | None = None, column_map: Mapping[str, str] | None = None,
+          hcmae_encoder: str | os.PathLike | None = None, vlm_checkpoint: str | os.PathLike | None = None,
+          mri_datalist: str | os.PathLike | None = None) -> Path:
     """Predict risk and survival probabilities for new patients (no outcome columns needed).
+
+    Models trained with extracted image features need the same checkpoints
+    (``hcmae_encoder`` / ``vlm_checkpoint``, checked by SHA-256) and ``mri_datalist``.
 
     Writes one row per patient, endpoint and model: ``patient_id`` (pseudonym),
     ``study_id``, ``endpoint``, ``model``, ``risk`` (log relative hazard; higher = worse),
@@ -314,7 +376,9 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
     """
     mdir = Path(model_dir)
     ct = load_table(table, mode, salt, column_map, require_outcomes=False)
-    feats = load_image_features(image_features) if image_features is not None else None
+    feats, feat_desc = image_inputs(ct, mdir, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist, mode)
+    if isinstance(feats, (str, os.PathLike)):
+        feats = load_image_features(feats)
     rows = []
     for ep in resolve_endpoints(endpoints):
         for name in models:
@@ -327,8 +391,7 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
             x = design_matrix(ct, obj["covariates"], warn=False)
             note = pd.Series("", index=x.index)
             if obj["image_columns"]:
-                if feats is None:
-                    raise ValueError(f"{path} was trained with image features; pass image_features=")
+                _check_same_features(path, obj.get("image_features") or {}, feat_desc)
                 sid = ct.data["study_id"].astype(str)
                 f = feats.reindex(sid.to_numpy()).set_axis(x.index)
                 x = pd.concat([x, f[obj["image_columns"]]], axis=1)
@@ -360,3 +423,58 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
     if n_bad:
         logger.warning("%d prediction rows without a value (see column 'note')", n_bad)
     return out
+
+
+class PrognosisWorkflow:
+    """The one component the ``npc_prognosis`` bundle runs: :func:`train`, :func:`evaluate` or :func:`infer`.
+
+    ``train.json`` declares it with the settings every task shares; ``evaluate.json`` overrides
+    only ``task`` and ``evaluation``, ``inference.json`` declares it with ``task: "infer"``.
+    The bundle's ``run`` is ``$@workflow.run()``.
+
+    Args:
+        task: ``"train"``, ``"evaluate"`` or ``"infer"``.
+        table: the clinical table (for ``infer``: the new patients).
+        output_dir: where ``train``/``evaluate`` write; for ``infer`` the folder holding ``models/``.
+        endpoints, models, covariates, cox, deepsurv, horizons, mode, salt: as in :func:`train`.
+        image_features, hcmae_encoder, vlm_checkpoint, mri_datalist: the image features (see
+            :func:`image_inputs`).
+        evaluation: keyword arguments of :func:`evaluate` only (``n_folds``, ``n_boot``,
+            ``n_boot_calibration``, ``seed``, ``report_name``, ``truth``).
+        output_csv: the predictions file of ``infer``.
+    """
+
+    TASKS = ("train", "evaluate", "infer")
+    EVALUATION_KEYS = frozenset({"n_folds", "n_boot", "n_boot_calibration", "seed", "report_name", "truth",
+                                 "report", "progress"})
+
+    def __init__(self, task: str, table: str | os.PathLike | pd.DataFrame, output_dir: str | os.PathLike,
+                 endpoints: str | Sequence[str] = "all", models: Sequence[str] = ("cox", "deepsurv"),
+                 covariates: Sequence[str] | None = None, cox: Mapping[str, Any] | None = None,
+                 deepsurv: Mapping[str, Any] | None = None, horizons: Sequence[float] = DEFAULT_HORIZONS,
+                 mode: str = "drop", salt: str | None = None, image_features: str | os.PathLike | None = None,
+                 hcmae_encoder: str | os.PathLike | None = None, vlm_checkpoint: str | os.PathLike | None = None,
+                 mri_datalist: str | os.PathLike | None = None, evaluation: Mapping[str, Any] | None = None,
+                 output_csv: str | os.PathLike | None = None):
+        if task not in self.TASKS:
+            raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
+        unknown = sorted(set(evaluation or {}) - self.EVALUATION_KEYS)
+        if unknown:
+            raise ValueError(f"unknown evaluation settings {unknown}; known: {sorted(self.EVALUATION_KEYS)}")
+        if task == "infer" and not output_csv:
+            raise ValueError("task 'infer' needs output_csv (where the predictions go)")
+        self.task, self.evaluation, self.output_csv = task, dict(evaluation or {}), output_csv
+        self.common: dict[str, Any] = {
+            "table": table, "endpoints": endpoints, "models": list(models), "horizons": horizons, "mode": mode,
+            "salt": salt, "image_features": image_features, "hcmae_encoder": hcmae_encoder,
+            "vlm_checkpoint": vlm_checkpoint, "mri_datalist": mri_datalist}
+        self.fit_settings = {"covariates": covariates, "cox": cox, "deepsurv": deepsurv}
+        self.output_dir = output_dir
+
+    def run(self) -> dict[str, Any] | Path:
+        """Run the task; returns the training summary, the evaluation results or the predictions file."""
+        if self.task == "infer":
+            return infer(model_dir=self.output_dir, output_csv=self.output_csv, **self.common)
+        if self.task == "evaluate":
+            return evaluate(output_dir=self.output_dir, **self.common, **self.fit_settings, **self.evaluation)
+        return train(output_dir=self.output_dir, **self.common, **self.fit_settings)
