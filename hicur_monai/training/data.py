@@ -21,9 +21,19 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
+from hicur_monai.data.splits import patient_of, split_by_patient
 from hicur_monai.transforms import ExtractSlices
 
-__all__ = ["pretrain_items", "volume_depth", "split_by_patient", "SelectSliced", "SelectSliceD", "SelectSliceDict"]
+__all__ = [
+    "pretrain_items",
+    "volume_depth",
+    "SelectSliced",
+    "SelectSliceD",
+    "SelectSliceDict",
+    "PretrainSampled",
+    "PretrainSampleD",
+    "PretrainSampleDict",
+]
 
 DEMO_KEYS = ("mri", "ct", "endoscopy")
 
@@ -55,12 +65,6 @@ def volume_depth(path: str | os.PathLike, axis: int = -1) -> int | None:
     return int(spatial[axis])
 
 
-def split_by_patient(items: Sequence[Mapping[str, Any]], val_every: int = 5) -> dict[str, str]:
-    """Deterministic patient -> ``train``/``val`` split: every ``val_every``-th patient (sorted) is ``val``."""
-    patients = sorted({str(it.get("patient", it.get("image"))) for it in items})
-    return {p: ("val" if i % val_every == val_every - 1 else "train") for i, p in enumerate(patients)}
-
-
 def pretrain_items(
     dataset_dir: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
@@ -78,9 +82,9 @@ def pretrain_items(
         manifest: a curation manifest (file or folder); its accepted rows are used.
         keys: which datalist lists to read.
         split: ``"train"``, ``"val"`` or ``None`` (all). Manifests carry their split; for
-            a datalist, patients are split with :func:`split_by_patient`.
+            a datalist, patients are split with :func:`hicur_monai.data.splits.split_by_patient`.
         slice_step: keep every ``slice_step``-th slice of a volume.
-        val_every: see :func:`split_by_patient`.
+        val_every: see :func:`hicur_monai.data.splits.split_by_patient`.
         limit: keep at most this many items (evenly spaced), for quick runs.
 
     Returns:
@@ -129,12 +133,12 @@ def pretrain_items(
     splits = split_by_patient([e for _, e in entries], val_every)
     items = []
     for row, e in entries:
-        if split is not None and splits[str(e.get("patient", e.get("image")))] != split:
+        if split is not None and splits[patient_of(e)] != split:
             continue
         for k in ("image", "label"):
             if isinstance(e.get(k), str):
                 e[k] = str(root / e[k])
-        e["split"] = splits[str(e.get("patient", e.get("image")))]
+        e["split"] = splits[patient_of(e)]
         e = {k: v for k, v in e.items() if isinstance(v, (str, int, float, bool))}
         depth = volume_depth(e["image"])
         if depth is None:
@@ -221,4 +225,3 @@ class PretrainSampled(MapTransform):
 
 
 PretrainSampleD = PretrainSampleDict = PretrainSampled
-__all__ += ["PretrainSampled", "PretrainSampleD", "PretrainSampleDict"]
