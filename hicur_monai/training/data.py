@@ -65,6 +65,25 @@ def volume_depth(path: str | os.PathLike, axis: int = -1) -> int | None:
     return int(spatial[axis])
 
 
+def _manifest_items(manifest: str | os.PathLike, split: str | None) -> list[dict[str, Any]]:
+    """The accepted 2D images of a curation manifest as data dicts (``row`` = the source id)."""
+    from hicur_monai.data.curation.manifest import load_manifest
+    from hicur_monai.transforms.array import STORED_MAX_KEY
+
+    items = []
+    for i, r in enumerate(load_manifest(manifest, status="accepted", split=split)):
+        item = dict(r)
+        item["row"] = str(r.get("source_id") or f"manifest/{i}")
+        item.pop("slice_index", None)  # the manifest's images are already 2D
+        # curated pixels are already normalised: ScaleIntensityByModalityd divides by this instead of re-windowing
+        smax = item.get(STORED_MAX_KEY)
+        if smax is None or not smax > 0:
+            raise ValueError(f"{manifest}: accepted image row {i} ({item['row']}) has no positive "
+                             f"{STORED_MAX_KEY!r} (got {smax!r}); re-run `hicur curate` to rebuild the manifest")
+        items.append(item)
+    return items
+
+
 def pretrain_items(
     dataset_dir: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
@@ -79,7 +98,7 @@ def pretrain_items(
     Args:
         dataset_dir: a folder with ``datalist.json`` (the demo cohort layout: lists per
             modality, paths relative to the folder); used when ``manifest`` is not given.
-        manifest: a curation manifest (file or folder); its accepted rows are used.
+        manifest: a curation manifest (file or folder); its accepted rows are used (``""``: none).
         keys: which datalist lists to read.
         split: ``"train"``, ``"val"`` or ``None`` (all). Manifests carry their split; for
             a datalist, patients are split with :func:`hicur_monai.data.splits.split_by_patient`.
@@ -98,22 +117,7 @@ def pretrain_items(
     if split not in (None, "train", "val", "test"):
         raise ValueError(f"split must be train, val, test or None, got {split!r}")
     if manifest:
-        from hicur_monai.data.curation.manifest import load_manifest
-        from hicur_monai.transforms.array import STORED_MAX_KEY
-
-        rows = load_manifest(manifest, status="accepted", split=split)
-        items = []
-        for i, r in enumerate(rows):
-            item = dict(r)
-            item["row"] = str(r.get("source_id") or f"manifest/{i}")
-            item.pop("slice_index", None)  # the manifest's images are already 2D
-            # curated pixels are already normalised: ScaleIntensityByModalityd divides by this instead of re-windowing
-            smax = item.get(STORED_MAX_KEY)
-            if smax is None or not smax > 0:
-                raise ValueError(f"{manifest}: accepted image row {i} ({item['row']}) has no positive "
-                                 f"{STORED_MAX_KEY!r} (got {smax!r}); re-run `hicur curate` to rebuild the manifest")
-            items.append(item)
-        return _limit(items, limit)
+        return _limit(_manifest_items(manifest, split), limit)
     if dataset_dir is None:
         raise FileNotFoundError("pretrain_items: give a dataset_dir with datalist.json or a curation manifest")
     root = Path(dataset_dir)
