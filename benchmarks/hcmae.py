@@ -200,7 +200,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             step()
         out["flops_per_step"] = fc.get_total_flops()
     else:
-        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+        # ru_maxrss is in KiB on Linux
+        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
         out["import_rss_gb"] = base_rss  # the process before the model existed (torch, timm, MONAI imported)
         out["build_rss_gb"] = build_rss  # peak after building the model and optimiser (weights only)
         out["state_gb"] = _state_bytes(net, opt) / 1e9  # weights + optimiser state (+ grads still held), tensor bytes
@@ -262,7 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {CONFIGS}")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)"
+    )
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument(
         "--heap-threshold",
@@ -367,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.allocator == "jemalloc":
         lib = args.jemalloc or find_jemalloc()
         if lib is None:
-            ap.error("--allocator jemalloc: no libjemalloc.so found; pass --jemalloc PATH (Debian: apt install libjemalloc2)")
+            ap.error(
+                "--allocator jemalloc: no libjemalloc.so found; pass --jemalloc PATH (Debian: apt install libjemalloc2)"
+            )
         env = {**os.environ, "LD_PRELOAD": lib, "MALLOC_CONF": args.malloc_conf}
         print(f"# allocator: jemalloc {lib} MALLOC_CONF={args.malloc_conf}")
     names = args.configs.split(",")

@@ -161,7 +161,8 @@ def test_train_evaluate_infer_on_demo_cohort(demo_cohort, tmp_path):
     metrics = json.loads((out / "eval/metrics.json").read_text())
     assert metrics["val_recon_loss"] > 0
     probe = json.loads((out / "eval/probe.json").read_text())
-    assert {(p["target"], p["feature"]) for p in probe["probes"]} >= {("tumour", "vit_cls"), ("sequence", "convnext_pool")}
+    pairs = {(p["target"], p["feature"]) for p in probe["probes"]}
+    assert pairs >= {("tumour", "vit_cls"), ("sequence", "convnext_pool")}
     for p in probe["probes"]:
         for side in ("pretrained", "random_init"):
             assert 0.0 <= p[side]["accuracy"] <= 1.0

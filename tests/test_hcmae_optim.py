@@ -106,7 +106,7 @@ def test_lean_trainer_refuses_grad_clip_and_ddp_with_in_backward():
     with pytest.raises(ValueError, match="DDP"):
         LeanMaskedImageTrainer("cpu", 1, [torch.zeros(1, 2)], torch.nn.DataParallel(net), opt)
     with pytest.raises(ValueError, match="no trainable"):
-        AdamWInBackward([p for p in net.parameters() if not p.requires_grad] or [torch.nn.Parameter(torch.zeros(1), False)])
+        AdamWInBackward([torch.nn.Parameter(torch.zeros(1), requires_grad=False)])
 
 
 _HEAP_CHILD = """
@@ -188,7 +188,7 @@ print(json.dumps({"mode": _thp_mode(), "enabled": enabled, "aligned": big.data_p
 
 @pytest.mark.parametrize("when", ["first", "late"])
 def test_enable_huge_pages_before_the_first_tensor_only(when):
-    """Fresh process: called before any tensor, large tensors get huge pages; called late, it says so and changes nothing."""
+    """Fresh process: called before any tensor, large tensors get huge pages; called late, it warns and does nothing."""
     r = _run_heap_child(_THP_CHILD.replace("sys.argv[1]", repr(when)))
     if r["mode"] in (None, "never"):
         assert r["enabled"] is False

@@ -20,7 +20,7 @@ __all__ = ["split_by_patient", "patient_folds", "patient_of"]
 
 
 def patient_of(item: Mapping[str, Any]) -> str:
-    """The patient id of a data item (its ``patient``, else its ``image``: an item without a patient is its own group)."""
+    """The patient id of a data item: its ``patient``, else its ``image`` (then the item is its own group)."""
     return str(item.get("patient", item.get("image")))
 
 

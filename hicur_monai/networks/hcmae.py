@@ -555,7 +555,8 @@ class HCMAE(nn.Module):
         latent, vit_mask, ids_restore = self.vit_encode_masked(imgs, generator)
         vit_pred = self.vit_decode(latent, ids_restore)
         cfg = self.config
-        return latent, vit_mask, vit_pred, _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+        loss = _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+        return latent, vit_mask, vit_pred, loss
 
     def pretrain_losses(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All losses and predictions for one batch of ``(B, C, H, W)`` images.
@@ -593,15 +594,14 @@ class HCMAE(nn.Module):
             with torch.no_grad():
                 shifted = pixel_shift(imgs, cfg.max_shift, generator)
                 t = self.target_proj(self.vit_encode(shifted, self.target_vit)[:, 1:].mean(dim=1))
-            loss_c = 0.5 * (
-                info_nce(z_vit, t, cfg.temperature, symmetric=False) + info_nce(z_cnx, t, cfg.temperature, symmetric=False)
-            )
+            loss_c = 0.5 * sum(info_nce(z, t, cfg.temperature, symmetric=False) for z in (z_vit, z_cnx))
         else:
             loss_c = imgs.new_zeros(())
         loss = loss_mae + loss_fcmae + cfg.contrastive_weight * loss_c
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"HCMAE loss is not finite (mae={float(loss_mae)}, fcmae={float(loss_fcmae)}, contrastive={float(loss_c)})"
+                f"HCMAE loss is not finite (mae={float(loss_mae)}, fcmae={float(loss_fcmae)}, "
+                f"contrastive={float(loss_c)})"
             )
         return {
             "loss": loss,

@@ -170,7 +170,7 @@ def output_value(key: str) -> Callable[[dict], float]:
 
 
 def scalar_outputs(keys: Sequence[str] = LOSS_KEYS) -> Callable[[dict], dict[str, float]]:
-    """An ``output_transform`` giving ``{key: float}`` for ``keys`` of the iteration output (Stats/TensorBoard handlers)."""
+    """An ``output_transform`` giving ``{key: float}`` for ``keys`` of the iteration output (for stats handlers)."""
     names = tuple(keys)
 
     def pick(output: dict) -> dict[str, float]:

@@ -152,7 +152,8 @@ def linear_probe(
     from sklearn.preprocessing import StandardScaler
 
     if feature not in data:
-        raise KeyError(f"no feature {feature!r} in the feature file; have {[k for k in data if k not in ('rows', 'fields')]}")
+        have = [k for k in data if k not in ("rows", "fields")]
+        raise KeyError(f"no feature {feature!r} in the feature file; have {have}")
     x = data[feature].numpy().astype(np.float64)
     y, keep = _target(data, target)
     patients = np.asarray([str(p) for p in data["fields"]["patient"]])

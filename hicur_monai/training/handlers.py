@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from hicur_monai.training.engine import unwrap
+from hicur_monai.training.engine import LOSS_KEYS, unwrap
 from hicur_monai.utils.io import atomic_save_torch
 
 __all__ = ["AtomicCheckpointSaver", "latest_checkpoint", "ResumeFromCheckpoint", "LossHistory"]
@@ -106,7 +106,8 @@ class ResumeFromCheckpoint:
         map_location: Any = "cpu",
         engine_key: str | None = "trainer",
     ) -> None:
-        self.ckpt_dir, self.load_dict, self.enabled, self.map_location = Path(ckpt_dir), dict(load_dict), enabled, map_location
+        self.ckpt_dir, self.load_dict = Path(ckpt_dir), dict(load_dict)
+        self.enabled, self.map_location = enabled, map_location
         self.engine_key = engine_key
 
     def attach(self, engine: Engine) -> None:
@@ -129,7 +130,7 @@ class LossHistory:
     When resuming, earlier epochs already in the file are kept.
     """
 
-    def __init__(self, output_file: str | os.PathLike, keys: Sequence[str] = ("loss", "loss_mae", "loss_fcmae", "loss_contrastive")):
+    def __init__(self, output_file: str | os.PathLike, keys: Sequence[str] = LOSS_KEYS) -> None:
         self.output_file, self.keys = Path(output_file), tuple(keys)
         self._sums: dict[str, float] = {}
         self._n = 0

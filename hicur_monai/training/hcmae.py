@@ -64,7 +64,9 @@ def denormalize(img: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[f
 
 
 class ReconstructionFigure:
-    """Write a reconstruction contact sheet: per sample, original | ViT masked | ViT recon | ConvNeXt masked | ConvNeXt recon.
+    """Write a reconstruction contact sheet.
+
+    Per sample: original | ViT masked | ViT recon | ConvNeXt masked | ConvNeXt recon.
 
     Args:
         dataset: indexable dataset of transformed items (``"image"`` normalised, ``"modality"``).
@@ -123,7 +125,8 @@ class ReconstructionFigure:
         finally:
             net.train(was_training)
         tiles, titles = [], []
-        cols = (("original", imgs), *((k, out[k].cpu()) for k in ("vit_masked", "vit_recon", "convnext_masked", "convnext_recon")))
+        names = ("vit_masked", "vit_recon", "convnext_masked", "convnext_recon")
+        cols = (("original", imgs), *((k, out[k].cpu()) for k in names))
         for i, it in enumerate(items):
             fmt = it.get("format") or (getattr(it["image"], "meta", None) or {}).get("format")
             for name, batch in cols:
@@ -131,7 +134,9 @@ class ReconstructionFigure:
                 tiles.append(MetaTensor(denormalize(batch[i]), meta={"format": fmt}))
                 titles.append(f"{it.get('modality', '?')}: {name}")
         epoch = engine.state.epoch if engine is not None else 0
-        path = contact_sheet(tiles, self.output_file, titles=titles, ncols=len(cols), suptitle=f"HCMAE reconstructions, epoch {epoch}")
+        path = contact_sheet(
+            tiles, self.output_file, titles=titles, ncols=len(cols), suptitle=f"HCMAE reconstructions, epoch {epoch}"
+        )
         if self.writer is not None:
             import numpy as np
             from PIL import Image
