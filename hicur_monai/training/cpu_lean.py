@@ -110,7 +110,7 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def is_fast_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether :func:`depthwise_conv2d` takes the fast-backward path for ``conv`` on ``x``."""
+    """Whether :class:`FastDepthwiseConv2d` takes the fast-backward path for ``conv`` on ``x``."""
     padding = conv.padding
     return (
         x.device.type == "cpu"
@@ -131,7 +131,8 @@ class FastDepthwiseConv2d(nn.Conv2d):
     def from_conv(cls, conv: nn.Conv2d) -> FastDepthwiseConv2d:
         """The same layer (same parameter objects) with the fast backward."""
         new = cls.__new__(cls)
-        new.__dict__.update(conv.__dict__)
+        # the module's own tables (parameters, buffers, hooks) copied, the tensors in them shared
+        new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in conv.__dict__.items()})
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
