@@ -64,3 +64,8 @@ def test_set_grad_checkpointing_switches_the_model_and_its_timm_encoders():
 def test_grad_checkpointing_is_a_bool(value):
     with pytest.raises(ValueError, match="grad_checkpointing must be true or false"):
         HCMAE(preset="tiny", grad_checkpointing=value)
+
+
+def test_grad_checkpointing_from_the_command_line():
+    assert HCMAE(preset="tiny", grad_checkpointing="true").config.grad_checkpointing is True
+    assert HCMAE(preset="tiny", grad_checkpointing="false").config.grad_checkpointing is False

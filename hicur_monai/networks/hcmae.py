@@ -51,6 +51,7 @@ from torch import nn
 
 from hicur_monai.networks.pos_embed import sincos_2d_pos_embed
 from hicur_monai.registry import NETWORKS
+from hicur_monai.utils.flags import as_flag
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
 
 __all__ = [
@@ -155,11 +156,8 @@ class HCMAEConfig:
     def __post_init__(self) -> None:
         self.convnext_depths = tuple(int(d) for d in self.convnext_depths)
         self.convnext_dims = tuple(int(d) for d in self.convnext_dims)
-        if not isinstance(self.grad_checkpointing, bool):
-            raise ValueError(
-                f"grad_checkpointing must be true or false, got {self.grad_checkpointing!r} (per-part and "
-                "selective modes were removed: true checkpoints every block of both encoders and the decoder)"
-            )
+        # per-part and selective modes were removed: true checkpoints every block of both encoders and the decoder
+        self.grad_checkpointing = as_flag(self.grad_checkpointing, "grad_checkpointing")
         if self.contrastive_mode not in CONTRASTIVE_MODES:
             raise ValueError(f"contrastive_mode must be one of {CONTRASTIVE_MODES}, got {self.contrastive_mode!r}")
         if self.img_size % self.patch_size:
