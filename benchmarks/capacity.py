@@ -103,7 +103,9 @@ def vlm_row(seq: int) -> dict[str, Any]:
     projector = 768 * 4096 + 4096 + 4096 * 4096 + 4096
     layer, per_vocab = _llama_layer_bytes()
     # gradient checkpointing: each layer keeps its bf16 input; one layer's activations are live in backward
-    per_token = LLAMA3_8B["num_hidden_layers"] * LLAMA3_8B["hidden_size"] * 2 + layer + per_vocab * LLAMA3_8B["vocab_size"]
+    per_token = (
+        LLAMA3_8B["num_hidden_layers"] * LLAMA3_8B["hidden_size"] * 2 + layer + per_vocab * LLAMA3_8B["vocab_size"]
+    )
     return {"model": "VLM Llama-3-8B full FT", "trained": llm + projector, "frozen": vit,
             "act_per_sample": per_token * seq, "layer_bytes_per_token": layer, "vocab_bytes_per_token": per_vocab}
 
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             per = max(1, batch // gpus)
             gb = per_gpu_gb(row, gpus, sharded, per)
             cells.append(f"{gb:.1f} GB (batch {per}/GPU){'' if gb <= args.gpu_gb else ' > ' + str(int(args.gpu_gb))}")
-        unit = f"{row['act_per_sample'] / 1e6:.0f} MB" + (f" ({args.seq} tokens)" if row["model"].startswith("VLM") else "")
+        tokens = f" ({args.seq} tokens)" if row["model"].startswith("VLM") else ""
+        unit = f"{row['act_per_sample'] / 1e6:.0f} MB{tokens}"
         print(f"| {row['model']} | {row['trained'] / 1e6:.0f} M | {unit} | " + " | ".join(cells) + " |")
     vlm = next(r for r in rows if r["model"] == "VLM Llama-3-8B full FT")
     print(f"\nLLM activations per token: {vlm['layer_bytes_per_token'] / 1e3:.0f} kB per decoder layer without "

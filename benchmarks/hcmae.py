@@ -9,23 +9,20 @@ same image size, same number of steps:
 * ``released``       released-style HCMAE: dense ConvNeXt over the masked image, no encoder
                      positions, unfused AdamW, no channels_last, ViT branch first
 * ``released_fcmae`` the released-style (dense) FCMAE branch alone
-* ``hcmae_ckpt``     ours with full activation checkpointing in both encoders and the MAE decoder
-                     (less memory, one extra forward)
-* ``hcmae_sac``      ours with *selective* activation checkpointing (matmul/conv/attention outputs
-                     kept, per-element operators recomputed)
-* ``hcmae_ib``       ours with the AdamW step fused into backward (``AdamWInBackward``: each
+* ``hcmae_ckpt``     ours with activation checkpointing (``grad_checkpointing=True``: every block of
+                     both encoders and the MAE decoder; less memory, one extra forward)
+* ``hcmae_fastdw``   ours with the fast CPU depthwise backward (``cpu_lean.use_fast_depthwise``)
+* ``hcmae_ib``       ours with the AdamW step fused into backward (``cpu_lean.AdamWInBackward``: each
                      parameter is updated and its gradient freed as soon as it is complete)
-* ``hcmae_lean``     ours, memory-lean (the bundle's ``memory_lean=true``): ``AdamWInBackward``
-                     + activation checkpointing ``LEAN_CHECKPOINTING`` (full in the MAE decoder
-                     and the ConvNeXt, none in the ViT encoder) + a 2 MiB malloc mmap threshold
-                     (``limit_heap_retention``) + ``release_free_heap`` between forward and
-                     backward and after the step (freed tensor memory goes back to the system
-                     instead of staying in the malloc heap) + transparent huge pages for large
-                     tensors (``enable_huge_pages``; ``--huge-pages off`` leaves them out)
-* ``hcmae_lean_full`` the same with full activation checkpointing in all three parts
-* ``hcmae_lean_sac`` the same with selective activation checkpointing in all three parts
+* ``hcmae_lean``     ours under the bundle's ``cpu_lean.json`` overlay (``hicur_monai.training.cpu_lean``):
+                     checkpointing + ``AdamWInBackward`` + the fast depthwise backward + a 2 MiB malloc
+                     mmap threshold (``limit_heap_retention``) + ``release_free_heap`` between forward
+                     and backward and after the step + transparent huge pages for large tensors
+                     (``enable_huge_pages``; ``--huge-pages off`` leaves them out)
 * ``released_heap``  reference only: the released-style config with the same heap setting as
                      ``hcmae_lean``, to show what the allocator setting alone is worth
+
+Results and the commands that produced them: ``benchmarks/results.md`` (## HCMAE).
 
 It prints seconds/step, images/s and peak memory (CPU: the child's peak RSS from
 ``resource.getrusage``; CUDA: ``torch.cuda.max_memory_allocated``), the hybrid overhead
@@ -56,36 +53,31 @@ import time
 from typing import Any
 
 CONFIGS = (
-    "hcmae", "vit_mae", "fcmae", "released", "released_fcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean",
-    "hcmae_lean_full", "hcmae_lean_sac", "released_heap",
+    "hcmae", "vit_mae", "fcmae", "released", "released_fcmae", "hcmae_ckpt", "hcmae_fastdw", "hcmae_ib",
+    "hcmae_lean", "released_heap",
 )  # fmt: skip
-HEAP_LIMITED = ("hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac", "released_heap")
-IN_BACKWARD = ("hcmae_ib", "hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac")
-CHECKPOINTING = {
-    "hcmae_ckpt": "full",
-    "hcmae_sac": "selective",
-    "hcmae_lean": "lean",  # the bundle's memory_lean: hicur_monai.networks.hcmae.LEAN_CHECKPOINTING
-    "hcmae_lean_full": "full",
-    "hcmae_lean_sac": "selective",
-}
-OURS = ("hcmae", "hcmae_ckpt", "hcmae_sac", "hcmae_ib", "hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac")
+HEAP_LIMITED = ("hcmae_lean", "released_heap")  # the cpu_lean.json overlay's heap settings
+IN_BACKWARD = ("hcmae_ib", "hcmae_lean")
+CHECKPOINTED = ("hcmae_ckpt", "hcmae_lean")
+FAST_DEPTHWISE = ("hcmae_fastdw", "hcmae_lean")
+OURS = ("hcmae", "hcmae_ckpt", "hcmae_fastdw", "hcmae_ib", "hcmae_lean")
 
 
 def _build(name: str, preset: str, device: str) -> tuple[Any, Any]:
     import torch
 
-    from hicur_monai.networks.hcmae import HCMAE, LEAN_CHECKPOINTING
-    from hicur_monai.training.optim import AdamWInBackward
+    from hicur_monai.networks.hcmae import HCMAE
+    from hicur_monai.training.cpu_lean import AdamWInBackward, use_fast_depthwise
 
     released = name.startswith("released")
-    ckpt = CHECKPOINTING.get(name)
     net = HCMAE(
         preset=preset,
         fcmae_sparse=not released,
         encoder_pos_embed=not released,
-        vit_branch_first=True if released else None,  # released: its loss's order (L_mae + L_fcmae); ours: from the checkpointing
-        grad_checkpointing=LEAN_CHECKPOINTING if ckpt == "lean" else ckpt,
+        grad_checkpointing=name in CHECKPOINTED,
     )
+    if name in FAST_DEPTHWISE:
+        use_fast_depthwise(net)
     if name in ("vit_mae",):
         for attr in ("convnext", "fc_proj", "fc_decoder", "fc_pred"):
             delattr(net, attr)
@@ -149,14 +141,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import hicur_monai.networks.hcmae  # noqa: F401  (the libraries a training process imports: torch, timm, MONAI)
-    from hicur_monai.training.memory import enable_huge_pages, limit_heap_retention, release_free_heap
+    from hicur_monai.training.cpu_lean import enable_huge_pages, limit_heap_retention, release_free_heap
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     huge_pages = False
     if args.config in HEAP_LIMITED:
         limit_heap_retention(args.heap_threshold)
-        huge_pages = args.huge_pages == "on" and enable_huge_pages()  # as the bundle's huge_pages key
+        huge_pages = args.huge_pages == "on" and enable_huge_pages()  # as cpu_lean.json
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     dev = args.device
     net, opt = _build(args.config, args.preset, dev)
@@ -166,7 +158,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     use_amp = dev == "cuda"
 
-    release = args.config in HEAP_LIMITED and dev == "cpu"  # as MaskedImageTrainer(release_heap=True)
+    release = args.config in HEAP_LIMITED and dev == "cpu"  # as cpu_lean.LeanMaskedImageTrainer
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -208,7 +200,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             step()
         out["flops_per_step"] = fc.get_total_flops()
     else:
-        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+        # ru_maxrss is in KiB on Linux
+        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
         out["import_rss_gb"] = base_rss  # the process before the model existed (torch, timm, MONAI imported)
         out["build_rss_gb"] = build_rss  # peak after building the model and optimiser (weights only)
         out["state_gb"] = _state_bytes(net, opt) / 1e9  # weights + optimiser state (+ grads still held), tensor bytes
@@ -261,7 +254,7 @@ def _run_config(args: argparse.Namespace, name: str, env: dict[str, str] | None 
     return r
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="base", help="HCMAE size preset (base = ViT-B/16-384 + ConvNeXtV2-B)")
     ap.add_argument("--batch", type=int, default=2)
@@ -270,20 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {CONFIGS}")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s for MFU (H100/H200 SXM: 989)"
+    )
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument(
         "--heap-threshold",
         type=int,
         default=2 * 1024 * 1024,
-        help="mmap threshold (bytes) of the heap-limited configs (the bundle's heap_mmap_threshold)",
+        help="mmap threshold (bytes) of the heap-limited configs (cpu_lean.json's heap_mmap_threshold)",
     )
     ap.add_argument(
         "--huge-pages",
         choices=("on", "off"),
         default="on",
-        help="the heap-limited configs back their large tensors with transparent huge pages "
-        "(the bundle's huge_pages key, on with memory_lean)",
+        help="the heap-limited configs back their large tensors with transparent huge pages (as cpu_lean.json)",
     )
     ap.add_argument(
         "--rounds",
@@ -306,42 +300,24 @@ def main(argv: list[str] | None = None) -> int:
         help="MALLOC_CONF for --allocator jemalloc (default: keep freed pages, never purge)",
     )
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)  # child mode
-    args = ap.parse_args(argv)
+    return ap
 
-    if args.config:
-        print("RESULT " + json.dumps(run_child(args)), flush=True)
-        return 0
 
-    env = None
-    if args.allocator == "jemalloc":
-        lib = args.jemalloc or find_jemalloc()
-        if lib is None:
-            ap.error("--allocator jemalloc: no libjemalloc.so found; pass --jemalloc PATH (Debian: apt install libjemalloc2)")
-        env = {**os.environ, "LD_PRELOAD": lib, "MALLOC_CONF": args.malloc_conf}
-        print(f"# allocator: jemalloc {lib} MALLOC_CONF={args.malloc_conf}")
-    names = args.configs.split(",")
-    for name in names:
-        if name not in CONFIGS:
-            ap.error(f"unknown config {name!r}; choose from {CONFIGS}")
-    key = "cpu_s_per_step" if args.device == "cpu" else "s_per_step"
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for rnd in range(args.rounds):
-        for name in names:
-            r = _run_config(args, name, env)
-            if r is None:
-                continue
-            runs[name].append(r)
-            extra = f"  {r['flops_per_step'] / 1e12:.2f} TFLOP/step  MFU {r['mfu']:.1%}" if "mfu" in r else ""
-            imports = f" (imports {r['import_rss_gb']:.2f})" if "import_rss_gb" in r else ""
-            if args.device == "cpu":
-                extra += f"  cpu {r['cpu_s_per_step']:.3f} s/step  {r.get('allocator', '')}"
-            tag = f"[{rnd + 1}/{args.rounds}] " if args.rounds > 1 else ""
-            print(
-                f"{tag}{name:15s} {r['s_per_step']:8.3f} s/step  {r['images_per_s']:8.2f} img/s  "
-                f"peak {r['peak_mem_gb']:6.2f} GB{imports}  params {r['params_m']:.1f} M{extra}",
-                flush=True,
-            )
-    # per configuration: the least disturbed round (minimum step time); peak memory of that round
+def _print_run(args: argparse.Namespace, name: str, rnd: int, r: dict[str, Any]) -> None:
+    extra = f"  {r['flops_per_step'] / 1e12:.2f} TFLOP/step  MFU {r['mfu']:.1%}" if "mfu" in r else ""
+    imports = f" (imports {r['import_rss_gb']:.2f})" if "import_rss_gb" in r else ""
+    if args.device == "cpu":
+        extra += f"  cpu {r['cpu_s_per_step']:.3f} s/step  {r.get('allocator', '')}"
+    tag = f"[{rnd + 1}/{args.rounds}] " if args.rounds > 1 else ""
+    print(
+        f"{tag}{name:15s} {r['s_per_step']:8.3f} s/step  {r['images_per_s']:8.2f} img/s  "
+        f"peak {r['peak_mem_gb']:6.2f} GB{imports}  params {r['params_m']:.1f} M{extra}",
+        flush=True,
+    )
+
+
+def _report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]:
+    """Print the ratios; returns the least disturbed round of each configuration (with all its rounds)."""
     results = {name: dict(min(rs, key=lambda r: r[key])) for name, rs in runs.items() if rs}
     for name, rs in runs.items():
         if rs:
@@ -354,29 +330,64 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybrid overhead  HCMAE / (MAE + FCMAE) step time: {t:.3f}  (target <= 1.1)")
     for ours in OURS:
         if {ours, "released"} <= set(results):
-            o, r = results[ours], results["released"]
-            line = (
-                f"{ours} vs released-style: {r[key] / o[key]:.2f}x faster (target >= 1.5), "
-                f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x (target <= 0.6)"
-            )
-            pairs = list(zip(runs["released"], runs[ours]))
-            if len(pairs) > 1:  # the same comparison within each round (similar machine load for both)
-                speed = sorted(a[key] / b[key] for a, b in pairs)
-                mem = sorted(b["peak_mem_gb"] / a["peak_mem_gb"] for a, b in pairs)
-                line += (
-                    f"; per round: speed {', '.join(f'{v:.2f}' for v in speed)} (median {statistics.median(speed):.2f}), "
-                    f"memory {', '.join(f'{v:.2f}' for v in mem)} (median {statistics.median(mem):.2f})"
-                )
-            print(line)
-    for lean in ("hcmae_lean", "hcmae_lean_full", "hcmae_lean_sac"):
-        if {lean, "released_heap"} <= set(results):
-            o, r = results[lean], results["released_heap"]
-            print(
-                f"{lean} vs released-style with the same heap setting: {r[key] / o[key]:.2f}x faster, "
-                f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x"
-            )
+            print(_ratio_line(ours, results, runs, key))
+    if {"hcmae_lean", "released_heap"} <= set(results):
+        o, r = results["hcmae_lean"], results["released_heap"]
+        print(
+            f"hcmae_lean vs released-style with the same heap setting: {r[key] / o[key]:.2f}x faster, "
+            f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x"
+        )
     if {"fcmae", "released_fcmae"} <= set(results):
         print(f"FCMAE branch sparse vs dense: {results['released_fcmae'][key] / results['fcmae'][key]:.2f}x faster")
+    return results
+
+
+def _ratio_line(ours: str, results: dict[str, Any], runs: dict[str, list[dict[str, Any]]], key: str) -> str:
+    o, r = results[ours], results["released"]
+    line = (
+        f"{ours} vs released-style: {r[key] / o[key]:.2f}x faster (target >= 1.5), "
+        f"peak memory {o['peak_mem_gb'] / r['peak_mem_gb']:.2f}x (target <= 0.6)"
+    )
+    pairs = list(zip(runs["released"], runs[ours]))
+    if len(pairs) > 1:  # the same comparison within each round (similar machine load for both)
+        speed = sorted(a[key] / b[key] for a, b in pairs)
+        mem = sorted(b["peak_mem_gb"] / a["peak_mem_gb"] for a, b in pairs)
+        line += (
+            f"; per round: speed {', '.join(f'{v:.2f}' for v in speed)} (median {statistics.median(speed):.2f}), "
+            f"memory {', '.join(f'{v:.2f}' for v in mem)} (median {statistics.median(mem):.2f})"
+        )
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.config:
+        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        return 0
+
+    env = None
+    if args.allocator == "jemalloc":
+        lib = args.jemalloc or find_jemalloc()
+        if lib is None:
+            ap.error(
+                "--allocator jemalloc: no libjemalloc.so found; pass --jemalloc PATH (Debian: apt install libjemalloc2)"
+            )
+        env = {**os.environ, "LD_PRELOAD": lib, "MALLOC_CONF": args.malloc_conf}
+        print(f"# allocator: jemalloc {lib} MALLOC_CONF={args.malloc_conf}")
+    names = args.configs.split(",")
+    for name in names:
+        if name not in CONFIGS:
+            ap.error(f"unknown config {name!r}; choose from {CONFIGS}")
+    key = "cpu_s_per_step" if args.device == "cpu" else "s_per_step"
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for rnd in range(args.rounds):
+        for name in names:
+            r = _run_config(args, name, env)
+            if r is not None:
+                runs[name].append(r)
+                _print_run(args, name, rnd, r)
+    results = _report(args, runs, key)
     if args.json:
         from hicur_monai.utils.io import atomic_write_json
 

@@ -53,7 +53,7 @@ def test_verify_net_in_out(repo_root):
 def test_bundle_configs_parse_with_overlays(repo_root):
     from monai.bundle import ConfigParser
 
-    for extra in ("evaluate.json", "inference.json", "base.json", "multi_gpu_train.json"):
+    for extra in ("evaluate.json", "inference.json", "base.json", "multi_gpu_train.json", "cpu_lean.json"):
         p = ConfigParser()
         p.read_config([str(BUNDLE / "train.json"), str(BUNDLE / extra)])
         assert p["network_def"]["_target_"] == "hicur_monai.networks.hcmae.HCMAE"
@@ -62,32 +62,44 @@ def test_bundle_configs_parse_with_overlays(repo_root):
     assert (p["preset"], p["img_size"], p["batch_size"]) == ("base", 384, 128)
 
 
-def test_memory_lean_switches_optimizer_checkpointing_and_heap(repo_root):
+def test_cpu_lean_overlay_switches_optimizer_checkpointing_depthwise_and_heap(repo_root):
     from monai.bundle import ConfigParser
 
-    from hicur_monai.training import AdamWInBackward
+    from hicur_monai.training.cpu_lean import AdamWInBackward, FastDepthwiseConv2d
 
     for lean in (False, True):
         p = ConfigParser()
-        p.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "base.json")])
-        p.update({"memory_lean": lean, "preset": "tiny", "img_size": 64, "device": "$torch.device('cpu')"})
-        net = p.get_parsed_content("network_def")
-        assert net.config.grad_checkpointing == ({"vit": None, "decoder": "full", "convnext": "full"} if lean else None)
-        assert p.get_parsed_content("heap_mmap_threshold") == (2097152 if lean else None)
-        assert p.get_parsed_content("release_heap") is lean
-        assert p.get_parsed_content("huge_pages") is lean
-        assert any("enable_huge_pages() if @huge_pages" in e for e in p["initialize"])
-        assert p["train"]["trainer"]["release_heap"] == "@release_heap"
-        p.update({"network": net, "train#optimizer#params": "$@network.parameters()"})
-        p.parse()
+        p.read_config([str(BUNDLE / c) for c in ("train.json", "base.json", *(("cpu_lean.json",) if lean else ()))])
+        p.update({"preset": "tiny", "img_size": 64, "device": "$torch.device('cpu')"})
+        net = p.get_parsed_content("network")
+        assert net.config.grad_checkpointing is lean
+        assert any(isinstance(m, FastDepthwiseConv2d) for m in net.modules()) is lean
+        assert any("cpu_lean" in e for e in p["initialize"]) is lean
+        trainer_cls = p.get_parsed_content("train#trainer#_target_")
+        assert (trainer_cls == "hicur_monai.training.cpu_lean.LeanMaskedImageTrainer") is lean
         opt = p.get_parsed_content("train#optimizer")
         assert isinstance(opt, AdamWInBackward) is lean
         assert isinstance(opt, torch.optim.AdamW) or lean
-    # DDP overlay: the in-backward step would act on un-reduced gradients, so it is off there
-    p = ConfigParser()
-    p.read_config([str(BUNDLE / c) for c in ("train.json", "base.json", "multi_gpu_train.json")])
-    p.update({"memory_lean": True})
-    assert p.get_parsed_content("optimizer_in_backward") is False
+    assert p.get_parsed_content("heap_mmap_threshold") == 2097152
+
+
+def test_bundle_json_holds_wiring_only(repo_root):
+    """No conditionals or lambdas in ``$`` expressions, none longer than 120 characters (issue 18)."""
+
+    def strings(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    for path in sorted((repo_root / BUNDLE).glob("*.json")):
+        for expr in (e for e in strings(json.loads(path.read_text())) if e.startswith("$")):
+            assert " if " not in expr and "lambda" not in expr, f"{path.name}: {expr}"
+            assert len(expr) <= 120, f"{path.name}: {len(expr)} characters: {expr}"
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -149,7 +161,8 @@ def test_train_evaluate_infer_on_demo_cohort(demo_cohort, tmp_path):
     metrics = json.loads((out / "eval/metrics.json").read_text())
     assert metrics["val_recon_loss"] > 0
     probe = json.loads((out / "eval/probe.json").read_text())
-    assert {(p["target"], p["feature"]) for p in probe["probes"]} >= {("tumour", "vit_cls"), ("sequence", "convnext_pool")}
+    pairs = {(p["target"], p["feature"]) for p in probe["probes"]}
+    assert pairs >= {("tumour", "vit_cls"), ("sequence", "convnext_pool")}
     for p in probe["probes"]:
         for side in ("pretrained", "random_init"):
             assert 0.0 <= p[side]["accuracy"] <= 1.0

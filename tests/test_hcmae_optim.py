@@ -1,4 +1,4 @@
-"""AdamW fused into backward: same parameters as a plain AdamW step, checkpoints, schedulers, refusals."""
+"""The opt-in CPU tuning (``hicur_monai.training.cpu_lean``): AdamW fused into backward, heap settings, lean trainer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from monai.optimizers import WarmupCosineSchedule
 
 from hicur_monai.networks.hcmae import HCMAE
-from hicur_monai.training import AdamWInBackward, MaskedImageTrainer, is_in_backward, param_groups
+from hicur_monai.training import MaskedImageTrainer, param_groups
+from hicur_monai.training.cpu_lean import AdamWInBackward, LeanMaskedImageTrainer
 from hicur_monai.training.engine import mask_generator
 
 torch.set_num_threads(1)
@@ -94,23 +95,23 @@ def test_step_catches_gradients_that_missed_the_hooks():
         m(x).pow(2).sum().backward()
         o.step()
     _assert_same(a, b)
-    assert b.weight.grad is None and is_in_backward(opt_b) and not is_in_backward(opt_a)
+    assert b.weight.grad is None
 
 
-def test_trainer_refuses_grad_clip_and_ddp_with_in_backward():
+def test_lean_trainer_refuses_grad_clip_and_ddp_with_in_backward():
     net = torch.nn.Linear(2, 2)
     opt = AdamWInBackward(net.parameters())
     with pytest.raises(ValueError, match="grad_clip"):
-        MaskedImageTrainer("cpu", 1, [torch.zeros(1, 2)], net, opt, grad_clip=1.0)
+        LeanMaskedImageTrainer("cpu", 1, [torch.zeros(1, 2)], net, opt, grad_clip=1.0)
     with pytest.raises(ValueError, match="DDP"):
-        MaskedImageTrainer("cpu", 1, [torch.zeros(1, 2)], torch.nn.DataParallel(net), opt)
+        LeanMaskedImageTrainer("cpu", 1, [torch.zeros(1, 2)], torch.nn.DataParallel(net), opt)
     with pytest.raises(ValueError, match="no trainable"):
-        AdamWInBackward([p for p in net.parameters() if not p.requires_grad] or [torch.nn.Parameter(torch.zeros(1), False)])
+        AdamWInBackward([torch.nn.Parameter(torch.zeros(1), requires_grad=False)])
 
 
 _HEAP_CHILD = """
 import json, torch
-from hicur_monai.training.memory import limit_heap_retention, peak_rss_gb, rss_gb
+from hicur_monai.training.cpu_lean import limit_heap_retention, peak_rss_gb, rss_gb
 assert limit_heap_retention(None) is False
 try:
     limit_heap_retention(-1)
@@ -150,7 +151,7 @@ def test_limit_heap_retention_returns_freed_tensor_memory():
 
 _TRIM_CHILD = """
 import json, torch
-from hicur_monai.training.memory import limit_heap_retention, release_free_heap, rss_gb
+from hicur_monai.training.cpu_lean import limit_heap_retention, release_free_heap, rss_gb
 limit_heap_retention(32 * 1024 * 1024)  # 1 MiB blocks come from the heap, not from mmap
 blocks = [torch.ones(256 * 1024) for _ in range(200)]  # 200 x 1 MiB, one after the other in the heap
 held = rss_gb()
@@ -171,7 +172,7 @@ def test_release_free_heap_returns_memory_the_heap_kept():
 
 _THP_CHILD = """
 import json, os, sys
-from hicur_monai.training.memory import _thp_mode, enable_huge_pages
+from hicur_monai.training.cpu_lean import _thp_mode, enable_huge_pages
 late = sys.argv[1] == "late"
 if late:
     import torch
@@ -187,7 +188,7 @@ print(json.dumps({"mode": _thp_mode(), "enabled": enabled, "aligned": big.data_p
 
 @pytest.mark.parametrize("when", ["first", "late"])
 def test_enable_huge_pages_before_the_first_tensor_only(when):
-    """Fresh process: called before any tensor, large tensors get huge pages; called late, it says so and changes nothing."""
+    """Fresh process: called before any tensor, large tensors get huge pages; called late, it warns and does nothing."""
     r = _run_heap_child(_THP_CHILD.replace("sys.argv[1]", repr(when)))
     if r["mode"] in (None, "never"):
         assert r["enabled"] is False
@@ -198,12 +199,15 @@ def test_enable_huge_pages_before_the_first_tensor_only(when):
     assert r["enabled"] is (when == "first") and r["aligned"] is (when == "first"), r
 
 
-def test_trainer_with_release_heap_trains_the_same():
+def test_lean_trainer_trains_the_same(monkeypatch):
+    import hicur_monai.training.cpu_lean as cpu_lean
+
+    released = []
+    monkeypatch.setattr(cpu_lean, "release_free_heap", lambda: released.append(1) or True)
     a, b = _nets()
     imgs = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    for net, release in ((a, False), (b, True)):
+    for net, cls in ((a, MaskedImageTrainer), (b, LeanMaskedImageTrainer)):
         opt = AdamWInBackward(param_groups(net, 0.05), **KW)
-        trainer = MaskedImageTrainer("cpu", 2, [{"image": imgs}], net, opt, release_heap=release)
-        assert trainer.release_heap is release
-        trainer.run()
+        cls("cpu", 2, [{"image": imgs}], net, opt).run()
     _assert_same(a, b)
+    assert len(released) == 4  # 2 steps: before backward and after the step

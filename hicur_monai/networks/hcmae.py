@@ -44,22 +44,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from hicur_monai.networks.checkpointing import checkpoint_call, checkpoint_modes
-from hicur_monai.networks.depthwise import depthwise_conv2d
 from hicur_monai.networks.pos_embed import sincos_2d_pos_embed
 from hicur_monai.registry import NETWORKS
+from hicur_monai.utils.flags import as_flag
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
 
 __all__ = [
     "HCMAEConfig",
     "HCMAE",
     "HCMAE_PRESETS",
-    "CHECKPOINT_PARTS",
-    "LEAN_CHECKPOINTING",
     "CONTRASTIVE_MODES",
     "info_nce",
     "patchify",
@@ -70,20 +68,6 @@ __all__ = [
 ]
 
 CONTRASTIVE_MODES = ("released", "cmae", "none")
-CHECKPOINT_PARTS = ("vit", "decoder", "convnext")
-"""Parts of HCMAE whose blocks ``grad_checkpointing`` can set one by one."""
-
-LEAN_CHECKPOINTING: dict[str, str | None] = {"vit": None, "decoder": "full", "convnext": "full"}
-"""``grad_checkpointing`` of the least-memory configuration (the bundle's ``memory_lean``).
-
-Measured on HCMAE-Base at 384 px, batch 2 (``docs/hcmae.md``): without checkpointing the
-ViT encoder saves ~180 MB of activations for a 0.5 s forward (it sees only the 25% kept
-patches), the MAE decoder ~240 MB for 0.65 s, the sparse ConvNeXt ~900 MB for 1.4 s. The
-encoder is the cheapest part to keep: with this mapping :meth:`HCMAE.pretrain_losses` runs
-the ViT branch last (``HCMAEConfig.vit_branch_first``), so its backward runs first and the
-encoder's activations are gone before the ConvNeXt's recomputation.
-"""
-
 #: named size presets; ``base`` is the paper's configuration
 HCMAE_PRESETS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -129,26 +113,14 @@ class HCMAEConfig:
         proj_hidden_dim, proj_dim: CMAE projector / predictor sizes (768-1536-256).
         ema_momentum_start, ema_momentum: cosine schedule of the EMA target momentum (cmae).
         max_shift: largest pixel shift of the CMAE positive view.
-        grad_checkpointing: activation checkpointing per block in both encoders and the
-            MAE decoder (:mod:`hicur_monai.networks.checkpointing`). ``True`` / ``"full"``:
-            ~0.24 GB instead of ~2.3 GB of saved activations for Base at 384 px, batch 2,
-            for one extra forward pass; ``"selective"``: keep the outputs of matrix
-            products, convolutions and attention, recompute only the per-element
-            operators; ``False``: off. A mapping sets the mode per part
-            (:data:`CHECKPOINT_PARTS`: ``vit``, ``decoder``, ``convnext``; parts left out
-            are not checkpointed), e.g. ``{"vit": "selective", "decoder": "selective",
-            "convnext": "full"}``. Stored as ``None``, ``"full"``, ``"selective"`` or a
-            mapping with every part.
+        grad_checkpointing: activation checkpointing per block (timm's ``checkpoint_seq``) in
+            both encoders and the MAE decoder while training: ~0.16 GB instead of ~2.3 GB of
+            saved activations for Base at 384 px, batch 2, for one extra forward pass.
+            :meth:`HCMAE.set_grad_checkpointing` switches it after construction.
         drop_path_rate: stochastic depth in both encoders.
-        vit_branch_first: run the ViT branch before the ConvNeXt branch (the order of the
-            released code's loss, ``L_mae + L_fcmae``) or after it. Backward runs the
-            branch computed last first and frees its activations before it reaches the
-            other, so the branch that keeps more activations should run last. ``None``
-            (default) decides from ``grad_checkpointing``: the ViT branch last when the
-            ConvNeXt is checkpointed and the ViT encoder is not (:data:`LEAN_CHECKPOINTING`),
-            else first (without checkpointing the ConvNeXt keeps the most: ~0.9 of ~1.3 GB
-            for Base at 384 px, batch 2). The losses are the same up to which random masks
-            are drawn first. Stored resolved (``True``/``False``).
+
+    The ViT branch runs before the ConvNeXt branch (the order of the released code's loss,
+    ``L_mae + L_fcmae``), so the ViT mask is drawn first from the generator.
     """
 
     img_size: int = 384
@@ -177,20 +149,15 @@ class HCMAEConfig:
     ema_momentum_start: float = 0.99
     ema_momentum: float = 0.996
     max_shift: int = 32
-    grad_checkpointing: bool | str | dict[str, Any] | None = None
+    grad_checkpointing: bool = False
     drop_path_rate: float = 0.0
-    vit_branch_first: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.convnext_depths = tuple(int(d) for d in self.convnext_depths)
         self.convnext_dims = tuple(int(d) for d in self.convnext_dims)
-        self.grad_checkpointing = checkpoint_modes(self.grad_checkpointing, CHECKPOINT_PARTS)
-        if self.vit_branch_first is None:
-            self.vit_branch_first = not (
-                self.checkpoint_mode("vit") is None and self.checkpoint_mode("convnext") is not None
-            )
-        self.vit_branch_first = bool(self.vit_branch_first)
+        # per-part and selective modes were removed: true checkpoints every block of both encoders and the decoder
+        self.grad_checkpointing = as_flag(self.grad_checkpointing, "grad_checkpointing")
         if self.contrastive_mode not in CONTRASTIVE_MODES:
             raise ValueError(f"contrastive_mode must be one of {CONTRASTIVE_MODES}, got {self.contrastive_mode!r}")
         if self.img_size % self.patch_size:
@@ -210,11 +177,6 @@ class HCMAEConfig:
             self.temperature = 0.07 if self.contrastive_mode == "cmae" else 0.5
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-    def checkpoint_mode(self, part: str) -> str | None:
-        """Checkpointing mode of ``part`` (one of :data:`CHECKPOINT_PARTS`): ``None``, ``"full"`` or ``"selective"``."""
-        mode = self.grad_checkpointing
-        return mode.get(part) if isinstance(mode, dict) else mode
 
     @classmethod
     def from_preset(cls, preset: str = "base", **overrides: Any) -> HCMAEConfig:
@@ -371,6 +333,7 @@ class HCMAE(nn.Module):
             self.target_vit = copy.deepcopy(self.vit).requires_grad_(False)
             self.target_proj = copy.deepcopy(self.proj_vit).requires_grad_(False)
         self.convnext.to(memory_format=torch.channels_last)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
 
     # ------------------------------------------------------------------ sub-model configs
 
@@ -409,16 +372,21 @@ class HCMAE(nn.Module):
 
     # ------------------------------------------------------------------ ViT-MAE
 
-    def _checkpoint_mode(self, part: str) -> str | None:
-        """Checkpointing mode of ``part`` (one of :data:`CHECKPOINT_PARTS`) in this call; off outside training."""
-        return self.config.checkpoint_mode(part) if self.training else None
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every block of both encoders and the MAE decoder while training (as timm's models)."""
+        self.config.grad_checkpointing = bool(enable)
+        self.vit.set_grad_checkpointing(enable)
+        self.convnext.set_grad_checkpointing(enable)
 
-    def _blocks(self, blocks: nn.Sequential, x: torch.Tensor, part: str) -> torch.Tensor:
-        """Run a block stack, checkpointing each block as ``config.grad_checkpointing`` says for ``part``."""
-        mode = self._checkpoint_mode(part)
-        for blk in blocks:
-            x = checkpoint_call(blk, x, mode=mode)
-        return x
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether blocks are checkpointed in this call: the flag, in training mode, with autograd on."""
+        return self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    def _blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """Run a block stack (``checkpoint_seq`` when :attr:`grad_checkpointing`)."""
+        return checkpoint_seq(blocks, x, use_reentrant=False) if self.grad_checkpointing else blocks(x)
 
     def vit_encode_masked(
         self, imgs: torch.Tensor, generator: torch.Generator | None = None
@@ -431,7 +399,7 @@ class HCMAE(nn.Module):
         x = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
         cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
         x = vit.norm_pre(torch.cat([cls, x], dim=1))
-        x = vit.norm(self._blocks(vit.blocks, x, "vit"))
+        x = vit.norm(self._blocks(vit.blocks, x))
         return x, mask, torch.argsort(ids_shuffle, dim=1)
 
     def vit_decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -441,7 +409,7 @@ class HCMAE(nn.Module):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, length + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos
-        x = self.decoder_norm(self._blocks(self.decoder_blocks, x, "decoder"))
+        x = self.decoder_norm(self._blocks(self.decoder_blocks, x))
         return self.decoder_pred(x)[:, 1:]
 
     def vit_encode(self, imgs: torch.Tensor, vit: VisionTransformer | None = None) -> torch.Tensor:
@@ -475,7 +443,7 @@ class HCMAE(nn.Module):
         """
         b, _, c = v.shape
         x = HCMAE._densify(v, gidx, h, w)
-        y = depthwise_conv2d(blk.conv_dw, x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        y = blk.conv_dw(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
         z = blk.norm(torch.gather(y, 1, gidx))
         mlp = blk.mlp
         z = mlp.drop1(mlp.act(mlp.fc1(z)))
@@ -505,7 +473,7 @@ class HCMAE(nn.Module):
         if not self.config.fcmae_sparse:  # released: dense network over the masked image
             pix = F.interpolate(visible, scale_factor=self.config.mask_cell, mode="nearest")
             return enc.forward_features(imgs * pix)
-        mode = self._checkpoint_mode("convnext")
+        ckpt = self.grad_checkpointing
         v, prev = imgs, None
         for i, stage in enumerate(enc.stages):
             size = (imgs.shape[-2] // 4 >> i, imgs.shape[-1] // 4 >> i)  # stem stride 4, then 2 per stage
@@ -513,9 +481,11 @@ class HCMAE(nn.Module):
             gidx = idx[..., None].expand(-1, -1, self.config.convnext_dims[i])
             # the stage transition (stem or densify + downsampling, then the visible pixels) is
             # checkpointed too: its dense maps would otherwise be held for backward
-            v = checkpoint_call(self._stage_input, stage, v, prev, gidx, size, mode=mode)
+            args = (self._stage_input, stage, v, prev, gidx, size)
+            v = checkpoint(*args, use_reentrant=False) if ckpt else self._stage_input(*args[1:])
             for blk in stage.blocks:
-                v = checkpoint_call(self._sparse_block, blk, v, gidx, *size, mode=mode)
+                args = (self._sparse_block, blk, v, gidx, *size)
+                v = checkpoint(*args, use_reentrant=False) if ckpt else self._sparse_block(*args[1:])
             prev = (gidx, *size)
         return self._densify(v, *prev)
 
@@ -583,16 +553,13 @@ class HCMAE(nn.Module):
         latent, vit_mask, ids_restore = self.vit_encode_masked(imgs, generator)
         vit_pred = self.vit_decode(latent, ids_restore)
         cfg = self.config
-        return latent, vit_mask, vit_pred, _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+        loss = _masked_mse(vit_pred, patchify(imgs, cfg.patch_size), vit_mask, cfg.norm_pix_loss)
+        return latent, vit_mask, vit_pred, loss
 
     def pretrain_losses(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All losses and predictions for one batch of ``(B, C, H, W)`` images.
 
-        The branches run in the order ``config.vit_branch_first`` says. Autograd runs the
-        nodes created last first, so the branch computed last is back-propagated first and
-        its activations are freed before the other's backward: with
-        :data:`LEAN_CHECKPOINTING` the ViT branch runs last, so the encoder's kept
-        activations are gone before the ConvNeXt's recomputation.
+        The ViT branch runs first (the order of the released code's loss).
 
         Returns:
             ``loss`` (total), ``loss_mae``, ``loss_fcmae``, ``loss_contrastive`` and the
@@ -604,15 +571,11 @@ class HCMAE(nn.Module):
                 f"HCMAE expects images (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), got {tuple(imgs.shape)}"
             )
 
-        if cfg.vit_branch_first:
-            latent, vit_mask, vit_pred, loss_mae = self._vit_branch(imgs, generator)
+        latent, vit_mask, vit_pred, loss_mae = self._vit_branch(imgs, generator)
         cnx_mask = self.convnext_mask(imgs.shape[0], generator, imgs.device)
         feats = self.convnext_encode_masked(imgs, cnx_mask)
         cnx_pred = self.fcmae_decode(feats, cnx_mask)
         loss_fcmae = _masked_mse(cnx_pred, patchify(imgs, cfg.mask_cell), cnx_mask, cfg.norm_pix_loss)
-        if not cfg.vit_branch_first:
-            latent, vit_mask, vit_pred, loss_mae = self._vit_branch(imgs, generator)
-
 
         if cfg.contrastive_mode == "released":
             h = w = cfg.img_size
@@ -629,15 +592,14 @@ class HCMAE(nn.Module):
             with torch.no_grad():
                 shifted = pixel_shift(imgs, cfg.max_shift, generator)
                 t = self.target_proj(self.vit_encode(shifted, self.target_vit)[:, 1:].mean(dim=1))
-            loss_c = 0.5 * (
-                info_nce(z_vit, t, cfg.temperature, symmetric=False) + info_nce(z_cnx, t, cfg.temperature, symmetric=False)
-            )
+            loss_c = 0.5 * sum(info_nce(z, t, cfg.temperature, symmetric=False) for z in (z_vit, z_cnx))
         else:
             loss_c = imgs.new_zeros(())
         loss = loss_mae + loss_fcmae + cfg.contrastive_weight * loss_c
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"HCMAE loss is not finite (mae={float(loss_mae)}, fcmae={float(loss_fcmae)}, contrastive={float(loss_c)})"
+                f"HCMAE loss is not finite (mae={float(loss_mae)}, fcmae={float(loss_fcmae)}, "
+                f"contrastive={float(loss_c)})"
             )
         return {
             "loss": loss,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hicur_monai.training.data import split_by_patient
+from hicur_monai.data.splits import split_by_patient
 
 __all__ = ["segmentation_items", "read_datalist", "inference_items"]
 

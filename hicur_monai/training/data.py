@@ -21,9 +21,19 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
+from hicur_monai.data.splits import patient_of, split_by_patient
 from hicur_monai.transforms import ExtractSlices
 
-__all__ = ["pretrain_items", "volume_depth", "split_by_patient", "SelectSliced", "SelectSliceD", "SelectSliceDict"]
+__all__ = [
+    "pretrain_items",
+    "volume_depth",
+    "SelectSliced",
+    "SelectSliceD",
+    "SelectSliceDict",
+    "PretrainSampled",
+    "PretrainSampleD",
+    "PretrainSampleDict",
+]
 
 DEMO_KEYS = ("mri", "ct", "endoscopy")
 
@@ -55,10 +65,23 @@ def volume_depth(path: str | os.PathLike, axis: int = -1) -> int | None:
     return int(spatial[axis])
 
 
-def split_by_patient(items: Sequence[Mapping[str, Any]], val_every: int = 5) -> dict[str, str]:
-    """Deterministic patient -> ``train``/``val`` split: every ``val_every``-th patient (sorted) is ``val``."""
-    patients = sorted({str(it.get("patient", it.get("image"))) for it in items})
-    return {p: ("val" if i % val_every == val_every - 1 else "train") for i, p in enumerate(patients)}
+def _manifest_items(manifest: str | os.PathLike, split: str | None) -> list[dict[str, Any]]:
+    """The accepted 2D images of a curation manifest as data dicts (``row`` = the source id)."""
+    from hicur_monai.data.curation.manifest import load_manifest
+    from hicur_monai.transforms.array import STORED_MAX_KEY
+
+    items = []
+    for i, r in enumerate(load_manifest(manifest, status="accepted", split=split)):
+        item = dict(r)
+        item["row"] = str(r.get("source_id") or f"manifest/{i}")
+        item.pop("slice_index", None)  # the manifest's images are already 2D
+        # curated pixels are already normalised: ScaleIntensityByModalityd divides by this instead of re-windowing
+        smax = item.get(STORED_MAX_KEY)
+        if smax is None or not smax > 0:
+            raise ValueError(f"{manifest}: accepted image row {i} ({item['row']}) has no positive "
+                             f"{STORED_MAX_KEY!r} (got {smax!r}); re-run `hicur curate` to rebuild the manifest")
+        items.append(item)
+    return items
 
 
 def pretrain_items(
@@ -75,12 +98,12 @@ def pretrain_items(
     Args:
         dataset_dir: a folder with ``datalist.json`` (the demo cohort layout: lists per
             modality, paths relative to the folder); used when ``manifest`` is not given.
-        manifest: a curation manifest (file or folder); its accepted rows are used.
+        manifest: a curation manifest (file or folder); its accepted rows are used (``""``: none).
         keys: which datalist lists to read.
         split: ``"train"``, ``"val"`` or ``None`` (all). Manifests carry their split; for
-            a datalist, patients are split with :func:`split_by_patient`.
+            a datalist, patients are split with :func:`hicur_monai.data.splits.split_by_patient`.
         slice_step: keep every ``slice_step``-th slice of a volume.
-        val_every: see :func:`split_by_patient`.
+        val_every: see :func:`hicur_monai.data.splits.split_by_patient`.
         limit: keep at most this many items (evenly spaced), for quick runs.
 
     Returns:
@@ -94,22 +117,7 @@ def pretrain_items(
     if split not in (None, "train", "val", "test"):
         raise ValueError(f"split must be train, val, test or None, got {split!r}")
     if manifest:
-        from hicur_monai.data.curation.manifest import load_manifest
-        from hicur_monai.transforms.array import STORED_MAX_KEY
-
-        rows = load_manifest(manifest, status="accepted", split=split)
-        items = []
-        for i, r in enumerate(rows):
-            item = dict(r)
-            item["row"] = str(r.get("source_id") or f"manifest/{i}")
-            item.pop("slice_index", None)  # the manifest's images are already 2D
-            # curated pixels are already normalised: ScaleIntensityByModalityd divides by this instead of re-windowing
-            smax = item.get(STORED_MAX_KEY)
-            if smax is None or not smax > 0:
-                raise ValueError(f"{manifest}: accepted image row {i} ({item['row']}) has no positive "
-                                 f"{STORED_MAX_KEY!r} (got {smax!r}); re-run `hicur curate` to rebuild the manifest")
-            items.append(item)
-        return _limit(items, limit)
+        return _limit(_manifest_items(manifest, split), limit)
     if dataset_dir is None:
         raise FileNotFoundError("pretrain_items: give a dataset_dir with datalist.json or a curation manifest")
     root = Path(dataset_dir)
@@ -129,12 +137,12 @@ def pretrain_items(
     splits = split_by_patient([e for _, e in entries], val_every)
     items = []
     for row, e in entries:
-        if split is not None and splits[str(e.get("patient", e.get("image")))] != split:
+        if split is not None and splits[patient_of(e)] != split:
             continue
         for k in ("image", "label"):
             if isinstance(e.get(k), str):
                 e[k] = str(root / e[k])
-        e["split"] = splits[str(e.get("patient", e.get("image")))]
+        e["split"] = splits[patient_of(e)]
         e = {k: v for k, v in e.items() if isinstance(v, (str, int, float, bool))}
         depth = volume_depth(e["image"])
         if depth is None:
@@ -221,4 +229,3 @@ class PretrainSampled(MapTransform):
 
 
 PretrainSampleD = PretrainSampleDict = PretrainSampled
-__all__ += ["PretrainSampled", "PretrainSampleD", "PretrainSampleDict"]

@@ -19,10 +19,7 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
-from hicur_monai.training.memory import release_free_heap
-from hicur_monai.training.optim import is_in_backward
-
-__all__ = ["MaskedImageTrainer", "MaskedImageEvaluator", "mask_generator", "unwrap"]
+__all__ = ["MaskedImageTrainer", "MaskedImageEvaluator", "mask_generator", "unwrap", "output_value", "scalar_outputs"]
 
 LOSS_KEYS = ("loss", "loss_mae", "loss_fcmae", "loss_contrastive")
 
@@ -56,12 +53,7 @@ class MaskedImageTrainer(SupervisedTrainer):
         amp: bf16 autocast on CUDA (no grad scaler needed for bf16).
         total_iterations: iterations of the whole run for the EMA momentum schedule
             (default ``max_epochs * epoch_length``).
-        grad_clip: clip the gradient norm to this value (``None``: no clipping; not
-            possible with an optimiser that steps inside backward, e.g.
-            :class:`~hicur_monai.training.optim.AdamWInBackward`).
-        release_heap: hand the malloc heap's free pages back to the system between forward
-            and backward and after the optimiser step
-            (:func:`~hicur_monai.training.memory.release_free_heap`; CPU memory, glibc).
+        grad_clip: clip the gradient norm to this value (``None``: no clipping).
         **kwargs: other :class:`~monai.engines.SupervisedTrainer` arguments (handlers, ...).
 
     The iteration output holds ``image`` and the scalar losses (``loss``, ``loss_mae``,
@@ -79,7 +71,6 @@ class MaskedImageTrainer(SupervisedTrainer):
         amp: bool = False,
         total_iterations: int | None = None,
         grad_clip: float | None = None,
-        release_heap: bool = False,
         train_handlers: Sequence | None = None,
         **kwargs: Any,
     ) -> None:
@@ -99,22 +90,17 @@ class MaskedImageTrainer(SupervisedTrainer):
         self.use_bf16 = bool(amp)
         self.total_iterations = total_iterations
         self.grad_clip = grad_clip
-        self.release_heap = bool(release_heap)
-        if is_in_backward(optimizer):
-            if grad_clip:
-                raise ValueError(
-                    "grad_clip needs all gradients at once; the optimiser steps inside backward "
-                    "(AdamWInBackward): use a plain AdamW or grad_clip=None"
-                )
-            if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-                raise ValueError(
-                    "an optimiser that steps inside backward (AdamWInBackward) would update on the local, "
-                    "not yet all-reduced gradients under DDP/DataParallel: use a plain AdamW there"
-                )
 
     def _progress(self, engine: Any) -> float:
         total = self.total_iterations or (engine.state.max_epochs or 1) * (engine.state.epoch_length or 1)
         return engine.state.iteration / max(1, total)
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss``, clip the gradients (``grad_clip``) and step the optimiser."""
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.optimizer.step()
 
     def _iteration(self, engine: Any, batchdata: Any) -> dict:  # type: ignore[override]
         images = _images(batchdata, engine.state.device, engine.non_blocking)
@@ -124,14 +110,7 @@ class MaskedImageTrainer(SupervisedTrainer):
         gen = mask_generator(self.seed, engine.state.iteration)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16 and images.is_cuda):
             out = net(images, task="pretrain", generator=gen)
-        if self.release_heap:  # the forward's freed temporaries, before backward's peak
-            release_free_heap()
-        out["loss"].backward()  # with AdamWInBackward the parameters are updated here
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
-        engine.optimizer.step()
-        if self.release_heap:
-            release_free_heap()
+        self.backward_step(out["loss"])
         momentum = unwrap(net).update_target(self._progress(engine)) if hasattr(unwrap(net), "update_target") else 1.0
         result = {Keys.IMAGE: images, Keys.LOSS: out["loss"].detach(), "ema_momentum": momentum}
         for k in LOSS_KEYS[1:]:
@@ -190,4 +169,11 @@ def output_value(key: str) -> Callable[[dict], float]:
     return pick
 
 
-__all__.append("output_value")
+def scalar_outputs(keys: Sequence[str] = LOSS_KEYS) -> Callable[[dict], dict[str, float]]:
+    """An ``output_transform`` giving ``{key: float}`` for ``keys`` of the iteration output (for stats handlers)."""
+    names = tuple(keys)
+
+    def pick(output: dict) -> dict[str, float]:
+        return {k: float(output[k]) for k in names}
+
+    return pick

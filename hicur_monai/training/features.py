@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hicur_monai.data.splits import patient_folds
 from hicur_monai.training.engine import unwrap
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
 
@@ -91,8 +92,7 @@ def _target(data: dict[str, Any], target: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _group_folds(patients: np.ndarray, folds: int) -> np.ndarray:
     """Fold index per row: sorted patients are dealt round-robin into ``folds`` folds."""
-    order = sorted(set(patients.tolist()))
-    fold_of = {p: i % folds for i, p in enumerate(order)}
+    fold_of = patient_folds(patients.tolist(), folds)
     return np.asarray([fold_of[p] for p in patients])
 
 
@@ -152,7 +152,8 @@ def linear_probe(
     from sklearn.preprocessing import StandardScaler
 
     if feature not in data:
-        raise KeyError(f"no feature {feature!r} in the feature file; have {[k for k in data if k not in ('rows', 'fields')]}")
+        have = [k for k in data if k not in ("rows", "fields")]
+        raise KeyError(f"no feature {feature!r} in the feature file; have {have}")
     x = data[feature].numpy().astype(np.float64)
     y, keep = _target(data, target)
     patients = np.asarray([str(p) for p in data["fields"]["patient"]])

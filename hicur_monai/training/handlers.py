@@ -1,12 +1,14 @@
-"""Ignite handlers for pretraining: atomic resumable checkpoints, reconstruction figures, encoder export.
+"""Generic Ignite handlers: atomic resumable checkpoints and a per-epoch loss history.
 
 * :class:`AtomicCheckpointSaver` writes ``<dir>/last.pt`` (every N iterations and at each
   epoch end) with the toolkit's one checkpoint writer (temp file + rename), so a kill at
   any moment leaves the previous checkpoint intact; MONAI's
   :class:`~monai.handlers.CheckpointLoader` reads it back (``latest_checkpoint`` finds it).
-* :class:`ReconstructionFigure` draws original / masked / reconstructed images per modality
-  for both branches into a PNG (and TensorBoard, when a writer is given).
-* :class:`EncoderExport` writes the ViT and ConvNeXt encoders when training completes.
+* :class:`ResumeFromCheckpoint` resumes from that file when it exists.
+* :class:`LossHistory` writes per-epoch means of the scalar losses to JSON.
+
+The stage-I handlers (reconstruction figure, encoder export) are in
+:mod:`hicur_monai.training.hcmae`.
 """
 
 from __future__ import annotations
@@ -19,18 +21,15 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
 
-from hicur_monai.training.engine import unwrap
+from hicur_monai.training.engine import LOSS_KEYS, unwrap
 from hicur_monai.utils.io import atomic_save_torch
 
-__all__ = ["AtomicCheckpointSaver", "latest_checkpoint", "ReconstructionFigure", "EncoderExport", "denormalize"]
+__all__ = ["AtomicCheckpointSaver", "latest_checkpoint", "ResumeFromCheckpoint", "LossHistory"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
-MEAN = (0.530, 0.313, 0.316)
-STD = (0.337, 0.237, 0.243)
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
@@ -90,108 +89,6 @@ class AtomicCheckpointSaver:
         return atomic_save_torch(unwrap(net).state_dict(), self.save_dir / "model.pt")
 
 
-def denormalize(img: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
-    """Undo the model-input normalisation of a ``(C, H, W)`` image and clip to [0, 1]."""
-    m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
-    return (img * s + m).clamp(0, 1)
-
-
-class ReconstructionFigure:
-    """Write a reconstruction contact sheet: per sample, original | ViT masked | ViT recon | ConvNeXt masked | ConvNeXt recon.
-
-    Args:
-        dataset: indexable dataset of transformed items (``"image"`` normalised, ``"modality"``).
-        output_file: PNG path (overwritten atomically each time).
-        network: the HCMAE network.
-        per_modality: samples drawn per modality (the first ones of each modality).
-        interval: epochs between figures (and one at the end of training).
-        summary_writer: optional TensorBoard ``SummaryWriter``; the sheet goes there as an image.
-        seed: mask seed (the same masks every time, so figures are comparable).
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        output_file: str | os.PathLike,
-        network: torch.nn.Module,
-        per_modality: int = 1,
-        interval: int = 1,
-        summary_writer: Any = None,
-        seed: int = 4321,
-    ) -> None:
-        self.dataset, self.output_file, self.network = dataset, Path(output_file), network
-        self.per_modality, self.interval, self.writer, self.seed = per_modality, max(1, interval), summary_writer, seed
-        self._indices: list[int] | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def _pick(self) -> list[int]:
-        if self._indices is None:
-            counts: dict[str, int] = {}
-            picked = []
-            data = getattr(self.dataset, "data", None)
-            for i in range(len(self.dataset)):
-                mod = str(data[i].get("modality")) if data is not None else str(self.dataset[i].get("modality"))
-                if counts.get(mod, 0) < self.per_modality:
-                    counts[mod] = counts.get(mod, 0) + 1
-                    picked.append(i)
-            self._indices = picked
-        return self._indices
-
-    def __call__(self, engine: Engine | None = None) -> Path:
-        from hicur_monai.utils.visualize import contact_sheet
-
-        net = unwrap(self.network)
-        items = [self.dataset[i] for i in self._pick()]
-        if not items:
-            raise ValueError("ReconstructionFigure: the dataset is empty")
-        imgs = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
-        dev = next(net.parameters()).device
-        was_training = net.training
-        net.eval()
-        try:
-            out = net.reconstruct(imgs.to(dev), generator=torch.Generator().manual_seed(self.seed))
-        finally:
-            net.train(was_training)
-        tiles, titles = [], []
-        cols = (("original", imgs), *((k, out[k].cpu()) for k in ("vit_masked", "vit_recon", "convnext_masked", "convnext_recon")))
-        for i, it in enumerate(items):
-            fmt = it.get("format") or (getattr(it["image"], "meta", None) or {}).get("format")
-            for name, batch in cols:
-                # images stay in MONAI's (C, X, Y) layout; the loader's format tells how to show them
-                tiles.append(MetaTensor(denormalize(batch[i]), meta={"format": fmt}))
-                titles.append(f"{it.get('modality', '?')}: {name}")
-        epoch = engine.state.epoch if engine is not None else 0
-        path = contact_sheet(tiles, self.output_file, titles=titles, ncols=len(cols), suptitle=f"HCMAE reconstructions, epoch {epoch}")
-        if self.writer is not None:
-            import numpy as np
-            from PIL import Image
-
-            arr = np.asarray(Image.open(path).convert("RGB"))
-            self.writer.add_image("reconstruction", arr, epoch, dataformats="HWC")
-            self.writer.flush()
-        log.info("reconstruction figure written to %s", path)
-        return path
-
-
-class EncoderExport:
-    """Export the ViT and ConvNeXt encoders (``HCMAE.export_encoders``) to ``output_dir`` when training completes."""
-
-    def __init__(self, network: torch.nn.Module, output_dir: str | os.PathLike) -> None:
-        self.network, self.output_dir = network, Path(output_dir)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine | None = None) -> dict[str, Path]:
-        paths = unwrap(self.network).export_encoders(self.output_dir)
-        log.info("encoders exported: %s", {k: str(v) for k, v in paths.items()})
-        return paths
-
-
 class ResumeFromCheckpoint:
     """Resume from ``<ckpt_dir>/last.pt`` with MONAI's :class:`~monai.handlers.CheckpointLoader` when it exists.
 
@@ -209,7 +106,8 @@ class ResumeFromCheckpoint:
         map_location: Any = "cpu",
         engine_key: str | None = "trainer",
     ) -> None:
-        self.ckpt_dir, self.load_dict, self.enabled, self.map_location = Path(ckpt_dir), dict(load_dict), enabled, map_location
+        self.ckpt_dir, self.load_dict = Path(ckpt_dir), dict(load_dict)
+        self.enabled, self.map_location = enabled, map_location
         self.engine_key = engine_key
 
     def attach(self, engine: Engine) -> None:
@@ -232,7 +130,7 @@ class LossHistory:
     When resuming, earlier epochs already in the file are kept.
     """
 
-    def __init__(self, output_file: str | os.PathLike, keys: Sequence[str] = ("loss", "loss_mae", "loss_fcmae", "loss_contrastive")):
+    def __init__(self, output_file: str | os.PathLike, keys: Sequence[str] = LOSS_KEYS) -> None:
         self.output_file, self.keys = Path(output_file), tuple(keys)
         self._sums: dict[str, float] = {}
         self._n = 0
@@ -263,5 +161,3 @@ class LossHistory:
                         **{k: v / max(1, self._n) for k, v in self._sums.items()}})
         atomic_write_json(self.output_file, history)
 
-
-__all__ += ["ResumeFromCheckpoint", "LossHistory"]

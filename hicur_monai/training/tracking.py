@@ -6,7 +6,8 @@ default MLflow settings with three changes): the training loss is read by :func:
 takes both the dict output of the HCMAE trainer and the decollated list of MONAI's supervised
 trainer; at the end the run logs the executed config and the bundle's pictures and history files
 (its ``tracking_artifacts`` key) through :func:`run_artifacts` (MONAI's own reference to the config
-file is wrong when ``output_dir`` is given as a plain path); and it logs the bundle's ``tracking_params``. Only rank 0 logs under DDP.
+file is wrong when ``output_dir`` is given as a plain path); and it logs the bundle's ``tracking_params``.
+Only rank 0 logs under DDP.
 The store is a local SQLite file by default (``<output_dir>/mlruns.db``; MLflow 3 no longer takes
 a plain-folder store); ``--tracking_uri`` and ``--experiment_name`` override it.
 """
