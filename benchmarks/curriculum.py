@@ -24,7 +24,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="demo_data", help="the linked cohort (generated with the default preset if absent)")
+    ap.add_argument("--data", default="demo_data", help="the linked cohort (made with the default preset if absent)")
     ap.add_argument("--out", default="runs/curriculum_benchmark")
     ap.add_argument("--budget", default="benchmark", help="the budget (benchmark; tiny for a smoke test)")
     ap.add_argument("--skip", nargs="+", default=[], help="variants not to run (hicur curriculum run --help)")
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'step':<32} {'status':<8} wall s")
     for o in outcomes:
         print(f"{o.name:<32} {o.status:<8} {o.seconds:7.0f}")
-    print(f"total: {total:.0f} s ({total / 60:.1f} min) on {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}"
+    cpu = platform.processor() or platform.machine()
+    print(f"total: {total:.0f} s ({total / 60:.1f} min) on {os.cpu_count()} CPU(s), {cpu}"
           f"; budget {budget.name}: {budget.describe()}")
     print(f"command: {command}\ntable: {Path(args.out) / 'curriculum.md'}, chart: {Path(args.out) / 'curriculum.png'}")
     return 0

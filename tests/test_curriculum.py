@@ -111,7 +111,8 @@ def test_bad_fields_are_named(tmp_path):
     m = json.loads(p.read_text())
     del m["endpoints"]["os"]["models"]["cox"]["metrics"]["harrell_c"]
     p.write_text(json.dumps(m))
-    with pytest.raises(ValueError, match=r"clinical/metrics.json: endpoints.os.models.cox.metrics.harrell_c is missing"):
+    msg = r"clinical/metrics.json: endpoints.os.models.cox.metrics.harrell_c is missing"
+    with pytest.raises(ValueError, match=msg):
         load_results(out)
     out2 = make_results(tmp_path / "b")
     f = out2 / "findings" / "findings_f1.json"

@@ -34,7 +34,8 @@ COMMAND_LINE_RE = re.compile(r"^\s*(\w+=\S*\s+)*(hicur|python3?|make|torchrun|pi
 #: links into each page's scratch folder
 LINKED = ("bundles", "transforms", "benchmarks", "hicur_monai")
 #: blocks whose commands match this run longer than a few seconds (marked slow)
-SLOW_RE = re.compile(r"monai\.bundle run|hicur (segment|demo |judge demo|curate|curriculum run)|hicur_monai\.vlm\.demo|benchmarks/")
+SLOW_RE = re.compile(r"monai\.bundle run|hicur (segment|demo |judge demo|curate|curriculum run)"
+                     r"|hicur_monai\.vlm\.demo|benchmarks/")
 
 
 @dataclass

@@ -196,7 +196,7 @@ def test_segmentation_configs_are_wiring(repo_root):
 
 @pytest.mark.slow
 def test_bundle_hand_off_with_one_key(demo_cohort, vlm_dirs, tmp_path, repo_root, monkeypatch):
-    """train.json + demo.json with vlm_checkpoint (and coarse_report); evaluate.json inherits both and says what it used."""
+    """train.json + demo.json with vlm_checkpoint (+ coarse_report); evaluate.json inherits both, says what it used."""
     from monai.bundle import run
 
     monkeypatch.chdir(repo_root)

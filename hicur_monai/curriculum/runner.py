@@ -78,7 +78,8 @@ def _stage2(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], vit: Pa
 def _segmentation(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], model: Path,
                   variants: Sequence[str]) -> Step:
     cmd = _hicur("segment", "demo", "--data", str(data), "--out", str(out / "segmentation"), "--models", *variants,
-                 "--vlm-checkpoint", str(model), "--epochs", str(b.seg_epochs), "--max-patients", str(b.seg_max_patients))
+                 "--vlm-checkpoint", str(model), "--epochs", str(b.seg_epochs),
+                 "--max-patients", str(b.seg_max_patients))
     return Step("stage3_segmentation", f"III  segmentation: {', '.join(variants)} (bundles/npc_segmentation)", cmd,
                 (*data_in, model), (out / "segmentation" / "comparison.json",))
 
@@ -93,8 +94,10 @@ def _prognosis(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], feat
               "--n_boot", str(b.prog_n_boot), "--n_boot_calibration", str(b.prog_n_boot_calibration),
               "--deepsurv#n_seeds", str(b.prog_deepsurv_seeds), *_opt("--deepsurv#epochs", b.prog_deepsurv_epochs),
               *_opt("--endpoints", None if b.prog_endpoints == "all" else b.prog_endpoints),
-              *_opt("--hcmae_encoder", vit if image else None), *_opt("--vlm_checkpoint", model if len(image) > 1 else None))
-    return Step(f"stage3_prognosis_{feature_set}", f"III  prognosis, {PROGNOSIS_SETS[feature_set]} (bundles/npc_prognosis)",
+              *_opt("--hcmae_encoder", vit if image else None),
+              *_opt("--vlm_checkpoint", model if len(image) > 1 else None))
+    return Step(f"stage3_prognosis_{feature_set}",
+                f"III  prognosis, {PROGNOSIS_SETS[feature_set]} (bundles/npc_prognosis)",
                 cmd, (*data_in, *image), (run_dir / "metrics.json",))
 
 
@@ -152,7 +155,8 @@ def run_curriculum(data: str | Path, out: str | Path, budget: Budget, skip: Sequ
         raise FileNotFoundError(f"{Path.cwd()}: run the curriculum from the repository root "
                                 "(bundles/ and transforms/ are read from there)")
     if not dry_run and not (Path(data) / "datalist.json").is_file():
-        raise FileNotFoundError(f"{Path(data) / 'datalist.json'}: not a demo cohort; make one with `hicur demo-data {data}`")
+        raise FileNotFoundError(f"{Path(data) / 'datalist.json'}: not a demo cohort; "
+                                f"make one with `hicur demo-data {data}`")
     steps = curriculum_steps(data, out, budget, skip, command)
     manifest = {"budget": asdict(budget), "command": command, "skipped": sorted(skip), "data": str(data)}
     if not dry_run:

@@ -109,7 +109,8 @@ def _execute(step: Step, env: dict[str, str] | None) -> None:
                            f"{proc.returncode}: {step.display()}")
     missing = [str(p) for p in step.outputs if not p.exists()]
     if missing:
-        raise RuntimeError(f"curriculum step {step.name!r} ran but did not write {', '.join(missing)}: {step.display()}")
+        written = ", ".join(missing)
+        raise RuntimeError(f"curriculum step {step.name!r} ran but did not write {written}: {step.display()}")
 
 
 def _print(line: str) -> None:

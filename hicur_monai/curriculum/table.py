@@ -220,7 +220,8 @@ def ablation_markdown(res: CurriculumResults, budget: str, command: str, budget_
     lines += ["", "### Stage III segmentation (validation volumes: mean 3D Dice, per MRI sequence, HD95)", "",
               *_seg_rows(res), "",
               "### Stage III prognosis (Harrell's C of out-of-fold risks, 95% bootstrap CI)", "", *_prog_rows(res), "",
-              f"### Stage II findings (finding-level F1 of generated reports, {f1.get('n_images', '?')} held-out images)",
+              f"### Stage II findings (finding-level F1 of generated reports, "
+              f"{f1.get('n_images', '?')} held-out images)",
               "", "| reports | micro F1 | macro F1 |", "|---|---|---|"]
     for who, label in (("model", "VLM (stage II model)"), ("majority", "majority-class baseline")):
         lines.append(f"| {label} | {_f(float(f1[who]['micro_f1']))} | {_f(float(f1[who]['macro_f1']))} |")

@@ -141,7 +141,8 @@ class VLMStates:
         return self._encoder
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor,
+                 texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """States ``(B, num_tokens, dim)`` and mask of slices ``(B, 1 or 3, H, W)`` in ``[0, 1]``."""
         images = torch.as_tensor(images).float().cpu()
         if images.shape[1] == 1:
@@ -152,7 +153,8 @@ class VLMStates:
         return self.encoder.encode(list(images), instructions)
 
 
-def coarse_provider(vlm_checkpoint: str | os.PathLike | None = None, num_tokens: int = 32, coarse_report: bool | str = False,
+def coarse_provider(vlm_checkpoint: str | os.PathLike | None = None, num_tokens: int = 32,
+                    coarse_report: bool | str = False,
                     device: str | torch.device | None = None, stand_in: str = "hashed_bow", stand_in_dim: int = 64,
                     batch_size: int = 16) -> TextEncoderStates | VLMStates:
     """The coarse-state provider of the segmentation bundle, from its ``vlm_checkpoint`` key.
@@ -169,7 +171,8 @@ def coarse_provider(vlm_checkpoint: str | os.PathLike | None = None, num_tokens:
 
     report = as_flag(coarse_report, "coarse_report")
     if vlm_checkpoint in (None, "", "None", "null"):
-        return TextEncoderStates(stand_in, num_tokens=num_tokens, encoder_kwargs={"dim": int(stand_in_dim)}, report=report)
+        return TextEncoderStates(stand_in, num_tokens=num_tokens, encoder_kwargs={"dim": int(stand_in_dim)},
+                                 report=report)
     return VLMStates(str(vlm_checkpoint), num_tokens=num_tokens, report=report, device=device, batch_size=batch_size)
 
 

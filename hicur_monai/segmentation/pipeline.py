@@ -34,8 +34,9 @@ def flat_compose(transforms: Sequence[Any], **kwargs: Any) -> Compose:
     return Compose(Compose([t for t in transforms if t is not None]).flatten().transforms, **kwargs)
 
 
-def coarse_prepare_batch(use_coarse: bool | str = True, states_key: str = "coarse_states", mask_key: str = "coarse_mask") -> Any:
-    """The trainer's ``prepare_batch``: pass the coarse states as ``text_states`` / ``text_mask`` when ``use_coarse``."""
+def coarse_prepare_batch(use_coarse: bool | str = True, states_key: str = "coarse_states",
+                         mask_key: str = "coarse_mask") -> Any:
+    """The trainer's ``prepare_batch``: the coarse states as ``text_states`` / ``text_mask`` when ``use_coarse``."""
     from monai.engines import PrepareBatchDefault, PrepareBatchExtraInput
 
     if as_flag(use_coarse, "use_coarse"):
@@ -61,14 +62,16 @@ class ReportTextd(MapTransform):
         FileNotFoundError: the report file is missing or empty, naming the file and the study.
     """
 
-    def __init__(self, keys: KeysCollection = "report", text_key: str = "report_text", image_key: str = "image") -> None:
+    def __init__(self, keys: KeysCollection = "report", text_key: str = "report_text",
+                 image_key: str = "image") -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.text_key, self.image_key = text_key, image_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d.get(self.image_key)
-        study = d.get("study") or (image if isinstance(image, str) else getattr(image, "meta", {}).get("filename_or_obj"))
+        name = image if isinstance(image, str) else getattr(image, "meta", {}).get("filename_or_obj")
+        study = d.get("study") or name
         for key in self.keys:
             path = d.get(key)
             if not path:

@@ -37,7 +37,10 @@ def transforms_dir(start: str | os.PathLike | None = None) -> Path:
 
 
 def build_fragment(ref: str, root: str | os.PathLike | None = None, **params: Any) -> Any:
-    """Instantiate one fragment, e.g. ``build_fragment("mri.json::load")`` or ``build_fragment("common.json::rgb", img_size=256)``.
+    """Instantiate one fragment, e.g. ``build_fragment("mri.json::load")``.
+
+    Parametric fragments take their parameters as keywords:
+    ``build_fragment("common.json::rgb", img_size=256)``.
 
     ``params`` set the file's top-level values the fragments refer to (``@img_size``); a bundle that
     includes a fragment with a ``%`` macro supplies its own.

@@ -165,7 +165,8 @@ class VLMCoarseEncoder:
             return None, s  # a text (e.g. a patient description)
         raise TypeError(f"cannot encode a {type(item).__name__}; give image tensors, image files or texts")
 
-    def encode(self, items: Sequence[Any], instructions: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, items: Sequence[Any],
+               instructions: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """States ``(B, length, dim)`` and mask ``(B, length)`` for images (tensors / files) or texts.
 
         Args:
