@@ -124,6 +124,12 @@ def test_bundle_workflow_joins_features_by_study(demo_cohort, hcmae_export, tmp_
         PrognosisWorkflow("infer", **{**common, "hcmae_encoder": None, "output_csv": tmp_path / "p2.csv"}).run()
     with pytest.raises(ValueError, match="not both"):
         PrognosisWorkflow("train", **{**common, "image_features": tmp_path / "f.csv"}).run()
+    # another run (another output_dir) sharing the first run's cache extracts nothing again
+    other = PrognosisWorkflow("train", **{**common, "output_dir": tmp_path / "other",
+                                          "image_features_cache": tmp_path / "image_features"}).run()
+    assert other["image_features"]["cache"]["computed"] == 0
+    assert other["image_features"]["cache"]["cached"] == summary["image_features"]["cache"]["computed"]
+    assert not (tmp_path / "other" / "image_features").exists()
 
 
 def test_wrong_checkpoints_are_named(hcmae_export, tiny_vlm_dir, tmp_path):

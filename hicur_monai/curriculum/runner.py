@@ -95,7 +95,8 @@ def _prognosis(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], feat
               "--deepsurv#n_seeds", str(b.prog_deepsurv_seeds), *_opt("--deepsurv#epochs", b.prog_deepsurv_epochs),
               *_opt("--endpoints", None if b.prog_endpoints == "all" else b.prog_endpoints),
               *_opt("--hcmae_encoder", vit if image else None),
-              *_opt("--vlm_checkpoint", model if len(image) > 1 else None))
+              *_opt("--vlm_checkpoint", model if len(image) > 1 else None),
+              *_opt("--image_features_cache", out / "prognosis" / "image_features" if image else None))
     return Step(f"stage3_prognosis_{feature_set}",
                 f"III  prognosis, {PROGNOSIS_SETS[feature_set]} (bundles/npc_prognosis)",
                 cmd, (*data_in, *image), (run_dir / "metrics.json",))

@@ -197,14 +197,16 @@ def _model_params(models: Sequence[str], cox: Mapping | None, deepsurv: Mapping 
 def image_inputs(table: ClinicalTable, output_dir: str | os.PathLike,
                  image_features: str | os.PathLike | pd.DataFrame | None = None,
                  hcmae_encoder: str | os.PathLike | None = None, vlm_checkpoint: str | os.PathLike | None = None,
-                 mri_datalist: str | os.PathLike | None = None, mode: str = "drop"
+                 mri_datalist: str | os.PathLike | None = None, mode: str = "drop",
+                 cache_dir: str | os.PathLike | None = None
                  ) -> tuple[str | os.PathLike | pd.DataFrame | None, dict[str, Any]]:
     """The image features for the models and what they are (``metrics.json``'s ``"image_features"``).
 
     A feature file (``image_features``), features extracted here from the named checkpoints
     (``hcmae_encoder`` / ``vlm_checkpoint`` over ``mri_datalist``, cached in
-    ``output_dir/image_features``, see :func:`hicur_monai.survival.image_features.study_features`),
-    or none (clinical covariates only).
+    ``cache_dir``, default ``output_dir/image_features``, see
+    :func:`hicur_monai.survival.image_features.study_features`), or none (clinical covariates only).
+    The cache is keyed by the checkpoints' and images' checksums, so runs may share one ``cache_dir``.
 
     Raises:
         ValueError: both a feature file and checkpoints are given, or checkpoints without a datalist.
@@ -220,7 +222,8 @@ def image_inputs(table: ClinicalTable, output_dir: str | os.PathLike,
     if not mri_datalist:
         raise ValueError("hcmae_encoder / vlm_checkpoint need mri_datalist (the cohort's datalist.json with 'mri')")
     return study_features(table.data["study_id"].astype(str).tolist(), mri_datalist,
-                          Path(output_dir) / "image_features", hcmae_encoder, vlm_checkpoint, mode)
+                          Path(cache_dir or Path(output_dir) / "image_features"), hcmae_encoder, vlm_checkpoint,
+                          mode)
 
 
 def train(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir: str | os.PathLike,
@@ -229,8 +232,8 @@ def train(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir: s
           deepsurv: Mapping[str, Any] | None = None, image_features: str | os.PathLike | None = None,
           horizons: Sequence[float] = DEFAULT_HORIZONS, mode: str = "drop", salt: str | None = None,
           column_map: Mapping[str, str] | None = None, hcmae_encoder: str | os.PathLike | None = None,
-          vlm_checkpoint: str | os.PathLike | None = None, mri_datalist: str | os.PathLike | None = None
-          ) -> dict[str, Any]:
+          vlm_checkpoint: str | os.PathLike | None = None, mri_datalist: str | os.PathLike | None = None,
+          image_features_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit every model for every endpoint on all eligible patients; save to ``output_dir/models``.
 
     Writes ``models/<endpoint>_<model>.pt`` and ``train_summary.json`` (counts, fit
@@ -240,7 +243,8 @@ def train(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir: s
     out = Path(output_dir)
     ct = load_table(table, mode, salt, column_map)
     params = _model_params(models, cox, deepsurv)
-    feats, feat_desc = image_inputs(ct, out, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist, mode)
+    feats, feat_desc = image_inputs(ct, out, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist, mode,
+                                    image_features_cache)
     summary: dict[str, Any] = {"source": ct.source, "table": ct.summary(), "dropped_rows": ct.dropped,
                                "image_features": feat_desc, "endpoints": {}}
     for ep in resolve_endpoints(endpoints):
@@ -274,8 +278,8 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
              report_name: str = "survival_report.html", truth: str | os.PathLike | None = None,
              mode: str = "drop", salt: str | None = None, column_map: Mapping[str, str] | None = None,
              progress: bool = True, hcmae_encoder: str | os.PathLike | None = None,
-             vlm_checkpoint: str | os.PathLike | None = None, mri_datalist: str | os.PathLike | None = None
-             ) -> dict[str, Any]:
+             vlm_checkpoint: str | os.PathLike | None = None, mri_datalist: str | os.PathLike | None = None,
+             image_features_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Cross-validated evaluation of every model on every endpoint, plus the HTML report.
 
     Metrics are computed on the pooled out-of-fold predictions (each patient predicted by
@@ -294,7 +298,7 @@ def evaluate(table: str | os.PathLike | pd.DataFrame | ClinicalTable, output_dir
     params = _model_params(models, cox, deepsurv)
     horizons = [float(h) for h in horizons]
     image_features, feat_desc = image_inputs(ct, out, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist,
-                                             mode)
+                                             mode, image_features_cache)
     results: dict[str, Any] = {"source": ct.source, "table": ct.summary(), "dropped_rows": ct.dropped,
                                "n_folds": n_folds, "seed": seed, "horizons": horizons,
                                "image_features": feat_desc, "endpoints": {}}
@@ -363,7 +367,8 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
           horizons: Sequence[float] | None = None, image_features: str | os.PathLike | None = None,
           mode: str = "flag", salt: str | None = None, column_map: Mapping[str, str] | None = None,
           hcmae_encoder: str | os.PathLike | None = None, vlm_checkpoint: str | os.PathLike | None = None,
-          mri_datalist: str | os.PathLike | None = None) -> Path:
+          mri_datalist: str | os.PathLike | None = None, image_features_cache: str | os.PathLike | None = None
+          ) -> Path:
     """Predict risk and survival probabilities for new patients (no outcome columns needed).
 
     Models trained with extracted image features need the same checkpoints
@@ -376,7 +381,8 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
     """
     mdir = Path(model_dir)
     ct = load_table(table, mode, salt, column_map, require_outcomes=False)
-    feats, feat_desc = image_inputs(ct, mdir, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist, mode)
+    feats, feat_desc = image_inputs(ct, mdir, image_features, hcmae_encoder, vlm_checkpoint, mri_datalist, mode,
+                                    image_features_cache)
     if isinstance(feats, (str, os.PathLike)):
         feats = load_image_features(feats)
     rows = []
@@ -439,6 +445,8 @@ class PrognosisWorkflow:
         endpoints, models, covariates, cox, deepsurv, horizons, mode, salt: as in :func:`train`.
         image_features, hcmae_encoder, vlm_checkpoint, mri_datalist: the image features (see
             :func:`image_inputs`).
+        image_features_cache: where extracted features are cached (default ``output_dir/image_features``;
+            several runs may share one).
         evaluation: keyword arguments of :func:`evaluate` only (``n_folds``, ``n_boot``,
             ``n_boot_calibration``, ``seed``, ``report_name``, ``truth``).
         output_csv: the predictions file of ``infer``.
@@ -455,7 +463,7 @@ class PrognosisWorkflow:
                  mode: str = "drop", salt: str | None = None, image_features: str | os.PathLike | None = None,
                  hcmae_encoder: str | os.PathLike | None = None, vlm_checkpoint: str | os.PathLike | None = None,
                  mri_datalist: str | os.PathLike | None = None, evaluation: Mapping[str, Any] | None = None,
-                 output_csv: str | os.PathLike | None = None):
+                 output_csv: str | os.PathLike | None = None, image_features_cache: str | os.PathLike | None = None):
         if task not in self.TASKS:
             raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
         unknown = sorted(set(evaluation or {}) - self.EVALUATION_KEYS)
@@ -467,7 +475,8 @@ class PrognosisWorkflow:
         self.common: dict[str, Any] = {
             "table": table, "endpoints": endpoints, "models": list(models), "horizons": horizons, "mode": mode,
             "salt": salt, "image_features": image_features, "hcmae_encoder": hcmae_encoder,
-            "vlm_checkpoint": vlm_checkpoint, "mri_datalist": mri_datalist}
+            "vlm_checkpoint": vlm_checkpoint, "mri_datalist": mri_datalist,
+            "image_features_cache": image_features_cache}
         self.fit_settings = {"covariates": covariates, "cox": cox, "deepsurv": deepsurv}
         self.output_dir = output_dir
 
