@@ -51,6 +51,7 @@ from torch import nn
 
 from hicur_monai.networks.pos_embed import sincos_2d_pos_embed
 from hicur_monai.registry import NETWORKS
+from hicur_monai.transforms.array import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 from hicur_monai.utils.flags import as_flag
 from hicur_monai.utils.io import atomic_save_torch, atomic_write_json
 
@@ -673,7 +674,7 @@ class HCMAE(nn.Module):
                 "kwargs": kwargs,
                 "img_size": self.config.img_size,
                 "encoder_pos_embed": self.config.encoder_pos_embed,
-                "normalisation": {"mean": [0.530, 0.313, 0.316], "std": [0.337, 0.237, 0.243]},
+                "normalisation": {"mean": list(MODEL_INPUT_MEAN), "std": list(MODEL_INPUT_STD)},
                 "source": "hicur_monai.networks.hcmae.HCMAE",
             }
             atomic_write_json(out / f"{name}.json", meta)

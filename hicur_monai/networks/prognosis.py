@@ -29,6 +29,7 @@ from hicur_monai.registry import NETWORKS, TEXT_ENCODERS
 
 __all__ = [
     "DeepSurvNet",
+    "pool_slice_features",
     "SliceTextPrognosisConfig",
     "SliceTextPrognosisNet",
     "HashedBagOfWordsEncoder",
@@ -203,4 +204,3 @@ def pool_slice_features(features: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"cannot pool features of shape {tuple(features.shape)}")
 
 
-__all__ += ["pool_slice_features"]

@@ -24,10 +24,12 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import Compose, Resize, SpatialPad
 
+from hicur_monai.transforms.array import MODEL_INPUT_MEAN, MODEL_INPUT_STD
+
 __all__ = ["VolumeSliceInferer", "MEAN", "STD"]
 
-MEAN = (0.530, 0.313, 0.316)
-STD = (0.337, 0.237, 0.243)
+MEAN = MODEL_INPUT_MEAN  # the shared model-input statistics (hicur_monai.transforms.array)
+STD = MODEL_INPUT_STD
 
 
 class VolumeSliceInferer(Inferer):

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 __all__ = [
     "default_backend",
+    "summary_writer",
     "local_device",
     "init_distributed",
     "destroy_distributed",
@@ -123,4 +124,3 @@ def summary_writer(log_dir: str) -> Any:
     return SummaryWriter(log_dir=log_dir)
 
 
-__all__ += ["summary_writer"]

@@ -30,6 +30,7 @@ from monai.transforms import Compose
 
 from hicur_monai.training.engine import unwrap
 from hicur_monai.training.features import extract_features, probe_report
+from hicur_monai.transforms.array import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 from hicur_monai.utils.io import atomic_write_json
 
 __all__ = [
@@ -44,8 +45,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MEAN = (0.530, 0.313, 0.316)
-STD = (0.337, 0.237, 0.243)
+MEAN = MODEL_INPUT_MEAN  # the shared model-input statistics (hicur_monai.transforms.array)
+STD = MODEL_INPUT_STD
 
 
 def pretrain_transforms(
