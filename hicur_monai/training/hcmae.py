@@ -202,4 +202,4 @@ class PretrainEvaluation:
         for name, net in (("pretrained", self.network), ("random_init", self.random_network)):
             out = self.eval_dir / f"features_{name}.pt"
             files.append(extract_features(net, self.dataset, out, batch_size=self.batch_size, device=self.device))
-        return probe_report(*files, output_file=self.eval_dir / "probe.json", targets=self.targets)
+        return probe_report(files[0], files[1], output_file=self.eval_dir / "probe.json", targets=self.targets)
