@@ -24,9 +24,9 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "hicur_monai.bundle": ("bundle",),
     "hicur_monai.data.curation.cli": ("curate",),
     "hicur_monai.evaluation.cli": ("judge", "rate"),
-    "hicur_monai.data.instructions_cli": ("instructions",),
+    "hicur_monai.llm.teacher_cli": ("instructions",),
     "hicur_monai.survival.cli": ("report",),
-    "hicur_monai.vlm.cli": ("ask",),
+    "hicur_monai.vlm.cli": ("ask", "vlm"),
     "hicur_monai.segmentation.cli": ("segment",),
     "hicur_monai.label.cli": ("label-app",),
 }
