@@ -119,8 +119,9 @@ def _build(args) -> int:
                                      progress=not args.no_progress, source_kind=args.source_kind,
                                      workers=args.workers,
                                      max_consecutive_failures=args.max_consecutive_failures or None)
-    print(f"pairs: {summary['pairs']} {summary['pairs_by_modality']} (train {summary['train_pairs']}, held-out {summary['eval_pairs']} "
-          f"from {summary['eval_patients']} patients)")
+    print(f"pairs: {summary['pairs']} (train {summary['train_pairs']}, held-out {summary['eval_pairs']} "
+          f"from {summary['eval_patients']} patients)"
+          + (f"; by modality {summary['pairs_by_modality']}" if len(summary["pairs_by_modality"]) > 1 else ""))
     print(f"alignment: {summary['alignment_brief']} brief, {summary['alignment_detailed']} detailed")
     print(f"Q&A: {summary['qa_pairs']} pairs, {summary['qa_rounds']} rounds "
           f"{summary['qa_rounds_histogram']} ({summary['qa_resumed']} already done before this run)")

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         common["vit_encoder"] = str(args.vit_encoder)
     cfg = Path("bundles/vl_alignment/configs")
     t0 = time.time()
-    run(config_file=str(cfg / "pretrain.json"), **common, max_steps=args.steps1)
+    run(config_file=[str(cfg / "train.json"), str(cfg / "pretrain.json")], **common, max_steps=args.steps1)
     run(config_file=str(cfg / "train.json"), **common, mode="lora", lr=2e-4, max_steps=args.steps2)
     _print_losses(args.out)
     summary = json.loads((instr / "summary.json").read_text())
