@@ -401,6 +401,39 @@ def _run_teacher(teacher: Any, todo: Sequence[ReportPair], seed: int, source_kin
                 fut.cancel()
 
 
+def _ask_teacher(teacher: Any, pairs: Sequence[ReportPair], split_of: dict[str, str], qa_log: JsonlLog,
+                 fail_log: JsonlLog, seed: int, source_kind: str, workers: int, progress: bool,
+                 max_consecutive_failures: int | None) -> str | None:
+    """Q&A for the endoscopy pairs not yet in ``qa_log``; failures go to ``fail_log``; returns why it stopped early."""
+    done = {r["id"] for r in qa_log.records}
+    todo = [p for p in pairs if p.id not in done and p.modality == "endoscopy"]
+    bar = tqdm(total=len(todo), desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair",
+               disable=not progress)
+    failed_now = streak = 0
+    aborted = None
+    results = _run_teacher(teacher, todo, seed, source_kind, workers)
+    for p, result in results:
+        bar.update(1)
+        streak = 0 if result.ok else streak + 1
+        if result.ok:
+            qa_log.append({"id": p.id, "image": p.image, "patient": p.patient, "split": split_of[p.id],
+                           "n_rounds": len(result.rounds), "rounds": result.rounds, "teacher": result.model})
+        else:
+            failed_now += 1
+            fail_log.append({"id": p.id, "report": str(p.report_path), "reason": result.reason, "detail": result.detail,
+                             "attempts": result.attempts, "teacher": result.model,
+                             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        bar.set_postfix(failed=failed_now, refresh=False)
+        if max_consecutive_failures and streak >= max_consecutive_failures:
+            aborted = (f"stopped after {streak} failures in a row (last: {result.reason}: {result.detail[:200]}); "
+                       "fix the teacher and rerun to resume")
+            logger.error(aborted)
+            results.close()
+            break
+    bar.close()
+    return aborted
+
+
 def _eval_questions(held: Sequence[ReportPair], qa_done: dict[str, dict[str, Any]],
                     seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Held-out questions: conversation rounds (from the teacher) and one detailed-description question per pair."""
@@ -461,37 +494,12 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
     atomic_write_json(out / "alignment_brief.json", brief)
     atomic_write_json(out / "alignment_detailed.json", detailed)
 
-    qa_log = JsonlLog(out / "qa.jsonl")
-    fail_log = JsonlLog(out / "qa_failures.jsonl")
-    done = {r["id"] for r in qa_log.records}
-    resumed = sum(1 for p in pairs if p.id in done)
-    todo = [p for p in pairs if p.id not in done and p.modality == "endoscopy"]
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    bar = tqdm(total=len(todo), desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair",
-               disable=not progress)
-    failed_now = streak = 0
-    aborted = None
-    results = _run_teacher(teacher, todo, seed, source_kind, workers)
-    for p, result in results:
-        bar.update(1)
-        streak = 0 if result.ok else streak + 1
-        if result.ok:
-            qa_log.append({"id": p.id, "image": p.image, "patient": p.patient, "split": split_of[p.id],
-                           "n_rounds": len(result.rounds), "rounds": result.rounds, "teacher": result.model})
-        else:
-            failed_now += 1
-            fail_log.append({"id": p.id, "report": str(p.report_path), "reason": result.reason, "detail": result.detail,
-                             "attempts": result.attempts, "teacher": result.model,
-                             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        bar.set_postfix(failed=failed_now, refresh=False)
-        if max_consecutive_failures and streak >= max_consecutive_failures:
-            aborted = (f"stopped after {streak} failures in a row (last: {result.reason}: {result.detail[:200]}); "
-                       "fix the teacher and rerun to resume")
-            logger.error(aborted)
-            results.close()
-            break
-    bar.close()
+    qa_log, fail_log = JsonlLog(out / "qa.jsonl"), JsonlLog(out / "qa_failures.jsonl")
+    resumed = len({r["id"] for r in qa_log.records} & {p.id for p in pairs})
+    aborted = _ask_teacher(teacher, pairs, split_of, qa_log, fail_log, seed, source_kind, workers, progress,
+                           max_consecutive_failures)
 
     by_id = {p.id: p for p in pairs}
     qa_done = {r["id"]: r for r in qa_log.records if r["id"] in by_id}
@@ -514,6 +522,17 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         {"id": p.id, "patient": p.patient, "modality": p.modality, "split": split_of[p.id], "image": p.image,
          "report": p.report_path.name, **({"sequence": p.sequence} if p.sequence else {})} for p in pairs])
 
+    counts = {"alignment_brief": len(brief), "alignment_detailed": len(detailed), "instruct_train": len(instruct),
+              "eval_conversation": len(eval_conv), "eval_detailed": len(eval_det), "qa_resumed": resumed}
+    summary = _summary(teacher, image_folder, pairs, train, held, qa_done, failures, counts, aborted, skipped)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _summary(teacher: Any, image_folder: Any, pairs: Sequence[ReportPair], train: Sequence[ReportPair],
+             held: Sequence[ReportPair], qa_done: dict[str, Any], failures: dict[str, Any], counts: dict[str, int],
+             aborted: str | None, skipped: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """The ``summary.json`` of a build."""
     rounds = Counter(len(r["rounds"]) for r in qa_done.values())
     summary = {
         "teacher": getattr(teacher, "name", "teacher"),
@@ -524,20 +543,19 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         "train_patients": len({p.patient for p in train}),
         "eval_patients": len({p.patient for p in held}),
         "pairs_by_modality": dict(Counter(p.modality for p in pairs)),
-        "alignment_brief": len(brief),
-        "alignment_detailed": len(detailed),
+        "alignment_brief": counts["alignment_brief"],
+        "alignment_detailed": counts["alignment_detailed"],
         "qa_pairs": len(qa_done),
-        "qa_resumed": resumed,
+        "qa_resumed": counts["qa_resumed"],
         "qa_rounds": sum(k * v for k, v in rounds.items()),
         "qa_rounds_histogram": {str(k): v for k, v in sorted(rounds.items())},
-        "instruct_train": len(instruct),
-        "eval_conversation": len(eval_conv),
-        "eval_detailed": len(eval_det),
+        "instruct_train": counts["instruct_train"],
+        "eval_conversation": counts["eval_conversation"],
+        "eval_detailed": counts["eval_detailed"],
         "failures": len(failures),
         "failures_by_reason": dict(Counter(r["reason"] for r in failures.values())),
         "aborted": aborted,
         "skipped": list(skipped),
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0].split(" named ")[0] for s in skipped)),
     }
-    atomic_write_json(out / "summary.json", summary)
     return summary
