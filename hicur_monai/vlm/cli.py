@@ -71,7 +71,6 @@ def _findings_eval(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``hicur ask`` and ``hicur vlm``."""
-    _add_vlm(subparsers)
     p = subparsers.add_parser("ask", help="ask a question about an image (routed to chat, segmentation or prognosis)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("image", type=Path, help="image file (PNG/JPEG endoscopy frame, DICOM, NIfTI slice)")
@@ -87,6 +86,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_ask)
+    _add_vlm(subparsers)
 
 
 def _chat(args: argparse.Namespace, route: Any) -> str:
