@@ -102,3 +102,47 @@ def test_stage_ii_answers_go_into_the_bundle_as_they_come_out(demo_cohort, tmp_p
         e = e.__cause__ or e.__context__
     assert any(isinstance(x, ValueError) and f"{bad}:1: missing field 'item_id' (or 'question_id')" in str(x)
                for x in chain)
+
+
+def test_linked_stage_ii_folder_is_evaluated_as_written(demo_cohort, tmp_path):
+    """Endoscopy + MRI held-out questions -> VLM answers beside them -> the bundle given only the folder."""
+    import sys
+    from pathlib import Path
+
+    from monai.bundle import run
+
+    from hicur_monai.vlm.generate import VLMAnswerer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from vlm_helpers import tiny_vlm
+
+    instr = tmp_path / "instructions"
+    assert main(["instructions", "build", "--reports", str(demo_cohort / "reports"), "--images",
+                 str(demo_cohort / "endoscopy"), "--reports", str(demo_cohort / "reports" / "mri"), "--images",
+                 str(demo_cohort / "mri"), "--out", str(instr), "--n-eval", "1", "--no-progress"]) == 0
+    questions = sorted(instr.glob("eval_*.jsonl"))
+    answers = instr / "answers" / "tiny-vlm.jsonl"
+    done = VLMAnswerer(tiny_vlm(), questions, answers, image_folder=demo_cohort / "endoscopy", system="tiny-vlm",
+                       max_new_tokens=2, device="cpu", progress=False).run()
+    assert done["errors"] == 0 and done["answered_now"] == done["questions"]
+    written = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert any(a.get("modality") == "mri" for a in written)  # MRI slices answered from the instruction folder
+    errors = instr / "answers" / "tiny-vlm.errors.jsonl"  # written beside the answers; must not be read as answers
+    errors.write_text(json.dumps({"item_id": written[0]["item_id"], "system": "tiny-vlm", "error": "x"}) + "\n")
+    out = tmp_path / "eval"
+    run(config_file=[f"{BUNDLE}/inference.json", f"{BUNDLE}/evaluate.json"], dataset_dir=str(instr),
+        output_dir=str(out), runs=1, n_resamples=20)
+    records = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert len(records) == done["questions"] * 4
+    assert (out / "report" / "summary.csv").is_file()
+
+
+def test_question_fields_are_mapped_in_one_place():
+    from hicur_monai.evaluation.records import ITEM_ALIASES
+    from hicur_monai.vlm.generate import normalise_question
+
+    q = normalise_question({"question_id": "a", "text": "why?", "category": "detailed"}, "f:1")
+    assert (q["item_id"], q["question"], q["kind"]) == ("a", "why?", "detailed")
+    assert set(ITEM_ALIASES) == {"question_id", "text", "category"}
+    with pytest.raises(ValueError, match="f:2: fields 'item_id' and 'question_id'"):
+        normalise_question({"item_id": "a", "question_id": "b", "text": "why?"}, "f:2")

@@ -28,7 +28,7 @@ from vlm_helpers import TINY_LLM, tiny_instructions  # noqa: E402
 pytestmark = pytest.mark.slow
 
 C = "bundles/vl_alignment/configs"
-PRETRAIN, DDP = f"{C}/pretrain.json", f"{C}/multi_gpu_train.json"
+TRAIN, PRETRAIN, DDP = f"{C}/train.json", f"{C}/pretrain.json", f"{C}/multi_gpu_train.json"
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def common(demo_cohort, tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(common, tmp_path_factory):
     base = tmp_path_factory.mktemp("vl_ddp")
-    launch(2, [PRETRAIN, DDP], output_dir=PER_RANK.format(base=base / "ddp"), batch_size=1, max_steps=3,
+    launch(2, [TRAIN, PRETRAIN, DDP], output_dir=PER_RANK.format(base=base / "ddp"), batch_size=1, max_steps=3,
            save_every=2, **common)
-    launch(1, [PRETRAIN], output_dir=str(base / "single"), batch_size=2, max_steps=3, save_every=2, **common)
+    launch(1, [TRAIN, PRETRAIN], output_dir=str(base / "single"), batch_size=2, max_steps=3, save_every=2, **common)
     return base
 
 
@@ -77,10 +77,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
 def test_resume_two_to_one_and_one_to_two(runs, common, tmp_path):
     # 2 -> 1: the DDP run's checkpoint-3 continues in one process with the same global batch
     shutil.copytree(runs / "ddp" / "rank0", tmp_path / "a")
-    launch(1, [PRETRAIN], output_dir=str(tmp_path / "a"), batch_size=2, max_steps=4, save_every=2, **common)
+    launch(1, [TRAIN, PRETRAIN], output_dir=str(tmp_path / "a"), batch_size=2, max_steps=4, save_every=2, **common)
     assert [h["step"] for h in _history(tmp_path / "a")] == [1, 2, 3, 4]
     # 1 -> 2: the one-process checkpoint-4 continues under DDP
-    launch(2, [PRETRAIN, DDP], output_dir=str(tmp_path / "a"), batch_size=1, max_steps=5, save_every=2, **common)
+    launch(2, [TRAIN, PRETRAIN, DDP], output_dir=str(tmp_path / "a"), batch_size=1, max_steps=5, save_every=2, **common)
     assert [h["step"] for h in _history(tmp_path / "a")] == [1, 2, 3, 4, 5]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["steps"] == 5 and summary["processes"] == 2

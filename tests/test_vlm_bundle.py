@@ -22,7 +22,10 @@ def instructions(demo_cohort, tmp_path_factory):
 def _run(repo_root, config, **override):
     from monai.bundle import run
 
-    run(config_file=str(repo_root / "bundles" / "vl_alignment" / "configs" / config), **override)
+    configs = repo_root / "bundles" / "vl_alignment" / "configs"
+    # step 1 is an overlay after train.json
+    files = [configs / "train.json", configs / config] if config == "pretrain.json" else [configs / config]
+    run(config_file=[str(f) for f in files], **override)
 
 
 def test_metadata_is_valid(repo_root, meta_schema):

@@ -12,7 +12,16 @@ in the LLaVA conversation format (``id``, ``image``, ``conversations`` of ``huma
 - ``instruct_train.json``: the training conversations (Q&A + detailed descriptions);
 - ``eval_conversation.jsonl`` and ``eval_detailed.jsonl``: questions of the two kinds the
   original evaluation used, over reports of held-out patients never used for training;
+- ``pairs.json``: every pair with its patient, modality and split (``train`` / ``eval``);
 - ``summary.json``: counts, rounds, failures by reason, skipped files and why.
+
+MRI studies join as pairs of their own (:mod:`hicur_monai.data.mri_instructions`): one
+representative slice per sequence with the study's radiology report. Their records carry
+``"modality": "mri"`` (the loader's intensity rule) and ``"image_folder": "."`` (their
+``image`` is relative to the instruction folder, where the slices are written; endoscopy
+``image`` paths stay relative to the image folder). The teacher's Q&A covers endoscopy pairs
+(its prompts are about nasopharyngoscopy); MRI pairs give alignment captions, detailed
+descriptions and held-out detailed questions. The split is by patient across both modalities.
 
 The instruction pools (``prompts/brief.txt``, ``prompts/detailed.txt``) are our own words.
 """
@@ -46,6 +55,7 @@ __all__ = [
     "collect_pairs",
     "split_holdout",
     "llava_record",
+    "pair_text",
     "alignment_records",
     "validate_llava",
     "validate_llava_file",
@@ -69,7 +79,11 @@ class ReportPair:
         report_path: the report file.
         text: the report text.
         patient: patient id (from a ``<stem>.json`` sidecar's ``patient`` field, else the stem).
-        parsed: the parsed findings (filled by :func:`collect_pairs`).
+        parsed: the parsed findings (filled by :func:`collect_pairs`; ``None`` for MRI pairs).
+        modality: ``"endoscopy"`` or ``"mri"`` (the image loader's intensity rule).
+        image_folder: folder ``image`` is relative to, itself relative to the instruction
+            folder (``"."`` for exported MRI slices); ``None``: the image folder of the build.
+        sequence: MRI sequence (``T1``, ``T2``, ``T1C``), else ``None``.
     """
 
     id: str
@@ -78,6 +92,18 @@ class ReportPair:
     text: str
     patient: str
     parsed: ParsedReport | None = None
+    modality: str = "endoscopy"
+    image_folder: str | None = None
+    sequence: str | None = None
+
+    def image_fields(self) -> dict[str, str]:
+        """Fields a record of this pair carries besides ``image`` (none for endoscopy)."""
+        if self.modality == "endoscopy" and self.image_folder is None:
+            return {}
+        out = {"modality": self.modality}
+        if self.image_folder is not None:
+            out["image_folder"] = self.image_folder
+        return out
 
 
 def load_prompt_pool(kind: str, path: str | Path | None = None, minimum: int = 20) -> list[str]:
@@ -168,40 +194,65 @@ def split_holdout(pairs: Sequence[ReportPair], eval_fraction: float = 0.1, n_eva
     return [p for p in pairs if p.patient not in held], [p for p in pairs if p.patient in held]
 
 
-def llava_record(record_id: str, image: str, turns: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """A LLaVA conversation record; ``<image>`` goes before the first question."""
+def llava_record(record_id: str, image: str, turns: Iterable[tuple[str, str]],
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A LLaVA conversation record; ``<image>`` goes before the first question; ``extra`` fields are added."""
     conversations = []
     for i, (question, answer) in enumerate(turns):
         value = f"{IMAGE_TOKEN}\n{question}" if i == 0 else question
         conversations += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
-    return {"id": record_id, "image": image, "conversations": conversations}
+    return {"id": record_id, "image": image, "conversations": conversations, **(extra or {})}
 
 
 def _seed_for(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "little")
 
 
+def pair_text(pair: ReportPair, kind: str) -> str:
+    """The answer a pair teaches for ``kind``: the brief caption or the detailed description.
+
+    Endoscopy: written from the parsed findings; MRI: the sequence + impression line, or the report.
+    """
+    if pair.modality == "mri":
+        from hicur_monai.data.mri_instructions import mri_captions
+
+        impression, detailed = mri_captions(pair.text)
+        return f"Axial {pair.sequence or ''} MRI: {impression}".replace("  ", " ") if kind == "brief" else detailed
+    if pair.parsed is None:
+        raise ValueError(f"{pair.report_path}: pair has no parsed findings")
+    return brief_caption(pair.parsed) if kind == "brief" else detailed_description(pair.parsed)
+
+
+def _pool_name(pair: ReportPair, kind: str) -> str:
+    return f"mri_{kind}" if pair.modality == "mri" else kind
+
+
 def alignment_records(pairs: Sequence[ReportPair], kind: str, seed: int = 0,
                       pool: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Image + brief caption (``kind="brief"``) or image + detailed description (``"detailed"``)."""
+    """Image + brief caption (``kind="brief"``) or image + detailed description (``"detailed"``).
+
+    ``pool`` replaces the endoscopy instruction pool; MRI pairs use ``prompts/mri_<kind>.txt``.
+    """
     if kind not in ("brief", "detailed"):
         raise ValueError(f"kind must be 'brief' or 'detailed', got {kind!r}")
-    pool = list(pool or load_prompt_pool(kind))
-    write = brief_caption if kind == "brief" else detailed_description
+    pools = {kind: list(pool or load_prompt_pool(kind))}
     out = []
     for p in pairs:
-        if p.parsed is None:
-            raise ValueError(f"{p.report_path}: pair has no parsed findings")
-        question = pool[_seed_for(seed, kind, p.id) % len(pool)]
-        out.append(llava_record(f"{p.id}_{kind}", p.image, [(question, write(p.parsed))]))
+        name = _pool_name(p, kind)
+        if name not in pools:
+            pools[name] = load_prompt_pool(name)
+        question = pools[name][_seed_for(seed, kind, p.id) % len(pools[name])]
+        out.append(llava_record(f"{p.id}_{kind}", p.image, [(question, pair_text(p, kind))], p.image_fields()))
     return out
 
 
-def validate_llava(records: Any, image_root: str | Path | None = None) -> list[str]:
+def validate_llava(records: Any, image_root: str | Path | None = None,
+                   records_dir: str | Path | None = None) -> list[str]:
     """Check LLaVA conversation records; return one message per problem (empty: valid).
 
     Checks: a list of objects with a unique non-empty ``id``, an ``image`` string (existing
-    under ``image_root`` when given), ``conversations`` alternating ``human``/``gpt`` from a
+    under ``image_root`` when given, or under the record's own ``image_folder`` resolved
+    against ``records_dir``), ``conversations`` alternating ``human``/``gpt`` from a
     human turn, non-empty string values, and exactly one ``<image>`` token, in the first
     human turn.
     """
@@ -225,8 +276,12 @@ def validate_llava(records: Any, image_root: str | Path | None = None) -> list[s
         image = rec.get("image")
         if not isinstance(image, str) or not image:
             errors.append(f"{where}: 'image' must be a non-empty string")
-        elif image_root is not None and not (Path(image_root) / image).is_file():
-            errors.append(f"{where}: image {image!r} not found under {image_root}")
+        elif image_root is not None:
+            root = Path(image_root)
+            if rec.get("image_folder") is not None:
+                root = Path(records_dir or ".") / str(rec["image_folder"])
+            if not (root / image).is_file():
+                errors.append(f"{where}: image {image!r} not found under {root}")
         conv = rec.get("conversations")
         if not isinstance(conv, list) or len(conv) < 2:
             errors.append(f"{where}: 'conversations' must be a list of at least 2 turns")
@@ -276,7 +331,7 @@ def validate_llava_file(path: str | Path, image_root: str | Path | None = None) 
             records = json.loads(text)
         except json.JSONDecodeError as err:
             return [f"{path}: not JSON ({err.msg} at line {err.lineno})"]
-    return [f"{path}: {e}" for e in validate_llava(records, image_root)]
+    return [f"{path}: {e}" for e in validate_llava(records, image_root, path.parent)]
 
 
 class JsonlLog:
@@ -346,6 +401,59 @@ def _run_teacher(teacher: Any, todo: Sequence[ReportPair], seed: int, source_kin
                 fut.cancel()
 
 
+def _ask_teacher(teacher: Any, pairs: Sequence[ReportPair], split_of: dict[str, str], qa_log: JsonlLog,
+                 fail_log: JsonlLog, seed: int, source_kind: str, workers: int, progress: bool,
+                 max_consecutive_failures: int | None) -> str | None:
+    """Q&A for the endoscopy pairs not yet in ``qa_log``; failures go to ``fail_log``; returns why it stopped early."""
+    done = {r["id"] for r in qa_log.records}
+    todo = [p for p in pairs if p.id not in done and p.modality == "endoscopy"]
+    bar = tqdm(total=len(todo), desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair",
+               disable=not progress)
+    failed_now = streak = 0
+    aborted = None
+    results = _run_teacher(teacher, todo, seed, source_kind, workers)
+    for p, result in results:
+        bar.update(1)
+        streak = 0 if result.ok else streak + 1
+        if result.ok:
+            qa_log.append({"id": p.id, "image": p.image, "patient": p.patient, "split": split_of[p.id],
+                           "n_rounds": len(result.rounds), "rounds": result.rounds, "teacher": result.model})
+        else:
+            failed_now += 1
+            fail_log.append({"id": p.id, "report": str(p.report_path), "reason": result.reason, "detail": result.detail,
+                             "attempts": result.attempts, "teacher": result.model,
+                             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        bar.set_postfix(failed=failed_now, refresh=False)
+        if max_consecutive_failures and streak >= max_consecutive_failures:
+            aborted = (f"stopped after {streak} failures in a row (last: {result.reason}: {result.detail[:200]}); "
+                       "fix the teacher and rerun to resume")
+            logger.error(aborted)
+            results.close()
+            break
+    bar.close()
+    return aborted
+
+
+def _eval_questions(held: Sequence[ReportPair], qa_done: dict[str, dict[str, Any]],
+                    seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Held-out questions: conversation rounds (from the teacher) and one detailed-description question per pair."""
+    pools: dict[str, list[str]] = {}
+    eval_conv, eval_det = [], []
+    for p in held:
+        r = qa_done.get(p.id)
+        if r is not None:
+            for k, t in enumerate(r["rounds"]):
+                eval_conv.append({"question_id": f"{p.id}_conv{k}", "pair_id": p.id, "image": p.image,
+                                  "category": "conversation", "text": t["question"], "reference": t["answer"],
+                                  "history": r["rounds"][:k], **p.image_fields()})
+        name = _pool_name(p, "detailed")
+        pool = pools.setdefault(name, load_prompt_pool(name))
+        eval_det.append({"question_id": f"{p.id}_detail", "pair_id": p.id, "image": p.image, "category": "detailed",
+                         "text": pool[_seed_for(seed, "eval", p.id) % len(pool)],
+                         "reference": pair_text(p, "detailed"), **p.image_fields()})
+    return eval_conv, eval_det
+
+
 def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: str | Path, eval_fraction: float = 0.1,
                            n_eval: int | None = None, seed: int = 0, image_folder: str | Path | None = None,
                            skipped: Sequence[dict[str, str]] = (), progress: bool = True,
@@ -386,44 +494,20 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
     atomic_write_json(out / "alignment_brief.json", brief)
     atomic_write_json(out / "alignment_detailed.json", detailed)
 
-    qa_log = JsonlLog(out / "qa.jsonl")
-    fail_log = JsonlLog(out / "qa_failures.jsonl")
-    done = {r["id"] for r in qa_log.records}
-    resumed = sum(1 for p in pairs if p.id in done)
-    todo = [p for p in pairs if p.id not in done]
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    bar = tqdm(total=len(todo), desc=f"teacher {getattr(teacher, 'name', 'teacher')}", unit="pair",
-               disable=not progress)
-    failed_now = streak = 0
-    aborted = None
-    results = _run_teacher(teacher, todo, seed, source_kind, workers)
-    for p, result in results:
-        bar.update(1)
-        streak = 0 if result.ok else streak + 1
-        if result.ok:
-            qa_log.append({"id": p.id, "image": p.image, "patient": p.patient, "split": split_of[p.id],
-                           "n_rounds": len(result.rounds), "rounds": result.rounds, "teacher": result.model})
-        else:
-            failed_now += 1
-            fail_log.append({"id": p.id, "report": str(p.report_path), "reason": result.reason, "detail": result.detail,
-                             "attempts": result.attempts, "teacher": result.model,
-                             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        bar.set_postfix(failed=failed_now, refresh=False)
-        if max_consecutive_failures and streak >= max_consecutive_failures:
-            aborted = (f"stopped after {streak} failures in a row (last: {result.reason}: {result.detail[:200]}); "
-                       "fix the teacher and rerun to resume")
-            logger.error(aborted)
-            results.close()
-            break
-    bar.close()
+    qa_log, fail_log = JsonlLog(out / "qa.jsonl"), JsonlLog(out / "qa_failures.jsonl")
+    resumed = len({r["id"] for r in qa_log.records} & {p.id for p in pairs})
+    aborted = _ask_teacher(teacher, pairs, split_of, qa_log, fail_log, seed, source_kind, workers, progress,
+                           max_consecutive_failures)
 
     by_id = {p.id: p for p in pairs}
     qa_done = {r["id"]: r for r in qa_log.records if r["id"] in by_id}
     failures = {r["id"]: r for r in fail_log.records if r["id"] in by_id and r["id"] not in qa_done}
 
     # training conversations: Q&A of training pairs + detailed descriptions
-    qa_train = [llava_record(f"{p.id}_qa", p.image, [(t["question"], t["answer"]) for t in qa_done[p.id]["rounds"]])
+    qa_train = [llava_record(f"{p.id}_qa", p.image, [(t["question"], t["answer"]) for t in qa_done[p.id]["rounds"]],
+                             p.image_fields())
                 for p in train if p.id in qa_done]  # in pair order, whatever order the teacher finished in
     instruct = qa_train + detailed
     errors = validate_llava(instruct) + validate_llava(brief)
@@ -431,22 +515,24 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         raise ValueError("generated records fail LLaVA validation: " + "; ".join(errors[:5]))
     atomic_write_json(out / "instruct_train.json", instruct)
 
-    # held-out evaluation: conversation questions (from the teacher) and detailed-description questions
-    pool = load_prompt_pool("detailed")
-    eval_conv, eval_det = [], []
-    for p in held:
-        r = qa_done.get(p.id)
-        if r is not None:
-            for k, t in enumerate(r["rounds"]):
-                eval_conv.append({"question_id": f"{p.id}_conv{k}", "pair_id": p.id, "image": p.image,
-                                  "category": "conversation", "text": t["question"], "reference": t["answer"],
-                                  "history": r["rounds"][:k]})
-        eval_det.append({"question_id": f"{p.id}_detail", "pair_id": p.id, "image": p.image, "category": "detailed",
-                         "text": pool[_seed_for(seed, "eval", p.id) % len(pool)],
-                         "reference": detailed_description(p.parsed)})
+    eval_conv, eval_det = _eval_questions(held, qa_done, seed)
     _write_jsonl(out / "eval_conversation.jsonl", eval_conv)
     _write_jsonl(out / "eval_detailed.jsonl", eval_det)
+    atomic_write_json(out / "pairs.json", [
+        {"id": p.id, "patient": p.patient, "modality": p.modality, "split": split_of[p.id], "image": p.image,
+         "report": p.report_path.name, **({"sequence": p.sequence} if p.sequence else {})} for p in pairs])
 
+    counts = {"alignment_brief": len(brief), "alignment_detailed": len(detailed), "instruct_train": len(instruct),
+              "eval_conversation": len(eval_conv), "eval_detailed": len(eval_det), "qa_resumed": resumed}
+    summary = _summary(teacher, image_folder, pairs, train, held, qa_done, failures, counts, aborted, skipped)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _summary(teacher: Any, image_folder: Any, pairs: Sequence[ReportPair], train: Sequence[ReportPair],
+             held: Sequence[ReportPair], qa_done: dict[str, Any], failures: dict[str, Any], counts: dict[str, int],
+             aborted: str | None, skipped: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """The ``summary.json`` of a build."""
     rounds = Counter(len(r["rounds"]) for r in qa_done.values())
     summary = {
         "teacher": getattr(teacher, "name", "teacher"),
@@ -456,20 +542,20 @@ def build_instruction_data(pairs: Sequence[ReportPair], teacher: Any, out_dir: s
         "eval_pairs": len(held),
         "train_patients": len({p.patient for p in train}),
         "eval_patients": len({p.patient for p in held}),
-        "alignment_brief": len(brief),
-        "alignment_detailed": len(detailed),
+        "pairs_by_modality": dict(Counter(p.modality for p in pairs)),
+        "alignment_brief": counts["alignment_brief"],
+        "alignment_detailed": counts["alignment_detailed"],
         "qa_pairs": len(qa_done),
-        "qa_resumed": resumed,
+        "qa_resumed": counts["qa_resumed"],
         "qa_rounds": sum(k * v for k, v in rounds.items()),
         "qa_rounds_histogram": {str(k): v for k, v in sorted(rounds.items())},
-        "instruct_train": len(instruct),
-        "eval_conversation": len(eval_conv),
-        "eval_detailed": len(eval_det),
+        "instruct_train": counts["instruct_train"],
+        "eval_conversation": counts["eval_conversation"],
+        "eval_detailed": counts["eval_detailed"],
         "failures": len(failures),
         "failures_by_reason": dict(Counter(r["reason"] for r in failures.values())),
         "aborted": aborted,
         "skipped": list(skipped),
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0].split(" named ")[0] for s in skipped)),
     }
-    atomic_write_json(out / "summary.json", summary)
     return summary

@@ -53,14 +53,18 @@ _SYNONYMS = {"mass": "lesion", "suspicious": "concerning", "enlarged": "prominen
              "recommended": "advised", "involves": "affects", "present": "seen"}
 
 
-def study_inputs(dataset_dir: str | os.PathLike | None, output_dir: str | os.PathLike) -> dict[str, Any]:
-    """The items and answers files of an evaluation: the bundle's ``study`` key.
+def study_inputs(dataset_dir: str | os.PathLike | None, output_dir: str | os.PathLike,
+                 answers_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The items and answers files of an evaluation (:class:`~hicur_monai.evaluation.workflow.ReportEvaluation`).
 
     Args:
         dataset_dir: ``None`` for the demo study (written to ``output_dir/demo_study``); else
             a folder with ``items.jsonl`` (or, as ``hicur instructions build`` writes them,
             ``eval_conversation.jsonl`` / ``eval_detailed.jsonl``) and ``answers/*.jsonl``.
         output_dir: the bundle's output folder.
+        answers_dir: the answers folder when it is not ``dataset_dir/answers``. The
+            ``*.errors.jsonl`` files the VLM answerer writes beside its answers are not answers
+            and are left out.
 
     Returns:
         ``{"items": path or list of paths, "answers": list of paths}``.
@@ -74,7 +78,8 @@ def study_inputs(dataset_dir: str | os.PathLike | None, output_dir: str | os.Pat
     items: Any = root / "items.jsonl"
     if not items.is_file():
         items = sorted(root.glob("eval_*.jsonl"))
-    answers = sorted((root / "answers").glob("*.jsonl"))
+    answers = sorted(p for p in Path(answers_dir or root / "answers").glob("*.jsonl")
+                     if not p.name.endswith(".errors.jsonl"))
     if not items:
         raise FileNotFoundError(f"{root}: no items.jsonl (nor eval_*.jsonl from 'hicur instructions build')")
     return {"items": items, "answers": answers}

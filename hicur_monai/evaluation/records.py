@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ __all__ = [
     "KINDS",
     "ITEM_ALIASES",
     "ANSWER_ALIASES",
+    "canonical_item",
+    "canonical_answer",
     "Item",
     "Answer",
     "iter_jsonl",
@@ -133,6 +135,16 @@ def _canonical(obj: dict[str, Any], aliases: dict[str, str], where: str) -> dict
                              f"{out[name]!r} vs {value!r}")
         out[name] = value
     return out
+
+
+def canonical_item(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An item / question record with our field names (:data:`ITEM_ALIASES`); the one mapping for every reader."""
+    return _canonical(dict(obj), ITEM_ALIASES, where)
+
+
+def canonical_answer(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An answer record with our field names (:data:`ANSWER_ALIASES`)."""
+    return _canonical(dict(obj), ANSWER_ALIASES, where)
 
 
 def _paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:

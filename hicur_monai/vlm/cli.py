@@ -1,4 +1,4 @@
-"""``hicur ask IMAGE "question"``: route a question (chat / segmentation / prognosis) and answer chat questions.
+"""``hicur ask IMAGE "question"`` (route a question and answer chat questions) and ``hicur vlm findings-eval``.
 
 Other stages plug their handler into :data:`TASK_HANDLERS` (``task -> callable(args, route) -> str``);
 until one is registered, a routed segmentation or prognosis question says which bundle does it.
@@ -28,8 +28,49 @@ def _suggested(task: str, image: Path) -> list[str]:
         return []
 
 
+def _add_vlm(subparsers) -> None:
+    """Add ``hicur vlm findings-eval``."""
+    v = subparsers.add_parser("vlm", help="Stage II model measurements")
+    sub = v.add_subparsers(dest="vlm_command", metavar="SUBCOMMAND")
+    f = sub.add_parser("findings-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="finding-F1 of generated reports on held-out endoscopy images vs the majority baseline")
+    f.add_argument("--model", required=True, type=Path, help="a saved model folder (bundles/vl_alignment output)")
+    f.add_argument("--instructions", required=True, type=Path, help="the folder of 'hicur instructions build'")
+    f.add_argument("--data", required=True, type=Path, help="the cohort (endoscopy/ and reports/<id>.json)")
+    f.add_argument("--out", required=True, type=Path, help="receives findings_f1.json, .md and generated.jsonl")
+    f.add_argument("--limit", type=int, default=None, help="score only the first N held-out images")
+    f.add_argument("--max-new-tokens", type=int, default=160)
+    f.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
+    f.set_defaults(func=_findings_eval)
+    v.set_defaults(func=lambda _a: (v.print_help(), 1)[1])
+
+
+def _findings_eval(args: argparse.Namespace) -> int:
+    import shlex
+
+    from hicur_monai.evaluation.findings_f1 import markdown_table
+    from hicur_monai.vlm.findings_eval import findings_eval
+
+    if not (args.model / "vlm_config.json").is_file():
+        print(f"hicur vlm findings-eval: {args.model}: no saved model (vlm_config.json)", file=sys.stderr)
+        return 2
+    command = "hicur vlm findings-eval " + shlex.join(sys.argv[sys.argv.index("findings-eval") + 1:]
+                                                       if "findings-eval" in sys.argv else [])
+    try:
+        result = findings_eval(args.model, args.instructions, args.data, args.out, limit=args.limit,
+                               max_new_tokens=args.max_new_tokens, device=args.device, command=command)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"hicur vlm findings-eval: {err}", file=sys.stderr)
+        return 2
+    print(f"finding-F1 on {result['n_images']} held-out endoscopy images "
+          f"(majority baseline from {result['n_train_images']} training images)\n")
+    print(markdown_table({"model": result["model"], "majority": result["majority"]}))
+    print(f"\n{command}\nwritten to {args.out / 'findings_f1.json'}")
+    return 0
+
+
 def add_parser(subparsers) -> None:
-    """Add ``hicur ask``."""
+    """Add ``hicur ask`` and ``hicur vlm``."""
     p = subparsers.add_parser("ask", help="ask a question about an image (routed to chat, segmentation or prognosis)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("image", type=Path, help="image file (PNG/JPEG endoscopy frame, DICOM, NIfTI slice)")
@@ -45,6 +86,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_ask)
+    _add_vlm(subparsers)
 
 
 def _chat(args: argparse.Namespace, route: Any) -> str:

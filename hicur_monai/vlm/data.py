@@ -9,6 +9,11 @@
   :meth:`hicur_monai.networks.vlm.VisionLanguageModel.collate`. Records that cannot be used
   (malformed turns, missing image file, no answer left after truncation) are checked up front,
   logged and listed in ``skipped``, so a long run never stops on one bad record.
+
+A record's relative ``image`` resolves against the dataset's image folder, unless the record
+has its own ``image_folder`` (relative to the records file's folder), as the MRI slices that
+``hicur instructions build`` exports do (:func:`resolve_image`); its ``modality`` picks the
+intensity rule.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from hicur_monai.llm.conversation import IGNORE_INDEX, from_llava
 
-__all__ = ["image_transform", "load_image", "read_records", "LlavaConversationDataset"]
+__all__ = ["image_transform", "load_image", "read_records", "resolve_image", "LlavaConversationDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,22 @@ def load_image(path: str | os.PathLike, image_size: int, modality: str = "endosc
     """
     out = image_transform(image_size)({"image": str(path), "modality": modality})
     return torch.as_tensor(out["image"]).float()
+
+
+def resolve_image(rec: Mapping[str, Any], image_folder: str | os.PathLike | None,
+                  records_dir: str | os.PathLike | None) -> Path:
+    """The file a record's ``image`` names.
+
+    Absolute paths are kept; a relative one resolves against the record's ``image_folder``
+    (itself relative to ``records_dir``, the records file's folder) when it has one, else
+    against ``image_folder``.
+    """
+    path = Path(str(rec["image"]))
+    if path.is_absolute():
+        return path
+    if rec.get("image_folder") is not None:
+        return Path(records_dir or ".") / str(rec["image_folder"]) / path
+    return Path(image_folder) / path if image_folder is not None else path
 
 
 def read_records(source: str | os.PathLike | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -102,6 +123,7 @@ class LlavaConversationDataset(torch.utils.data.Dataset):
                  image_folder: str | os.PathLike | None = None, modality: str = "endoscopy",
                  cache_images: bool = True, limit: int | None = None):
         self.source = str(records) if isinstance(records, (str, os.PathLike)) else "<records>"
+        self.records_dir = Path(records).parent if isinstance(records, (str, os.PathLike)) else None
         if image_folder is None and isinstance(records, (str, os.PathLike)):
             image_folder = Path(records).parent
         self.image_folder = Path(image_folder) if image_folder is not None else None
@@ -131,9 +153,7 @@ class LlavaConversationDataset(torch.utils.data.Dataset):
         image = rec.get("image")
         placeholders = sum(m["content"].count(self.model.image_placeholder) for m in messages)
         if image:
-            path = Path(image)
-            if not path.is_absolute() and self.image_folder is not None:
-                path = self.image_folder / path
+            path = resolve_image(rec, self.image_folder, self.records_dir)
             if not path.is_file():
                 raise FileNotFoundError(f"image {path} not found")
             if placeholders == 0:  # LLaVA convention: the image goes before the first question

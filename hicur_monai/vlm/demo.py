@@ -5,17 +5,20 @@ Run from the repository root (the bundle configs and ``transforms/`` are resolve
     python -m hicur_monai.vlm.demo --data demo_data --out demo_output/vl_alignment
 
 Builds the instruction data from the demo cohort with the offline rule teacher when missing
-(``hicur instructions build``), trains the projector (step 1) and LoRA adapters (step 2) for a
-few steps each through ``python -m monai.bundle run``-equivalent calls, prints the loss of every
-step and the model's answer to one held-out question next to the reference. With a few steps
-on a random vision tower (unless Stage I's ViT export exists) the answer shows that the
-pipeline works end to end, not that the model is good.
+(``hicur instructions build`` on the endoscopy frames *and* the MRI studies, split by patient
+across both), trains the projector (step 1) and LoRA adapters (step 2) for a few steps each
+through ``python -m monai.bundle run``-equivalent calls, prints the loss of every step and the
+model's answer to one held-out question next to the reference, and with ``--findings-eval N``
+scores the finding-F1 of N held-out endoscopy reports against the majority baseline
+(``hicur vlm findings-eval``). With a few steps on a random vision tower (unless Stage I's ViT
+export exists) the answer shows that the pipeline works end to end, not that the model is good.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,14 +26,32 @@ __all__ = ["main"]
 
 
 def _ensure_instructions(data: Path, out: Path) -> Path:
-    if (out / "alignment_brief.json").is_file() and (out / "instruct_train.json").is_file():
+    """The demo's instruction folder: endoscopy frames + MRI slices with their reports (built when missing)."""
+    if all((out / f).is_file() for f in ("alignment_brief.json", "instruct_train.json", "pairs.json")):
         return out
-    from hicur_monai.data.instructions import build_instruction_data, collect_pairs
+    from hicur_monai.data.instructions import build_instruction_data
+    from hicur_monai.data.instructions_cli import collect_all_pairs
     from hicur_monai.llm.teacher import make_teacher
 
-    pairs, _ = collect_pairs(data / "reports", data / "endoscopy")
-    build_instruction_data(pairs, make_teacher("rule"), out, n_eval=max(1, len(pairs) // 10), progress=False)
+    reports, images = [data / "reports"], [data / "endoscopy"]
+    if (data / "reports" / "mri").is_dir() and (data / "mri").is_dir():
+        reports.append(data / "reports" / "mri")
+        images.append(data / "mri")
+    pairs, _, _ = collect_all_pairs(reports, images, out)
+    n_patients = len({p.patient for p in pairs})
+    build_instruction_data(pairs, make_teacher("rule"), out, n_eval=max(1, n_patients // 10), progress=False,
+                           image_folder=(data / "endoscopy").resolve())
     return out
+
+
+def _print_losses(out: Path) -> None:
+    for step in ("step1", "step2"):
+        hist = [json.loads(x) for x in (out / step / "loss_history.jsonl").read_text().splitlines()]
+        losses = [h["loss"] for h in hist]
+        half = max(1, len(losses) // 2)
+        print(f"{step} loss by step: " + " ".join(f"{x:.3f}" for x in losses)
+              + f"  (mean of first half {sum(losses[:half]) / half:.3f} -> second half "
+              f"{sum(losses[half:]) / max(1, len(losses) - half):.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     p.add_argument("--vit-encoder", type=Path, default=None,
                    help="Stage I ViT export (vit_encoder.pt from bundles/hcmae_pretrain); default: the bundle's path")
+    p.add_argument("--findings-eval", type=int, default=0, metavar="N",
+                   help="also score finding-F1 on N held-out endoscopy images (0: skip)")
     args = p.parse_args(argv)
 
     from monai.bundle import run
@@ -67,23 +90,31 @@ def main(argv: list[str] | None = None) -> int:
         common["vit_encoder"] = str(args.vit_encoder)
     cfg = Path("bundles/vl_alignment/configs")
     t0 = time.time()
-    run(config_file=str(cfg / "pretrain.json"), **common, max_steps=args.steps1)
+    run(config_file=[str(cfg / "train.json"), str(cfg / "pretrain.json")], **common, max_steps=args.steps1)
     run(config_file=str(cfg / "train.json"), **common, mode="lora", lr=2e-4, max_steps=args.steps2)
-    for step in ("step1", "step2"):
-        hist = [json.loads(x) for x in (args.out / step / "loss_history.jsonl").read_text().splitlines()]
-        losses = [h["loss"] for h in hist]
-        half = max(1, len(losses) // 2)
-        print(f"{step} loss by step: " + " ".join(f"{x:.3f}" for x in losses)
-              + f"  (mean of first half {sum(losses[:half]) / half:.3f} -> second half "
-              f"{sum(losses[half:]) / max(1, len(losses) - half):.3f})")
+    _print_losses(args.out)
+    summary = json.loads((instr / "summary.json").read_text())
+    print(f"trained on {summary['pairs_by_modality']} pairs (train {summary['train_pairs']}, held-out "
+          f"{summary['eval_pairs']} of {summary['eval_patients']} patients)")
     q = json.loads((instr / "eval_detailed.jsonl").read_text().splitlines()[0])
     import torch
 
+    from hicur_monai.vlm.data import resolve_image
+
     torch.set_num_threads(args.threads)
     model = VisionLanguageModel.from_pretrained(args.out / "step2" / "model", device="cpu")
-    image = load_image(args.data / "endoscopy" / q["image"], model.image_size)
+    image = load_image(resolve_image(q, args.data / "endoscopy", instr), model.image_size, q.get("modality", "endoscopy"))
     answer = model.chat(image, q["text"], config=GenerationConfig(max_new_tokens=args.max_new_tokens))
     print(f"\nquestion ({q['image']}): {q['text']}\nmodel answer: {answer}\nreference: {q['reference']}")
+    if args.findings_eval:
+        from hicur_monai.evaluation.findings_f1 import markdown_table
+        from hicur_monai.vlm.findings_eval import findings_eval
+
+        res = findings_eval(model, instr, args.data, args.out / "findings_eval", limit=args.findings_eval,
+                            max_new_tokens=args.max_new_tokens, command="python -m hicur_monai.vlm.demo "
+                            + " ".join(sys.argv[1:] if argv is None else argv))
+        print(f"\nfinding-F1, {res['n_images']} held-out endoscopy images:\n"
+              + markdown_table({"model": res["model"], "majority": res["majority"]}))
     print(f"\nvl_alignment demo: {time.time() - t0:.0f} s; model in {args.out / 'step2' / 'model'}")
     return 0
 

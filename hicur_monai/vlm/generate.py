@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hicur_monai.llm.base import GenerationConfig
-from hicur_monai.vlm.data import load_image, read_records
+from hicur_monai.vlm.data import load_image, read_records, resolve_image
 
 __all__ = ["normalise_question", "read_questions", "VLMAnswerer"]
 
@@ -35,24 +35,30 @@ logger = logging.getLogger(__name__)
 
 
 def normalise_question(rec: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """One question record in either input format -> ``{"item_id", "question", "image", "kind", "history"}``.
+    """One question record in either input format -> ``{"item_id", "question", "image", "kind", "history", ...}``.
+
+    Field names are mapped by the evaluation's one table (:data:`~hicur_monai.evaluation.records.ITEM_ALIASES`);
+    ``modality`` and ``image_folder`` are kept when present.
 
     Raises:
         ValueError: naming ``where`` and the missing field.
     """
-    item_id = rec.get("item_id", rec.get("question_id"))
-    question = rec.get("question", rec.get("text"))
+    from hicur_monai.evaluation.records import canonical_item
+
+    rec = canonical_item(rec, where)
+    item_id, question = rec.get("item_id"), rec.get("question")
     if not isinstance(item_id, str) or not item_id:
         raise ValueError(f"{where}: missing 'item_id' (or 'question_id')")
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where}: missing 'question' (or 'text')")
-    kind = rec.get("kind", rec.get("category", "conversation"))
+    kind = rec.get("kind") or "conversation"
     history = []
     for k, h in enumerate(rec.get("history") or []):
         if not isinstance(h, Mapping) or not isinstance(h.get("question"), str) or not isinstance(h.get("answer"), str):
             raise ValueError(f"{where}: history[{k}] needs 'question' and 'answer' strings")
         history.append((h["question"], h["answer"]))
-    return {"item_id": item_id, "question": question, "image": rec.get("image"), "kind": kind, "history": history}
+    out = {"item_id": item_id, "question": question, "image": rec.get("image"), "kind": kind, "history": history}
+    return out | {k: rec[k] for k in ("modality", "image_folder") if rec.get(k) is not None}
 
 
 def read_questions(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -73,6 +79,10 @@ def read_questions(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             q["source"] = str(path)
             out.append(q)
     return out
+
+
+def _image_fields(q: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: q[k] for k in ("modality", "image_folder") if k in q}
 
 
 class VLMAnswerer:
@@ -115,12 +125,11 @@ class VLMAnswerer:
     def _image(self, q: Mapping[str, Any]) -> torch.Tensor | None:
         if not q.get("image"):
             return None
-        path = Path(q["image"])
-        if not path.is_absolute():
-            path = (self.image_folder or Path(q["source"]).parent) / path
+        source_dir = Path(q["source"]).parent
+        path = resolve_image(q, self.image_folder or source_dir, source_dir)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} not found")
-        return load_image(path, self.model.image_size, self.modality)
+        return load_image(path, self.model.image_size, q.get("modality", self.modality))
 
     def run(self) -> dict[str, Any]:
         """Answer every question not yet in the output; return counts."""
@@ -141,7 +150,7 @@ class VLMAnswerer:
                     err_log.write({"item_id": q["item_id"], "system": self.system, "error": str(e)})
                     continue
                 out.write({"item_id": q["item_id"], "system": self.system, "question": q["question"], "answer": answer,
-                           "kind": q["kind"], "image": q["image"], "seconds": round(time.time() - t0, 3),
+                           "kind": q["kind"], "image": q["image"], **_image_fields(q), "seconds": round(time.time() - t0, 3),
                            "new_tokens": len(self.model.tokenizer(answer, add_special_tokens=False)["input_ids"])})
                 done += 1
         summary = {"questions": len(self.questions), "answered_now": done, "already_answered": len(self.questions) - len(todo),
