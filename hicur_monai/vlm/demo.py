@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     model = VisionLanguageModel.from_pretrained(args.out / "step2" / "model", device="cpu")
-    image = load_image(resolve_image(q, args.data / "endoscopy", instr), model.image_size, q.get("modality", "endoscopy"))
+    image_file = resolve_image(q, args.data / "endoscopy", instr)
+    image = load_image(image_file, model.image_size, q.get("modality", "endoscopy"))
     answer = model.chat(image, q["text"], config=GenerationConfig(max_new_tokens=args.max_new_tokens))
     print(f"\nquestion ({q['image']}): {q['text']}\nmodel answer: {answer}\nreference: {q['reference']}")
     if args.findings_eval:
