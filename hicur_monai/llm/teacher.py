@@ -256,6 +256,7 @@ def _teacher_factory(backend: str):
     return build
 
 
-TEACHERS.add("rule", "offline rule-based teacher from parsed findings (default; deterministic)", _teacher_factory("rule"))
+TEACHERS.add("rule", "offline rule-based teacher from parsed findings (default; deterministic)",
+             _teacher_factory("rule"))
 TEACHERS.add("openai", "teacher on an OpenAI-compatible HTTP endpoint", _teacher_factory("openai"))
 TEACHERS.add("transformers", "teacher on a local transformers causal-LM folder", _teacher_factory("transformers"))

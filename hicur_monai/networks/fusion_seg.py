@@ -171,8 +171,11 @@ class MultiHeadAttention(nn.Module):
         self.kv = nn.Linear(kv_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, N, C) attends to ``context`` (B, L, Ck) (``x`` itself when ``None``); ``mask`` (B, L) True = keep."""
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` (B, N, C) attends to ``context`` (B, L, Ck) (``x`` itself when ``None``); ``mask`` (B, L)
+        True = keep."""
         b, n, c = x.shape
         ctx = x if context is None else context
         h = self.num_heads
@@ -248,7 +251,9 @@ class FusionBlock(nn.Module):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, feat: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, feat: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``feat`` (B, C, H, W), ``text`` (B, L, D) or ``None`` (cross-attention skipped)."""
         b, c, h, w = feat.shape
         x = feat.flatten(2).transpose(1, 2)
@@ -438,7 +443,8 @@ def _network_state(path: str | os.PathLike, map_location: str | torch.device) ->
 def load_trained_network(
     path: str | os.PathLike, network: nn.Module, device: str | torch.device | None = None
 ) -> nn.Module:
-    """``network`` with the weights of the checkpoint at ``path``; rebuilt as the checkpoint's own network if it differs.
+    """``network`` with the weights of the checkpoint at ``path``; rebuilt as the checkpoint's own network if it
+    differs.
 
     A :class:`FusionSegNet` checkpoint records its configuration: when it differs from ``network``'s
     (a ``tiny`` demo model evaluated under the ``base`` defaults), the network is built from the
@@ -471,7 +477,8 @@ def load_trained_network(
 
 
 def trained_input_size(network: nn.Module, default: int) -> int:
-    """The input size a network was trained at (``config.extra['img_size']`` of a :class:`FusionSegNet`), else ``default``."""
+    """The input size a network was trained at (``config.extra['img_size']`` of a :class:`FusionSegNet`), else
+    ``default``."""
     config = getattr(network, "config", None)
     size = getattr(config, "extra", {}).get("img_size") if config is not None else None
     return int(size) if size else int(default)

@@ -150,7 +150,8 @@ class SliceTextPrognosisConfig:
     n_outputs: int = 2
 
 
-@NETWORKS.add_def("slice_text_prognosis", "released HiCur prognosis head: slices + CLS -> 2 transformer layers x text -> 2 logits")
+@NETWORKS.add_def("slice_text_prognosis",
+                  "released HiCur prognosis head: slices + CLS -> 2 transformer layers x text -> 2 logits")
 class SliceTextPrognosisNet(nn.Module):
     """Slice features + CLS + learned positions, transformer layers cross-attending to text.
 

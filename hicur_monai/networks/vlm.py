@@ -327,7 +327,8 @@ class VisionLanguageModel(nn.Module):
         d = seqs[0].shape[1]
         out = seqs[0].new_zeros(len(seqs), length, d)
         mask = torch.zeros(len(seqs), length, dtype=torch.long, device=dev)
-        lab_out = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long, device=dev) if labels is not None else None
+        lab_out = (torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long, device=dev)
+                   if labels is not None else None)
         for i, s in enumerate(seqs):
             n = s.shape[0]
             sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
@@ -426,7 +427,8 @@ class VisionLanguageModel(nn.Module):
             if vision_spec.get("kind") != "encoder_file":
                 kwargs = getattr(self.vision, "timm_kwargs", None)
                 if kwargs is None:
-                    raise ValueError("cannot save a vision tower that was not loaded from a file nor built from timm kwargs")
+                    raise ValueError("cannot save a vision tower that was not loaded from a file "
+                                     "nor built from timm kwargs")
                 vit = self.vision.vit
                 atomic_save_torch({k: v.detach().cpu() for k, v in vit.state_dict().items()},
                                   tmp / "vision" / "vit_encoder.pt")

@@ -121,7 +121,9 @@ class VolumeSliceInferer(Inferer):
         back = self._geometry.inverse(back)
         return back.as_tensor().reshape(n, k, h, w)
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """Logits ``(B, K, X, Y, Z)`` of volumes ``(B, C, X, Y, Z)`` (or ``(B, K, H, W)`` of 2D images)."""
         x = torch.as_tensor(inputs)
         reports = _reports(inputs, int(x.shape[0]))

@@ -235,8 +235,9 @@ class CoxModel:
         bad = coef.index[~np.isfinite(coef) | ~np.isfinite(se)].tolist()
         if bad:
             problems.append(f"non-finite coefficients or standard errors for {bad}")
-        huge = [c for c in self.covariates if np.isfinite(coef[c]) and (abs(coef[c]) > self.max_abs_coef
-                                                                        or (c in self.binary_ and abs(raw[c]) > self.max_abs_coef))]
+        lim = self.max_abs_coef
+        huge = [c for c in self.covariates
+                if np.isfinite(coef[c]) and (abs(coef[c]) > lim or (c in self.binary_ and abs(raw[c]) > lim))]
         if huge:
             problems.append(f"coefficients above the plausibility limit |log HR| <= {self.max_abs_coef:g} per SD "
                             "(or between the two levels of a 0/1 covariate): "

@@ -383,7 +383,8 @@ def _endpoint(ep: str, res: Mapping[str, Any], pe: Mapping[str, Any], data: pd.D
         columns={"hr": "HR", "hr_lo": "HR 95% lower", "hr_hi": "HR 95% upper"})
     return {"code": code, "label": label, "definition": definition,
             "km_images": [img for img, _ in plots], "km_tests": [line for _, line in plots if line],
-            "convergence": _convergence(res), "hazard_ratios": _table(hr_view), "forest": _forest(hr, f"{code}: hazard ratios"),
+            "convergence": _convergence(res), "hazard_ratios": _table(hr_view),
+            "forest": _forest(hr, f"{code}: hazard ratios"),
             "ph_table": _table(ph), "ph_bad": bad, "truth": _truth_section(hr, truth, ep, full.model.penalizer),
             "comparison": comparison, "bias_corrected": corrected, "tau": f"{tau:g}",
             "notes": sorted({n for mres in res["models"].values() for n in mres["metrics"]["notes"]}),
@@ -416,7 +417,8 @@ def _tripod(table: ClinicalTable, results: Mapping[str, Any], truth: Any) -> lis
         ("Events per analysis (8)", "; ".join(f"{ep.upper()}: {r['data']['events']} events in {r['data']['n']} patients"
                                               for ep, r in eps.items())),
         ("Model development (10)", "Cox PH (lifelines, Efron ties, standardised covariates, convergence checked) and "
-                                   "DeepSurv (PyTorch, Efron partial likelihood, Breslow baseline); hyperparameters below"),
+                                   "DeepSurv (PyTorch, Efron partial likelihood, Breslow baseline); "
+                                   "hyperparameters below"),
         ("Validation (10b)", f"{results['n_folds']}-fold stratified cross-validation, seed {results['seed']}; "
                              "metrics on pooled out-of-fold predictions with patient-level bootstrap 95% CI"),
         ("Performance measures (10d)", "Harrell's and Uno's C; cumulative/dynamic AUC, Brier score at "
@@ -454,7 +456,8 @@ def write_survival_report(path: str | os.PathLike, table: ClinicalTable, results
         truth = json.loads(Path(truth).read_text(encoding="utf-8"))
     eps = results["endpoints"]
     context = {
-        "css": _CSS, "source": str(table.source), "generated": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "css": _CSS, "source": str(table.source),
+        "generated": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
         "synthetic": bool(truth is not None and truth.get("synthetic")),
         "cohort": _cohort(table, results, per_endpoint),
         "table1": _table(table1(table, {f"{_label(ep)[1]} cohort": per_endpoint[ep]["df"].index for ep in eps})),
@@ -462,7 +465,8 @@ def write_survival_report(path: str | os.PathLike, table: ClinicalTable, results
                       for ep, res in eps.items()],
         "n_folds": results["n_folds"], "tripod": _tripod(table, results, truth),
         "specs": [{"code": ep.upper(),
-                   "baseline": ", ".join(f"S0({k} months) = {v:.3f}" for k, v in res["cox_full"]["baseline_survival"].items()),
+                   "baseline": ", ".join(f"S0({k} months) = {v:.3f}"
+                                         for k, v in res["cox_full"]["baseline_survival"].items()),
                    "params": [(n, json.dumps(m["params"])) for n, m in res["models"].items()]}
                   for ep, res in eps.items()],
     }

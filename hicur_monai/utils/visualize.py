@@ -76,8 +76,8 @@ def contact_sheet(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(tile_inches * ncols, tile_inches * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    height = tile_inches * nrows + (0.4 if suptitle else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile_inches * ncols, height), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:

@@ -348,7 +348,8 @@ class VLMTraining:
             llm_spec, vis_spec = dict(llm), dict(vision)
         else:
             raise ValueError("VLMTraining needs model=, init_from= (a saved model) or vision= and llm= specs")
-        self.settings = {"mode": mode, "lr": lr, "batch_size": batch_size, "grad_accum": self.args.gradient_accumulation_steps,
+        accum = self.args.gradient_accumulation_steps
+        self.settings = {"mode": mode, "lr": lr, "batch_size": batch_size, "grad_accum": accum,
                          "epochs": epochs, "max_steps": max_steps, "weight_decay": weight_decay,
                          "warmup_ratio": warmup_ratio, "gradient_checkpointing": gradient_checkpointing,
                          "tune_projector": tune_projector, "lora": dict(lora) if lora and mode == "lora" else None,
@@ -358,7 +359,7 @@ class VLMTraining:
                            "image_folder": str(image_folder) if image_folder else None, "limit": limit,
                            "bf16": self.args.bf16, "max_grad_norm": float(max_grad_norm),
                            "world_size": self.args.world_size,
-                           "global_batch_size": int(batch_size) * self.args.world_size * self.args.gradient_accumulation_steps}
+                           "global_batch_size": int(batch_size) * self.args.world_size * accum}
         self.resume_from = self._checkpoint_to_resume(resume)
         set_seed(int(seed))  # the projector's initialisation (the same on every process)
         if model is None:
@@ -418,14 +419,17 @@ class VLMTraining:
         return summary
 
     def total_steps(self) -> int:
-        """Optimizer steps of the whole run, as the Trainer counts them (``max_steps``, else epochs x steps per epoch)."""
+        """Optimizer steps of the whole run, as the Trainer counts them (``max_steps``, else epochs x steps per
+        epoch)."""
         if self.args.max_steps > 0:
             return int(self.args.max_steps)
         batches = len(self.trainer.get_train_dataloader())
-        return max(1, math.ceil(batches / self.args.gradient_accumulation_steps)) * math.ceil(self.args.num_train_epochs)
+        per_epoch = max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
+        return per_epoch * math.ceil(self.args.num_train_epochs)
 
     def _summary(self, hist_path: Path, seconds: float) -> dict[str, Any]:
-        history = [json.loads(x) for x in hist_path.read_text().splitlines() if x.strip()] if hist_path.is_file() else []
+        lines = hist_path.read_text().splitlines() if hist_path.is_file() else []
+        history = [json.loads(x) for x in lines if x.strip()]
         losses = [h["loss"] for h in history]
         k = max(1, len(losses) // 10)
         return {

@@ -39,7 +39,9 @@ def _items_for(kind: str, cohort: Path, n: int) -> list[dict]:
     return items[:n]
 
 
-def preview_pipelines(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 6, seed: int = 0) -> dict[str, Path]:
+def preview_pipelines(
+    cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 6, seed: int = 0
+) -> dict[str, Path]:
     """Write ``<out_dir>/preprocessed_<modality>.png`` for every modality and return the paths.
 
     Volumes show the middle slice of the tumour range with the mask contour; 2D images show
@@ -93,7 +95,8 @@ def preview_anatomy(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n
         study = cohort / "mri" / item["study"]
         mask = np.asarray(nib.load(study / "mask.nii.gz").dataobj) > 0
         z = int(np.argmax(mask.sum(axis=(0, 1))))  # the tumour's largest axial section
-        ext = [k.replace("_", " ") for k, v in truth["extensions"].items() if v] + (["necrosis"] if truth["necrosis"] else [])
+        ext = [k.replace("_", " ") for k, v in truth["extensions"].items() if v]
+        ext += ["necrosis"] if truth["necrosis"] else []
         for seq in ("T1", "T2", "T1C"):
             vol = np.asarray(nib.load(study / f"{seq}.nii.gz").dataobj, np.float32)
             lo, hi = np.percentile(vol, (0.5, 99.5))
