@@ -150,7 +150,7 @@ class VLMTrainer(Trainer):
 
         if not self.args.should_save:
             return
-        out = Path(output_dir or self.args.output_dir)
+        out = Path(output_dir or str(self.args.output_dir))  # TrainingArguments always sets output_dir
         out.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         state = state_dict if state_dict is not None else model.state_dict()
@@ -168,6 +168,7 @@ class VLMTrainer(Trainer):
         import safetensors.torch
 
         model = model if model is not None else self.model
+        assert model is not None  # the Trainer is always built with the model
         path = Path(resume_from_checkpoint) / _WEIGHTS
         if self.is_fsdp_enabled or self.is_deepspeed_enabled or not path.is_file():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -255,6 +256,7 @@ def _full_parameters(trainer: Trainer) -> Iterator[None]:
     if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
         import deepspeed
 
+        assert trainer.model is not None  # the Trainer is always built with the model
         with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
             yield
     elif trainer.is_fsdp_enabled:
@@ -334,7 +336,8 @@ class VLMTraining:
             max_grad_norm=float(max_grad_norm), bf16=_resolve_bf16(bf16, use_cpu), use_cpu=use_cpu,
             seed=int(seed), data_seed=int(seed), logging_steps=1, logging_nan_inf_filter=False,
             save_strategy="steps", save_steps=int(save_every) if save_every else 10**9,
-            save_total_limit=save_total_limit, report_to=report_to, run_name=run_name or self.out.name,
+            save_total_limit=save_total_limit, report_to=report_to if isinstance(report_to, str) else list(report_to),
+            run_name=run_name or self.out.name,
             dataloader_num_workers=int(num_workers), dataloader_pin_memory=not use_cpu,
             disable_tqdm=not progress, remove_unused_columns=False, ddp_backend=ddp_backend or _backend(),
             ddp_find_unused_parameters=False, **_sharding(deepspeed, fsdp, fsdp_config))
@@ -364,7 +367,7 @@ class VLMTraining:
         set_seed(int(seed))  # the projector's initialisation (the same on every process)
         if model is None:
             model = (VisionLanguageModel.from_pretrained(init_from, is_trainable=True) if init_from
-                     else VisionLanguageModel.build(vision, llm, projector, max_length))
+                     else VisionLanguageModel.build(vis_spec, llm_spec, projector, max_length))
         self.model = model
         self.params = model.configure_training(mode, lora, tune_projector, gradient_checkpointing)
         if not self.params:
