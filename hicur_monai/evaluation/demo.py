@@ -110,7 +110,8 @@ def make_demo_study(out_dir: str | os.PathLike, n_items: int = 12, seed: int = 0
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    items, answers = [], {s: [] for s in DEMO_SYSTEMS}
+    items: list[Any] = []
+    answers: dict[str, list[Any]] = {s: [] for s in DEMO_SYSTEMS}
     for i in range(n_items):
         caption, reference = _CASES[i % len(_CASES)]
         kind = "conversation" if i % 2 == 0 else "detailed"

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -159,7 +160,7 @@ class SliceTextPrognosisNet(nn.Module):
     ``(B, n_outputs)`` logits (death, distant metastasis), trained with binary cross-entropy.
     """
 
-    def __init__(self, config: SliceTextPrognosisConfig | None = None, **kwargs):
+    def __init__(self, config: SliceTextPrognosisConfig | None = None, **kwargs: Any):
         super().__init__()
         cfg = config or SliceTextPrognosisConfig(**kwargs)
         self.config = cfg

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def _number(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def comparison_json(runs: dict[str, str | os.PathLike], output_file: str | os.PathLike | None = None) -> dict[str, Any]:
+def comparison_json(
+    runs: Mapping[str, str | os.PathLike], output_file: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """``{variant: {val_mean_dice_3d, dice_3d_T1, dice_3d_T2, dice_3d_T1C, val_hd95, coarse_states}}`` from eval
     folders.
 

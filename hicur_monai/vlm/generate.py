@@ -69,7 +69,8 @@ def read_questions(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out, seen = [], {}
+    out: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
     for path in paths:
         for i, rec in enumerate(read_records(path), 1):
             q = normalise_question(rec, f"{path} record {i}")
