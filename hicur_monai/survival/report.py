@@ -251,7 +251,7 @@ def _num(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
 
-def _sort_key(v: Any) -> tuple[int, Any]:
+def _sort_key(v: Any) -> tuple[int, float, str]:
     return (0, float(v), "") if isinstance(v, (int, float, np.number)) else (1, 0.0, str(v))
 
 
@@ -452,18 +452,18 @@ def write_survival_report(path: str | os.PathLike, table: ClinicalTable, results
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    if truth is not None and not isinstance(truth, Mapping):
-        truth = json.loads(Path(truth).read_text(encoding="utf-8"))
+    facts: Mapping[str, Any] | None = (json.loads(Path(truth).read_text(encoding="utf-8"))
+                                       if truth is not None and not isinstance(truth, Mapping) else truth)
     eps = results["endpoints"]
     context = {
         "css": _CSS, "source": str(table.source),
         "generated": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        "synthetic": bool(truth is not None and truth.get("synthetic")),
+        "synthetic": bool(facts is not None and facts.get("synthetic")),
         "cohort": _cohort(table, results, per_endpoint),
         "table1": _table(table1(table, {f"{_label(ep)[1]} cohort": per_endpoint[ep]["df"].index for ep in eps})),
-        "endpoints": [_endpoint(ep, res, per_endpoint[ep], table.data, results["horizons"], truth)
+        "endpoints": [_endpoint(ep, res, per_endpoint[ep], table.data, results["horizons"], facts)
                       for ep, res in eps.items()],
-        "n_folds": results["n_folds"], "tripod": _tripod(table, results, truth),
+        "n_folds": results["n_folds"], "tripod": _tripod(table, results, facts),
         "specs": [{"code": ep.upper(),
                    "baseline": ", ".join(f"S0({k} months) = {v:.3f}"
                                          for k, v in res["cox_full"]["baseline_survival"].items()),
