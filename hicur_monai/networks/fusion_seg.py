@@ -41,7 +41,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -298,10 +298,10 @@ class FusionSegNet(nn.Module):
             self.encoder = ConvNeXt(**encoder_source["kwargs"])
         else:
             self.encoder = ConvNeXt(
-                in_chans=cfg.in_chans, depths=list(cfg.depths), dims=list(cfg.dims), use_grn=True,
+                in_chans=cfg.in_chans, depths=tuple(cfg.depths), dims=tuple(cfg.dims), use_grn=True,
                 ls_init_value=None, conv_mlp=False, num_classes=0, drop_path_rate=cfg.drop_path_rate,
             )
-        dims = [int(info["num_chs"]) for info in self.encoder.feature_info]
+        dims = [int(cast(int, info["num_chs"])) for info in self.encoder.feature_info]
         self.scale_dims = (cfg.stem_dim, *dims)
         self.stem2 = UnetResBlock(2, cfg.in_chans, cfg.stem_dim, kernel_size=3, stride=2, norm_name=cfg.norm_name)
         self.fusion = nn.ModuleDict({
@@ -326,7 +326,7 @@ class FusionSegNet(nn.Module):
         encoder = load_encoder(path)
         if not isinstance(encoder, ConvNeXt):
             raise ValueError(f"{path}: not a ConvNeXt encoder ({type(encoder).__name__})")
-        if int(encoder.stem[0].in_channels) != self.config.in_chans:
+        if int(cast(nn.Conv2d, encoder.stem[0]).in_channels) != self.config.in_chans:
             raise ValueError(f"{path}: encoder takes {encoder.stem[0].in_channels} channels, "
                              f"config in_chans={self.config.in_chans}")
         meta = json.loads(Path(path).with_suffix(".json").read_text())
