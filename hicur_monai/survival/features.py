@@ -161,7 +161,7 @@ class SurvivalPipeline:
     def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
         return self.model.predict_risk(self._prep(df))
 
-    def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    def predict_survival(self, df: pd.DataFrame, times: Sequence[float] | np.ndarray) -> np.ndarray:
         return self.model.predict_survival(self._prep(df), times)
 
     def baseline_survival(self, times: Sequence[float]) -> np.ndarray:
