@@ -91,10 +91,12 @@ def main() -> None:
     counts = store.counts()
     expected = args.raters * args.scores * 4
     lat = sorted(latencies)
-    print(f"raters x answers     : {args.raters} x {args.scores} (concurrent, HTTP, each submission all-or-nothing, group-committed)")
+    print(f"raters x answers     : {args.raters} x {args.scores} "
+          "(concurrent, HTTP, each submission all-or-nothing, group-committed)")
     print(f"wall time            : {wall:.2f} s")
     print(f"submissions / s      : {len(lat) / wall:.1f}")
-    print(f"latency median / p95 : {statistics.median(lat) * 1000:.0f} ms / {lat[int(0.95 * (len(lat) - 1))] * 1000:.0f} ms")
+    p95 = lat[int(0.95 * (len(lat) - 1))]
+    print(f"latency median / p95 : {statistics.median(lat) * 1000:.0f} ms / {p95 * 1000:.0f} ms")
     print(f"score rows stored    : {counts['scores']} (expected {expected}), audit rows {counts['audit']}")
     if args.guessers:
         n = sum(guesses.values())

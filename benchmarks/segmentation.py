@@ -94,7 +94,8 @@ def main() -> None:
     x = vol[0].movedim(-1, 0).repeat(1, 3, 1, 1).cpu()
     x = torch.nn.functional.interpolate(x, size=(args.img_size, args.img_size), mode="bilinear")
     fresh = TextEncoderStates(args.text_encoder, encoder_kwargs=json.loads(args.text_encoder_kwargs))
-    no_cache = _time(lambda: fresh(x) if fresh.image_conditioned else [fresh.encoder.encode([fresh.instruction]) for _ in x],
+    no_cache = _time(lambda: fresh(x) if fresh.image_conditioned
+                     else [fresh.encoder.encode([fresh.instruction]) for _ in x],
                      args.repeats)
     warm = CoarseStateCache(provider)
     warm(x)
@@ -107,7 +108,8 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:9s} {r['slices_per_s']:8.1f} slices/s   {r['seconds_per_volume']:.3f} s/volume   "
               f"{r['params'] / 1e6:.2f} M params")
-    print(f"fusion / baseline time: {results['fusion']['seconds_per_volume'] / results['baseline']['seconds_per_volume']:.2f}x")
+    ratio = results["fusion"]["seconds_per_volume"] / results["baseline"]["seconds_per_volume"]
+    print(f"fusion / baseline time: {ratio:.2f}x")
     print(f"coarse states ({args.text_encoder}, {n_slices} slices): provider every time {no_cache * 1e3:.1f} ms, "
           f"memory cache {mem * 1e3:.1f} ms, disk cache {disk * 1e3:.1f} ms")
 

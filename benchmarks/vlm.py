@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 
-VITS = {"tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3}, "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+VITS = {"tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+        "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
         "base": {"embed_dim": 768, "depth": 12, "num_heads": 12}}
 
 
@@ -135,7 +136,8 @@ def _case(args) -> dict:
         dt = (time.perf_counter() - t0) / args.steps
         cpu = (time.process_time() - c0) / args.steps
     peak = (torch.cuda.max_memory_allocated() - base) if dev.type == "cuda" else (rss.peak - rss.base)
-    return {"case": args.case, "seconds_per_step": dt, "cpu_seconds_per_step": cpu, "tokens_per_step": B * total, "tokens_per_s": B * total / dt,
+    return {"case": args.case, "seconds_per_step": dt, "cpu_seconds_per_step": cpu,
+            "tokens_per_step": B * total, "tokens_per_s": B * total / dt,
             "peak_memory_mb": peak / 2**20, "image_tokens": n_img, "text_tokens": T, "batch": B,
             "device": str(dev), "mode": args.mode}
 

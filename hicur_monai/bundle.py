@@ -162,7 +162,8 @@ def suggested_commands(task: str, image: str | os.PathLike | None = None, root: 
     base = Path(root)
     if task == "segmentation":
         model = base / _SEGMENTATION_MODEL
-        out = [] if model.is_file() else [_bundle_run("npc_segmentation/configs/train", "npc_segmentation/configs/demo")]
+        out = ([] if model.is_file()
+               else [_bundle_run("npc_segmentation/configs/train", "npc_segmentation/configs/demo")])
         inputs = {"input": os.fspath(image)} if image is not None else {}
         shape = _segmentation_flags(model) if model.is_file() else {"preset": "tiny", "img_size": "64", "norm": "batch"}
         return out + [_bundle_run("npc_segmentation/configs/inference", **inputs, ckpt_path=_SEGMENTATION_MODEL,

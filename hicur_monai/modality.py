@@ -47,7 +47,8 @@ def canonical_modality(value: str) -> str:
     try:
         return _MODALITY_ALIASES[key]
     except KeyError:
-        raise ValueError(f"unknown modality {value!r}; expected one of {MODALITIES} (or an alias such as MR, CT, RGB)") from None
+        raise ValueError(f"unknown modality {value!r}; expected one of {MODALITIES} "
+                         "(or an alias such as MR, CT, RGB)") from None
 
 
 def canonical_sequence(value: str | None) -> str | None:

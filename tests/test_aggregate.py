@@ -44,7 +44,8 @@ def test_item_scores_pooled_and_equal(files):
     assert jdf["score"].isna().sum() == 1  # the missing judgment is NaN, not 0
     pooled = A.item_scores(jdf, pdf, "pooled", KIND).set_index(["system", "item_id"])
     assert pooled.loc[("A", "i3"), "judge"] == 4.0 and pooled.loc[("A", "i3"), "n_judge"] == 2
-    expected = {("A", "i1"): 7.0, ("A", "i2"): 9.0, ("A", "i3"): 4.0, ("B", "i1"): 5.0, ("B", "i2"): 6.4, ("B", "i3"): 2.0}
+    expected = {("A", "i1"): 7.0, ("A", "i2"): 9.0, ("A", "i3"): 4.0,
+                ("B", "i1"): 5.0, ("B", "i2"): 6.4, ("B", "i3"): 2.0}
     for key, value in expected.items():
         assert pooled.loc[key, "final"] == pytest.approx(value), key
     equal = A.item_scores(jdf, pdf, "equal", KIND).set_index(["system", "item_id"])

@@ -33,7 +33,8 @@ def test_every_patient_has_every_modality(demo_cohort: Path):
     frames = load_datalist(demo_cohort, "endoscopy")
     assert len(frames) >= len(table)
     for p in patients:
-        assert {"T1.nii.gz", "T2.nii.gz", "T1C.nii.gz", "mask.nii.gz"} <= {f.name for f in (demo_cohort / p["mri"]).iterdir()}
+        mri_files = {f.name for f in (demo_cohort / p["mri"]).iterdir()}
+        assert {"T1.nii.gz", "T2.nii.gz", "T1C.nii.gz", "mask.nii.gz"} <= mri_files
         assert (demo_cohort / p["mri_report"]).read_text().strip()
         assert p["endoscopy"] and all((demo_cohort / f).is_file() for f in p["endoscopy"])
     for f in frames:  # every frame belongs to a patient of the table, and its sidecar says so too

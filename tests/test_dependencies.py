@@ -29,8 +29,10 @@ EXTRA_OF = {
 }
 #: modules that do not run in the toolkit's environment, with why
 RUN_ELSEWHERE = {
-    "hicur_monai/label/app_main.py": "the MONAI Label app: runs in its own environment (make label; monailabel pins numpy<2)",
-    "hicur_monai/label/guard.py": "the MONAI Label app's route guards: imported by app_main.py in the label environment",
+    "hicur_monai/label/app_main.py": "the MONAI Label app: runs in its own environment "
+                                     "(make label; monailabel pins numpy<2)",
+    "hicur_monai/label/guard.py": "the MONAI Label app's route guards: "
+                                  "imported by app_main.py in the label environment",
 }
 #: imports a user brings only for an opt-in feature, with why they are not declared
 OPTIONAL = {

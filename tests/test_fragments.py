@@ -73,7 +73,8 @@ def test_ct_pipeline_on_demo_volume(demo_cohort: Path):
 def test_endoscopy_pipeline_with_augmentation_and_normalisation(demo_cohort: Path):
     item = load_datalist(demo_cohort, "endoscopy")[0]
     (plain,) = _run(("endoscopy.json::load", "common.json::rgb"), item)
-    pipe = build_pipeline("endoscopy.json::load", "common.json::rgb", "augment.json::pretrain", "common.json::normalize")
+    pipe = build_pipeline("endoscopy.json::load", "common.json::rgb", "augment.json::pretrain",
+                          "common.json::normalize")
     pipe.set_random_state(0)
     out = pipe(dict(item))
     assert out["image"].shape == (3, 384, 384)
@@ -104,7 +105,8 @@ def test_bundle_export_inlines_fragment_macros(tmp_path: Path, repo_root: Path, 
     (src / "configs" / "metadata.json").write_text("{}")
     (src / "configs" / "inference.json").write_text(json.dumps({
         "img_size": 256,
-        "preprocessing": {"_target_": "Compose", "transforms": ["%transforms/ct.json::load", "%transforms/common.json::rgb"]}
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": ["%transforms/ct.json::load", "%transforms/common.json::rgb"]}
     }))
     out = export_bundle(src, tmp_path / "exported")
     cfg = json.loads((out / "configs" / "inference.json").read_text())

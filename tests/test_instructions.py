@@ -64,7 +64,8 @@ def test_llava_validator_catches_problems(tmp_path):
         {"id": "c", "image": "y.png", "conversations": [{"from": "gpt", "value": "<image>\nhi"},
                                                          {"from": "human", "value": "x"}]},
         {"id": "d", "image": "y.png", "conversations": [{"from": "human", "value": "no token"},
-                                                         {"from": "gpt", "value": ""}, {"from": "human", "value": "z"}]},
+                                                         {"from": "gpt", "value": ""},
+                                                         {"from": "human", "value": "z"}]},
     ]
     errors = validate_llava(bad)
     for needle in ("duplicate id", "'image' must be", "at least 2 turns", "expected 'human'", "odd number",

@@ -54,7 +54,8 @@ def test_nifti_and_nrrd_round_trip(tmp_path: Path):
     assert img.meta["format"] == "nifti" and img.shape == (1, 7, 6, 5)
     np.testing.assert_allclose(img[0].numpy(), arr)
     np.testing.assert_allclose(img.affine.numpy(), affine)
-    nrrd.write(str(tmp_path / "v.nrrd"), arr, {"space directions": np.diag([1.5, 2.0, 3.0]), "space": "left-posterior-superior",
+    nrrd.write(str(tmp_path / "v.nrrd"), arr, {"space directions": np.diag([1.5, 2.0, 3.0]),
+                                                "space": "left-posterior-superior",
                                                 "space origin": np.zeros(3)})
     img2 = LoadMedicalImage()(tmp_path / "v.nrrd")
     assert img2.meta["format"] == "nrrd" and img2.shape == (1, 7, 6, 5)

@@ -43,7 +43,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
     got = torch.load(rank0 / "models" / "model.pt", map_location="cpu", weights_only=True)
     ref = torch.load(runs / "single" / "models" / "model.pt", map_location="cpu", weights_only=True)
     it_ddp = torch.load(rank0 / "models" / "last.pt", map_location="cpu", weights_only=False)["trainer"]["iteration"]
-    it_one = torch.load(runs / "single" / "models" / "last.pt", map_location="cpu", weights_only=False)["trainer"]["iteration"]
+    ckpt_one = torch.load(runs / "single" / "models" / "last.pt", map_location="cpu", weights_only=False)
+    it_one = ckpt_one["trainer"]["iteration"]
     assert it_ddp == it_one > 0
     assert got.keys() == ref.keys()
     for k in ref:

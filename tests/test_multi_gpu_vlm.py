@@ -88,7 +88,8 @@ def test_resume_two_to_one_and_one_to_two(runs, common, tmp_path):
     from hicur_monai.vlm.train import VLMTraining
 
     with pytest.raises(ValueError, match="keys that differ: global_batch_size"):
-        VLMTraining(common["instructions_dir"] + "/alignment_brief.json", tmp_path / "a", vision=summary_vision(tmp_path),
+        VLMTraining(common["instructions_dir"] + "/alignment_brief.json", tmp_path / "a",
+                    vision=summary_vision(tmp_path),
                     llm=TINY_LLM, batch_size=1, max_steps=6, lr=0.01, warmup_ratio=0.0, device="cpu", limit=6,
                     max_length=256, image_folder=common["dataset_dir"] + "/endoscopy")
 

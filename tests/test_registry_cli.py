@@ -76,5 +76,6 @@ def test_cli_demo_data_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "hicur_monai.cli", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "hicur_monai.cli", "--version"],
+                         capture_output=True, text=True, check=True)
     assert "hicur-monai" in out.stdout

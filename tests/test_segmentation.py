@@ -205,7 +205,8 @@ def test_inference_items(tmp_path):
 
 @pytest.mark.slow
 def test_bundle_trains_evaluates_and_resumes(demo_cohort, tmp_path):
-    """train.json + demo.json: a 2-epoch schedule stopped after epoch 1, resumed from last.pt for epoch 2 only; evaluate.json."""
+    """train.json + demo.json: a 2-epoch schedule stopped after epoch 1, resumed from last.pt for epoch 2 only;
+    evaluate.json."""
     from monai.bundle import run
 
     cfg = [str(BUNDLE / "train.json"), str(BUNDLE / "demo.json")]

@@ -125,7 +125,8 @@ def _read_seg(path: Path):
 
 
 def test_dicom_seg_round_trip_geometry_and_labels(tmp_path):
-    """A mask on a DICOM series -> DICOM SEG: same frame of reference, positions, spacing; labels back per source image."""
+    """A mask on a DICOM series -> DICOM SEG: same frame of reference, positions, spacing; labels back per source
+    image."""
     from dicom_helpers import write_ct_series
 
     from hicur_monai.segmentation.dicom_seg import write_dicom_seg

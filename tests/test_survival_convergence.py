@@ -96,7 +96,8 @@ def _flchain_split():
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=0)
     imp = SimpleImputer(strategy="median").fit(xtr[["creatinine"]])
     xtr, xte = xtr.copy(), xte.copy()
-    xtr["creatinine"], xte["creatinine"] = imp.transform(xtr[["creatinine"]])[:, 0], imp.transform(xte[["creatinine"]])[:, 0]
+    xtr["creatinine"] = imp.transform(xtr[["creatinine"]])[:, 0]
+    xte["creatinine"] = imp.transform(xte[["creatinine"]])[:, 0]
     return xtr, xte, ytr, yte
 
 

@@ -27,7 +27,14 @@ from hicur_monai.survival.metrics import (  # noqa: E402
     td_auc,
     uno_c,
 )
-from hicur_monai.survival.models import CoxModel, DeepSurv, breslow_baseline, load_model, save_model  # noqa: E402
+from hicur_monai.survival.models import (  # noqa: E402
+    CoxModel,
+    DeepSurv,
+    FitError,
+    breslow_baseline,
+    load_model,
+    save_model,
+)
 
 FAST_DS = dict(hidden=(16,), epochs=60, n_seeds=1, patience=20, lr=1e-2)
 
@@ -183,3 +190,23 @@ def test_generic_tables_whas500_and_strata():
     assert "gender=1" not in strat.hazard_ratios().index
     s = strat.predict_survival(df.iloc[:4], [100.0, 1000.0])
     assert s.shape == (4, 2) and (s[:, 1] <= s[:, 0]).all()
+
+
+def test_deepsurv_failed_refit_leaves_no_half_fitted_model(demo_frame, monkeypatch):
+    """A fit that raises must not leave new networks next to the previous fit's baseline (was: silent mix)."""
+    df, _, _ = demo_frame
+    ds = DeepSurv(**{**FAST_DS, "epochs": 5, "n_seeds": 2}).fit(df.iloc[:200])
+    real_fit_one = DeepSurv._fit_one
+
+    def fail_second(self, x, t, e, seed):
+        if seed != self.seed:
+            raise FitError("seed diverged")
+        return real_fit_one(self, x, t, e, seed)
+
+    monkeypatch.setattr(DeepSurv, "_fit_one", fail_second)
+    with pytest.raises(FitError, match="seed diverged"):
+        ds.fit(df.iloc[200:400])
+    for call in (lambda: ds.predict_risk(df), lambda: ds.predict_survival(df, [12]),
+                 lambda: ds.baseline_survival([12])):
+        with pytest.raises(RuntimeError, match="not fitted"):
+            call()

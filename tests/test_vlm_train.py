@@ -114,7 +114,8 @@ def test_changed_encoder_file_warns(tmp_path):
         VisionLanguageModel.from_pretrained(saved)
 
 
-@pytest.mark.parametrize("sharding", [{"fsdp": True, "fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}},
+@pytest.mark.parametrize("sharding", [{"fsdp": True,
+                                       "fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}},
                                       {"deepspeed": {"zero_optimization": {"stage": 3}}}])
 def test_sharding_on_cpu_is_refused_not_silently_dropped(tmp_path, sharding):
     # accelerate enables FSDP / DeepSpeed only on GPUs; on the CPU it would train plain DDP without a word

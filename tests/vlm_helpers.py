@@ -29,7 +29,8 @@ def conversation(n_rounds: int = 2) -> list[dict[str, str]]:
     msgs = [{"role": "system", "content": "you are a careful endoscopist"}]
     for i in range(n_rounds):
         q = ("<image>\n" if i == 0 else "") + f"question {i}: is there a mass on the left wall?"
-        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": f"answer {i}: a mass with ulceration"}]
+        msgs += [{"role": "user", "content": q},
+                 {"role": "assistant", "content": f"answer {i}: a mass with ulceration"}]
     return msgs
 
 

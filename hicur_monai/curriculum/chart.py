@@ -28,14 +28,14 @@ def _segmentation(ax_dice: Axes, ax_hd: Axes, res: CurriculumResults) -> None:
     x, width = np.arange(len(variants)), 0.8 / (len(SEQUENCES) + 1)
     keys = [(f"dice_3d_{s}", s) for s in SEQUENCES] + [("val_mean_dice_3d", "mean")]
     for i, (key, label) in enumerate(keys):
-        vals = [np.nan if res.segmentation.get(v) is None else res.segmentation[v][key] for v in variants]
+        vals = [np.nan if (row := res.segmentation.get(v)) is None else row[key] for v in variants]
         ax_dice.bar(x + (i - len(keys) / 2 + 0.5) * width, vals, width, label=label)
     missing = [res.segmentation.get(v) is None for v in variants]
     labels = list(SEGMENTATION_VARIANTS.values())
     _not_run(ax_dice, x, labels, missing)
     ax_dice.set(ylim=(0, 1), ylabel="3D Dice", title="III segmentation: 3D Dice per sequence")
     ax_dice.legend(fontsize=7, ncol=4)
-    hd = [np.nan if m else res.segmentation[v]["val_hd95"] for v, m in zip(variants, missing)]
+    hd = [np.nan if (row := res.segmentation.get(v)) is None else row["val_hd95"] for v in variants]
     ax_hd.bar(x, hd, 0.6, color="tab:gray")
     _not_run(ax_hd, x, labels, missing)
     ax_hd.set(ylabel="HD95 (lower is better)", title="III segmentation: HD95")

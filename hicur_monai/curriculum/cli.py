@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from hicur_monai.curriculum.budgets import BUDGETS
 from hicur_monai.curriculum.table import PROGNOSIS_SETS, SEGMENTATION_VARIANTS
@@ -46,6 +48,7 @@ def _table(args: argparse.Namespace) -> int:
     from hicur_monai.curriculum.budgets import get_budget
     from hicur_monai.curriculum.table import read_manifest, write_ablation
 
+    manifest: Mapping[str, Any]
     if args.budget:  # results of the stage commands run by hand: no manifest
         manifest = {"budget": {"name": args.budget}, "command": args.command or "", "skipped": args.skip or []}
     else:

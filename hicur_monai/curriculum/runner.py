@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from hicur_monai.curriculum.budgets import Budget
 from hicur_monai.curriculum.steps import Step, StepOutcome, run_steps
@@ -159,11 +160,13 @@ def run_curriculum(data: str | Path, out: str | Path, budget: Budget, skip: Sequ
         raise FileNotFoundError(f"{Path(data) / 'datalist.json'}: not a demo cohort; "
                                 f"make one with `hicur demo-data {data}`")
     steps = curriculum_steps(data, out, budget, skip, command)
-    manifest = {"budget": asdict(budget), "command": command, "skipped": sorted(skip), "data": str(data)}
+    manifest: dict[str, Any] = {"budget": asdict(budget), "command": command, "skipped": sorted(skip),
+                                "data": str(data)}
     if not dry_run:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / MANIFEST, manifest)
-    outcomes = run_steps(steps, Path(out), dry_run=dry_run, **({"log": log} if log else {}))
+    log_kw: dict[str, Any] = {"log": log} if log else {}
+    outcomes = run_steps(steps, Path(out), dry_run=dry_run, **log_kw)
     if not dry_run:
         manifest["steps"] = [asdict(o) for o in outcomes]
         atomic_write_json(Path(out) / MANIFEST, manifest)

@@ -131,9 +131,9 @@ def _prognosis(path: Path) -> dict[str, Any]:
             hc = ((mres or {}).get("metrics") or {}).get("harrell_c")
             if not isinstance(hc, dict):
                 raise ValueError(f"{path}: endpoints.{ep}.models.{model}.metrics.harrell_c is missing")
-            c.setdefault(ep, {})[model] = tuple(
-                _number(path, f"endpoints.{ep}.models.{model}.metrics.harrell_c.{k}", hc.get(k))
-                for k in ("estimate", "lo", "hi"))
+            est, lo, hi = (_number(path, f"endpoints.{ep}.models.{model}.metrics.harrell_c.{k}", hc.get(k))
+                           for k in ("estimate", "lo", "hi"))
+            c.setdefault(ep, {})[model] = (est, lo, hi)
     return {"n_image_features": n_image, "c": c}
 
 

@@ -33,7 +33,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -385,7 +385,7 @@ def _n_rounds(pair_id: str, seed: int, lo: int = 3, hi: int = 5) -> int:
 
 
 def _run_teacher(teacher: Any, todo: Sequence[ReportPair], seed: int, source_kind: str,
-                 workers: int) -> Iterator[tuple[ReportPair, Any]]:
+                 workers: int) -> Generator[tuple[ReportPair, Any], None, None]:
     """Yield ``(pair, TeacherResult)`` as each finishes (in order when ``workers == 1``)."""
     if workers == 1:
         for p in todo:

@@ -17,7 +17,9 @@ from typing import Any
 __all__ = ["add_parser", "collect_all_pairs"]
 
 
-def add_parser(subparsers, teacher_factory: Callable[[argparse.Namespace], Any] | None = None) -> None:
+def add_parser(
+    subparsers: argparse._SubParsersAction, teacher_factory: Callable[[argparse.Namespace], Any] | None = None
+) -> None:
     """Add ``hicur instructions {build,validate}``.
 
     Args:
@@ -100,7 +102,7 @@ def collect_all_pairs(reports: list[Path], images: list[Path], out: Path,
     return pairs, skipped, endoscopy
 
 
-def _build(args) -> int:
+def _build(args: argparse.Namespace) -> int:
     from hicur_monai.data.instructions import build_instruction_data
 
     if args.teacher_factory is None:
@@ -138,7 +140,7 @@ def _build(args) -> int:
     return 0
 
 
-def _validate(args) -> int:
+def _validate(args: argparse.Namespace) -> int:
     from hicur_monai.data.instructions import validate_llava_file
 
     bad = 0

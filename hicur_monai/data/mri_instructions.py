@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def _export_study(study: Path, out_dir: Path, sequences: tuple[str, ...]) -> dic
     if mask_path is None:
         raise FileNotFoundError(f"{study}: no mask.nii.gz (the representative slice needs the tumour mask)")
     try:
-        z = representative_slice(np.asarray(nib.load(mask_path).dataobj))
+        z = representative_slice(np.asarray(cast(Any, nib.load(mask_path)).dataobj))
     except ValueError as err:
         raise ValueError(f"{mask_path}: {err}") from None
     out: dict[str, str] = {}
@@ -96,7 +96,7 @@ def _export_study(study: Path, out_dir: Path, sequences: tuple[str, ...]) -> dic
         path = _volume(study, seq)
         if path is None:
             raise FileNotFoundError(f"{study}: no {seq}.nii.gz")
-        vol = nib.load(path)
+        vol: Any = nib.load(path)  # a NIfTI image
         if vol.shape[-1] <= z or len(vol.shape) != 3:
             raise ValueError(f"{path}: shape {vol.shape} does not match its mask")
         target = out_dir / f"{study.name}_{seq}.nii.gz"

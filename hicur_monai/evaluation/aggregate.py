@@ -379,7 +379,8 @@ def _plot(summary: pd.DataFrame) -> bytes:
     for i, system in enumerate(systems):
         s = allk[allk["system"] == system].set_index("criterion").reindex(criteria)
         mean = s[f"{src}_mean"].to_numpy(dtype=float)
-        err = np.vstack([mean - s[f"{src}_ci_low"].to_numpy(dtype=float), s[f"{src}_ci_high"].to_numpy(dtype=float) - mean])
+        err = np.vstack([mean - s[f"{src}_ci_low"].to_numpy(dtype=float),
+                         s[f"{src}_ci_high"].to_numpy(dtype=float) - mean])
         x = np.arange(len(criteria)) + (i - (len(systems) - 1) / 2) * width
         ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=system)
     ax.set_xticks(np.arange(len(criteria)), criteria)

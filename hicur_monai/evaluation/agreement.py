@@ -12,6 +12,7 @@ score tables into the matrices both need.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -156,7 +157,7 @@ def krippendorff_alpha(ratings: np.ndarray | pd.DataFrame, level: str = "interva
     data = np.asarray(ratings, dtype=float)
     if data.ndim != 2 or (np.isfinite(data).sum(axis=0) >= 2).sum() == 0:
         raise ValueError("Krippendorff's alpha needs at least one unit rated by two raters")
-    return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level))
+    return float(krippendorff.alpha(reliability_data=data, level_of_measurement=cast(Any, level)))
 
 
 def rating_matrix(df: pd.DataFrame, unit: str | Sequence[str], rater: str, value: str = "score") -> pd.DataFrame:

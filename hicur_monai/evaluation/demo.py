@@ -110,7 +110,8 @@ def make_demo_study(out_dir: str | os.PathLike, n_items: int = 12, seed: int = 0
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    items, answers = [], {s: [] for s in DEMO_SYSTEMS}
+    items: list[Any] = []
+    answers: dict[str, list[Any]] = {s: [] for s in DEMO_SYSTEMS}
     for i in range(n_items):
         caption, reference = _CASES[i % len(_CASES)]
         kind = "conversation" if i % 2 == 0 else "detailed"
@@ -165,7 +166,8 @@ def run_demo(out_dir: str | os.PathLike, n_items: int = 12, raters: int = 3, run
         bias = rng.normal(0, 0.5)
         for unit in store.units(rater):
             system = store.reveal(rater, unit.item_id, unit.label)  # only to simulate a rater
-            scores = {c: float(np.clip(np.rint(judge_mean[(unit.item_id, system, c)] + bias + rng.normal(0, 1.0)), 0, 10))
+            scores = {c: float(np.clip(np.rint(judge_mean[(unit.item_id, system, c)] + bias + rng.normal(0, 1.0)),
+                                       0, 10))
                       for c in CRITERIA}
             store.submit(rater, unit.item_id, unit.label, scores)
     physicians = store.export_csv(out / "physician_scores.csv")

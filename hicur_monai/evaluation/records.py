@@ -217,7 +217,9 @@ def _lines(paths: str | os.PathLike | Sequence[str | os.PathLike],
             yield _canonical(obj, aliases, where), where
 
 
-def read_answers(paths: str | os.PathLike | Sequence[str | os.PathLike], items: Iterable[Item] | None = None) -> list[Answer]:
+def read_answers(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], items: Iterable[Item] | None = None
+) -> list[Answer]:
     """Read answers from one or more JSON-lines files.
 
     Args:

@@ -24,7 +24,8 @@ __all__ = ["reference_messages", "write_references"]
 
 def reference_messages(item: Item, prompts_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
     """The chat messages asking a model for the reference answer of ``item``."""
-    user = fill_prompt(load_prompt("reference", prompts_dir), question=item.question, context=item.context or "(none given)")
+    user = fill_prompt(load_prompt("reference", prompts_dir), question=item.question,
+                       context=item.context or "(none given)")
     return [{"role": "system", "content": load_prompt("system", prompts_dir)}, {"role": "user", "content": user}]
 
 
@@ -59,7 +60,9 @@ def write_references(model: ChatModel, items: Sequence[Item], out: str | os.Path
                 break
             errors.append("empty reply")
         else:
-            raise ChatModelError(f"item {item.item_id!r}: no reference answer after {retries + 1} attempts ({errors[-1]})")
-        done.append(replace(item, reference=text, extra={**item.extra, "reference_by": getattr(model, "name", "model")}))
+            raise ChatModelError(f"item {item.item_id!r}: no reference answer after {retries + 1} attempts "
+                                 f"({errors[-1]})")
+        by = getattr(model, "name", "model")
+        done.append(replace(item, reference=text, extra={**item.extra, "reference_by": by}))
     atomic_write_text(Path(out), "".join(json.dumps(it.to_dict(), ensure_ascii=False) + "\n" for it in done))
     return done

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from fastapi import HTTPException
 from monai.transforms import SaveImaged
@@ -58,7 +59,7 @@ class HiCurNPCApp(MONAILabelApp):
             version="0.1.0",
         )
 
-    def init_datastore(self):
+    def init_datastore(self) -> SafeLocalDatastore:
         """MONAI Label's local datastore with every client name checked (a DICOMweb URL is refused)."""
         if self.studies.startswith(("http://", "https://")):
             raise ValueError(f"{self.studies}: this app serves a local studies folder only")
@@ -69,14 +70,14 @@ class HiCurNPCApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
-    def _load_sessions(self, load: bool = False):
+    def _load_sessions(self, load: bool = False) -> None:
         return None  # sessions take client uploads and archives; off in this app
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
         install_guard()  # raises if it cannot: the server never runs unguarded
 
-    def infer(self, request: dict, datastore=None) -> dict:
+    def infer(self, request: dict, datastore: Any = None) -> dict:
         """Inference on a datastore image only: an unknown id is a 404, an unreadable file a 422, with the reason."""
         image = request.get("image")
         store = datastore or self.datastore()
@@ -94,7 +95,7 @@ class HiCurNPCApp(MONAILabelApp):
         try:
             LoadMedicalImage()(path)
         except Exception as err:
-            reason = str(err).replace(path, image)  # no server paths in answers
+            reason = str(err).replace(path, str(image))  # no server paths in answers
             raise HTTPException(status_code=422, detail=f"image {image!r} cannot be read: {reason}") from err
         # the resolved path, not the id: MONAI Label would take an id that names a file in its working folder
         # as that file

@@ -215,7 +215,7 @@ def load_gguf_causal_lm(path: str | os.PathLike, gguf_file: str | None = None,
     tokenizer = AutoTokenizer.from_pretrained(p, gguf_file=gguf_file)
     _check_template(tokenizer, str(p / gguf_file), chat_template)
     kw = {"dtype": _torch_dtype(dtype)} if _torch_dtype(dtype) is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(p, gguf_file=gguf_file, **kw)
+    model: Any = AutoModelForCausalLM.from_pretrained(p, gguf_file=gguf_file, **kw)
     # transformers dequantises GGUF tensors into ordinary weights; drop the quantisation marker so the
     # model saves, fine-tunes and reloads like any other
     model.hf_quantizer = None

@@ -58,10 +58,10 @@ class TransformersChatModel(ChatModel):
             model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
         self.model = model.to(self.device).eval()
 
-    def prompt_ids(self, messages: Sequence[Message]):
+    def prompt_ids(self, messages: Sequence[Message]) -> tuple[Any, Any]:
         """Token ids of ``messages`` with the chat template and the generation prompt applied."""
-        enc = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
-                                                 return_dict=True)
+        enc: Any = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                      return_tensors="pt", return_dict=True)
         return enc["input_ids"].to(self.device), enc.get("attention_mask")
 
     def chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> str:
@@ -89,7 +89,7 @@ class TransformersChatModel(ChatModel):
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention, **gen)
         except (RuntimeError, ValueError) as err:
             raise ChatModelError(f"{self.name}: generation failed: {err}") from err
-        text = self.tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+        text = str(self.tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True))
         for stop in cfg.stop:
             if stop in text:
                 text = text[: text.index(stop)]

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,8 @@ _NO_KEY = "no-key"  # the SDK wants a key; with this one the Authorization heade
 class RateLimiter:
     """At most ``per_minute`` calls per minute, spaced evenly (thread-safe). ``None``: unlimited."""
 
-    def __init__(self, per_minute: float | None = None, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, per_minute: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         if per_minute is not None and per_minute <= 0:
             raise ValueError(f"requests per minute must be > 0, got {per_minute}")
         self.interval = 60.0 / per_minute if per_minute else 0.0
@@ -100,7 +101,7 @@ class OpenAIChatModel(ChatModel):
     def __init__(self, base_url: str | None = None, model: str = "gpt-4-turbo", api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 120.0, max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 60.0,
                  requests_per_minute: float | None = None, cache_dir: str | Path | None = None,
-                 extra_body: dict[str, Any] | None = None, sleep=time.sleep):
+                 extra_body: dict[str, Any] | None = None, sleep: Callable[[float], None] = time.sleep):
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ class OutputChecks:
         p = Path(path) if path else PROMPT_DIR / "output_checks.yaml"
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
         try:
-            def comp(items):
+            def comp(items: Sequence[str]) -> list[re.Pattern[str]]:
                 return [re.compile(x, re.I) for x in items]
 
             return cls(int(doc["rounds"]["min"]), int(doc["rounds"]["max"]),
@@ -248,7 +248,7 @@ def make_teacher(spec: str, **kwargs: Any) -> ChatTeacher:
     return get("teachers", name)(**tk, **mk)
 
 
-def _teacher_factory(backend: str):
+def _teacher_factory(backend: str) -> Callable[..., ChatTeacher]:
     def build(**kwargs: Any) -> ChatTeacher:
         return ChatTeacher(backend, **kwargs)
 
@@ -256,6 +256,7 @@ def _teacher_factory(backend: str):
     return build
 
 
-TEACHERS.add("rule", "offline rule-based teacher from parsed findings (default; deterministic)", _teacher_factory("rule"))
+TEACHERS.add("rule", "offline rule-based teacher from parsed findings (default; deterministic)",
+             _teacher_factory("rule"))
 TEACHERS.add("openai", "teacher on an OpenAI-compatible HTTP endpoint", _teacher_factory("openai"))
 TEACHERS.add("transformers", "teacher on a local transformers causal-LM folder", _teacher_factory("transformers"))

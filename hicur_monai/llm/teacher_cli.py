@@ -8,13 +8,17 @@ that the data layer never imports the LLM layer; this module passes it
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from hicur_monai.data import instructions_cli
+
+if TYPE_CHECKING:
+    from hicur_monai.llm.teacher import ChatTeacher
 
 __all__ = ["add_parser", "teacher_from_args"]
 
 
-def teacher_from_args(args: argparse.Namespace):
+def teacher_from_args(args: argparse.Namespace) -> ChatTeacher:
     """The teacher named by ``--teacher`` (``rule``, ``openai``, ``local:PATH``) and its options.
 
     Raises:
@@ -37,6 +41,6 @@ def teacher_from_args(args: argparse.Namespace):
     return make_teacher(kind, **kwargs)
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``hicur instructions`` with the real teacher factory."""
     instructions_cli.add_parser(subparsers, teacher_factory=teacher_from_args)

@@ -41,7 +41,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -171,8 +171,11 @@ class MultiHeadAttention(nn.Module):
         self.kv = nn.Linear(kv_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, N, C) attends to ``context`` (B, L, Ck) (``x`` itself when ``None``); ``mask`` (B, L) True = keep."""
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` (B, N, C) attends to ``context`` (B, L, Ck) (``x`` itself when ``None``); ``mask`` (B, L)
+        True = keep."""
         b, n, c = x.shape
         ctx = x if context is None else context
         h = self.num_heads
@@ -248,7 +251,9 @@ class FusionBlock(nn.Module):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, feat: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, feat: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``feat`` (B, C, H, W), ``text`` (B, L, D) or ``None`` (cross-attention skipped)."""
         b, c, h, w = feat.shape
         x = feat.flatten(2).transpose(1, 2)
@@ -293,10 +298,10 @@ class FusionSegNet(nn.Module):
             self.encoder = ConvNeXt(**encoder_source["kwargs"])
         else:
             self.encoder = ConvNeXt(
-                in_chans=cfg.in_chans, depths=list(cfg.depths), dims=list(cfg.dims), use_grn=True,
+                in_chans=cfg.in_chans, depths=tuple(cfg.depths), dims=tuple(cfg.dims), use_grn=True,
                 ls_init_value=None, conv_mlp=False, num_classes=0, drop_path_rate=cfg.drop_path_rate,
             )
-        dims = [int(info["num_chs"]) for info in self.encoder.feature_info]
+        dims = [int(cast(int, info["num_chs"])) for info in self.encoder.feature_info]
         self.scale_dims = (cfg.stem_dim, *dims)
         self.stem2 = UnetResBlock(2, cfg.in_chans, cfg.stem_dim, kernel_size=3, stride=2, norm_name=cfg.norm_name)
         self.fusion = nn.ModuleDict({
@@ -321,7 +326,7 @@ class FusionSegNet(nn.Module):
         encoder = load_encoder(path)
         if not isinstance(encoder, ConvNeXt):
             raise ValueError(f"{path}: not a ConvNeXt encoder ({type(encoder).__name__})")
-        if int(encoder.stem[0].in_channels) != self.config.in_chans:
+        if int(cast(nn.Conv2d, encoder.stem[0]).in_channels) != self.config.in_chans:
             raise ValueError(f"{path}: encoder takes {encoder.stem[0].in_channels} channels, "
                              f"config in_chans={self.config.in_chans}")
         meta = json.loads(Path(path).with_suffix(".json").read_text())
@@ -438,7 +443,8 @@ def _network_state(path: str | os.PathLike, map_location: str | torch.device) ->
 def load_trained_network(
     path: str | os.PathLike, network: nn.Module, device: str | torch.device | None = None
 ) -> nn.Module:
-    """``network`` with the weights of the checkpoint at ``path``; rebuilt as the checkpoint's own network if it differs.
+    """``network`` with the weights of the checkpoint at ``path``; rebuilt as the checkpoint's own network if it
+    differs.
 
     A :class:`FusionSegNet` checkpoint records its configuration: when it differs from ``network``'s
     (a ``tiny`` demo model evaluated under the ``base`` defaults), the network is built from the
@@ -471,7 +477,8 @@ def load_trained_network(
 
 
 def trained_input_size(network: nn.Module, default: int) -> int:
-    """The input size a network was trained at (``config.extra['img_size']`` of a :class:`FusionSegNet`), else ``default``."""
+    """The input size a network was trained at (``config.extra['img_size']`` of a :class:`FusionSegNet`), else
+    ``default``."""
     config = getattr(network, "config", None)
     size = getattr(config, "extra", {}).get("img_size") if config is not None else None
     return int(size) if size else int(default)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -46,5 +47,5 @@ def set_output_prior(network: nn.Module, prior: float | None) -> nn.Module:
     if not 0.0 < prior < 1.0:
         raise ValueError(f"output prior must be in (0, 1), got {prior}")
     with torch.no_grad():
-        output_layer(network).bias.fill_(math.log(prior / (1.0 - prior)))
+        cast(torch.Tensor, output_layer(network).bias).fill_(math.log(prior / (1.0 - prior)))
     return network

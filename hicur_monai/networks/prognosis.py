@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -150,7 +151,8 @@ class SliceTextPrognosisConfig:
     n_outputs: int = 2
 
 
-@NETWORKS.add_def("slice_text_prognosis", "released HiCur prognosis head: slices + CLS -> 2 transformer layers x text -> 2 logits")
+@NETWORKS.add_def("slice_text_prognosis",
+                  "released HiCur prognosis head: slices + CLS -> 2 transformer layers x text -> 2 logits")
 class SliceTextPrognosisNet(nn.Module):
     """Slice features + CLS + learned positions, transformer layers cross-attending to text.
 
@@ -158,7 +160,7 @@ class SliceTextPrognosisNet(nn.Module):
     ``(B, n_outputs)`` logits (death, distant metastasis), trained with binary cross-entropy.
     """
 
-    def __init__(self, config: SliceTextPrognosisConfig | None = None, **kwargs):
+    def __init__(self, config: SliceTextPrognosisConfig | None = None, **kwargs: Any):
         super().__init__()
         cfg = config or SliceTextPrognosisConfig(**kwargs)
         self.config = cfg

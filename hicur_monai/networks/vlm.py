@@ -24,9 +24,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -69,11 +69,12 @@ class ViTTokenEncoder(nn.Module):
         super().__init__()
         if tokens not in ("all", "patch"):
             raise ValueError(f"tokens must be 'all' or 'patch', got {tokens!r}")
-        self.vit = vit
+        self.vit: Any = vit  # duck-typed: forward_features(x) -> tokens
         self.tokens = tokens
         self.out_dim = int(getattr(vit, "num_features", getattr(vit, "embed_dim", 0)))
         size = getattr(getattr(vit, "patch_embed", None), "img_size", None)
         self.image_size = int(size[0]) if size is not None else None
+        self.timm_kwargs: dict[str, Any] | None = None  # set when built from timm kwargs (save_pretrained)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, N, D)``."""
@@ -125,7 +126,7 @@ def build_vision_tower(spec: Mapping[str, Any], root: str | os.PathLike | None =
 
 def _lora_base_state(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of a peft-wrapped model's base weights under the original names (adapters dropped)."""
-    state = peft_model.get_base_model().state_dict()
+    state = cast(Any, peft_model).get_base_model().state_dict()
     return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
 
 
@@ -196,7 +197,7 @@ class VisionLanguageModel(nn.Module):
         """How many LLM positions one image takes."""
         if self._num_image_tokens is None:
             p = self.projector[0] if isinstance(self.projector, nn.Sequential) else self.projector
-            x = torch.zeros(1, 3, self.image_size, self.image_size, device=p.weight.device)
+            x = torch.zeros(1, 3, self.image_size, self.image_size, device=cast(torch.Tensor, p.weight).device)
             with torch.no_grad():
                 self._num_image_tokens = int(self.vision(x).shape[1])
         return self._num_image_tokens
@@ -227,7 +228,7 @@ class VisionLanguageModel(nn.Module):
             from peft import LoraConfig, PeftModel, get_peft_model
 
             if not isinstance(self.llm, PeftModel):
-                cfg = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                cfg: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]} | dict(lora or {})
                 self.lora_config = cfg
                 self.llm = get_peft_model(self.llm, LoraConfig(task_type="CAUSAL_LM", **cfg))
@@ -276,7 +277,7 @@ class VisionLanguageModel(nn.Module):
             mask[i, :n] = 1
             if s.get("image") is not None:
                 images.append(torch.as_tensor(s["image"]))
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask,
+        batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "attention_mask": mask,
                  "images": torch.stack(images) if images else None}
         for key in ("id",):
             if all(key in s for s in samples):
@@ -312,6 +313,7 @@ class VisionLanguageModel(nn.Module):
             lab = labels[b].to(dev)[keep] if labels is not None else None
             parts, lparts, start = [], [], 0
             for pos in (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist():
+                assert feats is not None  # as many images as placeholders (checked above)
                 parts.append(table(ids[start:pos]))
                 parts.append(feats[k].to(parts[-1].dtype))
                 if lab is not None:
@@ -327,7 +329,8 @@ class VisionLanguageModel(nn.Module):
         d = seqs[0].shape[1]
         out = seqs[0].new_zeros(len(seqs), length, d)
         mask = torch.zeros(len(seqs), length, dtype=torch.long, device=dev)
-        lab_out = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long, device=dev) if labels is not None else None
+        lab_out = (torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long, device=dev)
+                   if labels is not None else None)
         for i, s in enumerate(seqs):
             n = s.shape[0]
             sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
@@ -426,8 +429,9 @@ class VisionLanguageModel(nn.Module):
             if vision_spec.get("kind") != "encoder_file":
                 kwargs = getattr(self.vision, "timm_kwargs", None)
                 if kwargs is None:
-                    raise ValueError("cannot save a vision tower that was not loaded from a file nor built from timm kwargs")
-                vit = self.vision.vit
+                    raise ValueError("cannot save a vision tower that was not loaded from a file "
+                                     "nor built from timm kwargs")
+                vit = cast(nn.Module, self.vision.vit)
                 atomic_save_torch({k: v.detach().cpu() for k, v in vit.state_dict().items()},
                                   tmp / "vision" / "vit_encoder.pt")
                 atomic_write_json(tmp / "vision" / "vit_encoder.json", {"class": _VIT_CLASS, "kwargs": kwargs,
@@ -459,7 +463,7 @@ class VisionLanguageModel(nn.Module):
                 "format": VLM_FORMAT,
                 "vision": vision_spec,
                 "llm": llm_spec,
-                "projector": {"kind": self.projector_kind, "d_vision": int(self.vision.out_dim),
+                "projector": {"kind": self.projector_kind, "d_vision": int(cast(int, self.vision.out_dim)),
                               "d_llm": int(self.projector_out_dim)},
                 "adapter": "adapter" if is_peft else None,
                 "lora": self.lora_config,
@@ -537,7 +541,7 @@ class VisionLanguageModel(nn.Module):
         model.eval()
         return model.to(device) if device is not None else model
 
-    def autocast(self, enabled: bool | str = "auto"):
+    def autocast(self, enabled: bool | str = "auto") -> AbstractContextManager[Any]:
         """A bf16 autocast context where the device supports it (CUDA with bf16), else a no-op."""
         dev = self.device
         if enabled == "auto":

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def variant_overrides(variant: str, vlm_checkpoint: str | None) -> tuple[list[st
     """
     name = ALIASES.get(variant, variant)
     if name not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)} (or the aliases {sorted(ALIASES)})")
+        raise ValueError(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)} "
+                         f"(or the aliases {sorted(ALIASES)})")
     files, keys = VARIANTS[name]
     keys = dict(keys)
     if name.startswith("fusion_vlm"):
@@ -62,8 +64,11 @@ def _number(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def comparison_json(runs: dict[str, str | os.PathLike], output_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{variant: {val_mean_dice_3d, dice_3d_T1, dice_3d_T2, dice_3d_T1C, val_hd95, coarse_states}}`` from eval folders.
+def comparison_json(
+    runs: Mapping[str, str | os.PathLike], output_file: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """``{variant: {val_mean_dice_3d, dice_3d_T1, dice_3d_T2, dice_3d_T1C, val_hd95, coarse_states}}`` from eval
+    folders.
 
     Raises:
         FileNotFoundError: an evaluation folder lacks ``metrics.csv`` or ``summary.json``.
@@ -91,13 +96,15 @@ def comparison_json(runs: dict[str, str | os.PathLike], output_file: str | os.Pa
 
 def run_demo(data: str, out: str, epochs: int = 13, max_patients: int = 20,
              models: tuple[str, ...] = ("fusion_standin", "unet"), vlm_checkpoint: str | None = None) -> str:
-    """Train + evaluate each variant; return the Markdown table (also ``out/comparison.md``; ``out/comparison.json``)."""
+    """Train + evaluate each variant; return the Markdown table (also ``out/comparison.md``;
+    ``out/comparison.json``)."""
     from monai.bundle import run
 
     from hicur_monai.segmentation.metrics import comparison_table
 
     if not (BUNDLE / "train.json").is_file():
-        raise FileNotFoundError(f"{BUNDLE}: run from the repository root (bundles/ and transforms/ are read from there)")
+        raise FileNotFoundError(f"{BUNDLE}: run from the repository root "
+                                "(bundles/ and transforms/ are read from there)")
     out_p = Path(out)
     variants = list(dict.fromkeys(ALIASES.get(m, m) for m in models))
     plans = {v: variant_overrides(v, vlm_checkpoint) for v in variants}  # every variant checked before any training

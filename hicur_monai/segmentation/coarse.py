@@ -8,8 +8,9 @@ the key/value sequence of the fusion blocks' cross-attention.
 * :class:`TextEncoderStates` turns any encoder registered in
   :data:`hicur_monai.registry.TEXT_ENCODERS` (interface ``encode(texts) -> (states, mask)``)
   into a coarse-state provider. An image-conditioned encoder (the VLM's ``"vlm_coarse"``,
-  which adds the fixed instruction itself) receives the images, as in the original. A text-only encoder (the default, the offline ``"hashed_bow"``) is a
-  **stand-in**: it encodes the fixed instruction only, so every image gets the same states.
+  which adds the fixed instruction itself) receives the images, as in the original. A text-only
+  encoder (the default, the offline ``"hashed_bow"``) is a **stand-in**: it encodes the fixed
+  instruction only, so every image gets the same states.
 * :class:`~hicur_monai.segmentation.handoff.VLMStates` is the stage II -> III hand-off: the
   aligned VLM saved by ``bundles/vl_alignment`` run on each image with the fixed instruction
   (optionally followed by the study's radiology report);
@@ -157,7 +158,8 @@ class TextEncoderStates:
     def description(self) -> str:
         """One line saying what the states are (written next to every result that used them)."""
         if self.image_conditioned:
-            return f"{self.name} encoder states of each image + the fixed instruction ({self.dim}-d, {self.num_tokens} positions)"
+            return (f"{self.name} encoder states of each image + the fixed instruction "
+                    f"({self.dim}-d, {self.num_tokens} positions)")
         what = "the fixed instruction + each study's MRI report (per study, not per image)" if self.report else \
             "the fixed instruction only: the same states for every image"
         return f"stand-in: text-only {self.name} encoding of {what} ({self.dim}-d); no vlm_checkpoint given"
@@ -172,7 +174,9 @@ class TextEncoderStates:
         return self._text_only[text]
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, texts: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b = int(images.shape[0])
         reports = check_texts(self, b, texts)
         if self.image_conditioned:
@@ -318,7 +322,8 @@ class CoarseStatesd(MapTransform):
         for key in self.key_iterator(d):
             img = torch.as_tensor(d[key])
             if img.ndim != 3:
-                raise ValueError(f"CoarseStatesd: {key!r} must be a channel-first 2D image (C, H, W), got {tuple(img.shape)}")
+                raise ValueError(f"CoarseStatesd: {key!r} must be a channel-first 2D image (C, H, W), "
+                                 f"got {tuple(img.shape)}")
             if getattr(self.cache, "report", False):
                 if not d.get(self.text_key):
                     raise ValueError(f"CoarseStatesd: coarse_report is true but item {_name(d)} has no "

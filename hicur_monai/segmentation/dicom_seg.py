@@ -88,7 +88,8 @@ def write_dicom_seg(
     space: str = "RAS",
     software_versions: str | Sequence[str] | None = None,
 ) -> Path:
-    """Write a binary DICOM SEG of ``mask`` (a volume on the series' voxel grid) referencing the series in ``series_dir``.
+    """Write a binary DICOM SEG of ``mask`` (a volume on the series' voxel grid) referencing the series in
+    ``series_dir``.
 
     Args:
         mask: ``(X, Y, Z)`` mask, non-zero = the segment.

@@ -75,7 +75,8 @@ def contour_sheet(
             continue
         for k in pick_slices(lb if lb is not None else pr, pr, slices_per_volume, axis):
             lb_k = None if lb is None else np.take(lb, k, axis=axis)
-            tiles.append((np.take(im, k, axis=axis), lb_k, np.take(pr, k, axis=axis), f"{titles[v] if titles else v} z={k}"))
+            title = f"{titles[v] if titles else v} z={k}"
+            tiles.append((np.take(im, k, axis=axis), lb_k, np.take(pr, k, axis=axis), title))
     ncols = min(6, len(tiles))
     nrows = (len(tiles) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows + 0.5), squeeze=False)

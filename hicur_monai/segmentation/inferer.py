@@ -51,7 +51,7 @@ class VolumeSliceInferer(Inferer):
         self,
         roi_size: int = 256,
         sw_batch_size: int = 16,
-        coarse: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        coarse: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
         slice_axis: int = -1,
         mean: Sequence[float] | None = MEAN,
         std: Sequence[float] | None = STD,
@@ -81,10 +81,13 @@ class VolumeSliceInferer(Inferer):
         s = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - m) / s
 
-    def _states(self, chunk: torch.Tensor, report: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self.coarse, "report", False):
-            return self.coarse(chunk, [report] * len(chunk))  # type: ignore[misc]
-        return self.coarse(chunk)  # type: ignore[misc]
+    @staticmethod
+    def _states(
+        coarse: Callable[..., tuple[torch.Tensor, torch.Tensor]], chunk: torch.Tensor, report: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(coarse, "report", False):
+            return coarse(chunk, [report] * len(chunk))
+        return coarse(chunk)
 
     def _run_slices(self, slices: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
                     report: str | None = None, **kwargs: Any) -> torch.Tensor:
@@ -109,7 +112,7 @@ class VolumeSliceInferer(Inferer):
             chunk = x01[i : i + self.sw_batch_size]
             inp = self._normalise(chunk)
             if self.coarse is not None:
-                states, mask = self._states(chunk.detach().cpu(), report)
+                states, mask = self._states(self.coarse, chunk.detach().cpu(), report)
                 kwargs_i = dict(kwargs, text_states=states.to(inp.device), text_mask=mask.to(inp.device))
                 out.append(network(inp, *args, **kwargs_i))
             else:
@@ -121,7 +124,9 @@ class VolumeSliceInferer(Inferer):
         back = self._geometry.inverse(back)
         return back.as_tensor().reshape(n, k, h, w)
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """Logits ``(B, K, X, Y, Z)`` of volumes ``(B, C, X, Y, Z)`` (or ``(B, K, H, W)`` of 2D images)."""
         x = torch.as_tensor(inputs)
         reports = _reports(inputs, int(x.shape[0]))
@@ -148,5 +153,5 @@ def _reports(inputs: Any, batch: int) -> list[str | None]:
         return [None] * batch
     if isinstance(text, str):
         return [text] * batch
-    texts = [str(t) for t in text]
+    texts: list[str | None] = [str(t) for t in text]
     return texts if len(texts) == batch else [texts[0]] * batch

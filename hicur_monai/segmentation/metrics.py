@@ -61,7 +61,7 @@ class PerSliceMetric(CumulativeIterationMetric):
         keep = y.flatten(1).sum(1) > 0 if self.labelled_only else torch.ones(len(y), dtype=torch.bool)
         return scores.mean(1, keepdim=True)[keep]
 
-    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+    def aggregate(self) -> torch.Tensor:
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor) or data.numel() == 0:
             return torch.tensor(float("nan"))

@@ -142,14 +142,16 @@ def write_new_file(dest: str | os.PathLike, write: Callable[[Path], Any], overwr
             try:
                 os.link(tmp, dest)
             except FileExistsError:
-                raise FileExistsError(f"{dest}: exists; inference does not overwrite results (set overwrite=true)") from None
+                raise FileExistsError(f"{dest}: exists; inference does not overwrite results "
+                                      "(set overwrite=true)") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest
 
 
 class SaveSegmentationd(MapTransform):
-    """Save each study's mask (``uint8`` NIfTI in the input's geometry) under its own name, and a DICOM SEG for DICOM series.
+    """Save each study's mask (``uint8`` NIfTI in the input's geometry) under its own name, and a DICOM SEG for
+    DICOM series.
 
     Args:
         keys: the mask key (channel-first, on the input's voxel grid, with the input's metadata,

@@ -153,5 +153,5 @@ def binary_auc(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
             continue
         metric = ROCAUCMetric()
         metric(probs[:, j], y)
-        out[name] = float(metric.aggregate())
+        out[name] = float(np.asarray(metric.aggregate()))
     return out

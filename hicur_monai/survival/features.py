@@ -114,8 +114,8 @@ class ImageFeatureReducer:
         k = epv_components(n_events, self.n_clinical, self.epv) if self.n_components == "auto" \
             else int(self.n_components)
         k = max(1, min(k, len(self.columns), len(df) - 1))
-        self.pca_ = make_pipeline(StandardScaler(), PCA(n_components=k, random_state=0))
-        self.pca_.fit(df[self.columns].to_numpy(float))
+        self.pca_ = pca = make_pipeline(StandardScaler(), PCA(n_components=k, random_state=0))
+        pca.fit(df[self.columns].to_numpy(float))
         return self
 
     @property
@@ -161,7 +161,7 @@ class SurvivalPipeline:
     def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
         return self.model.predict_risk(self._prep(df))
 
-    def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    def predict_survival(self, df: pd.DataFrame, times: Sequence[float] | np.ndarray) -> np.ndarray:
         return self.model.predict_survival(self._prep(df), times)
 
     def baseline_survival(self, times: Sequence[float]) -> np.ndarray:

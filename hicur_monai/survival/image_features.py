@@ -225,7 +225,8 @@ class StudyFeatureExtractor:
         self.vlm_sequence = vlm_sequence
         self.batch_size = int(batch_size)
         self.sources: dict[str, dict[str, Any]] = {}
-        self.vit, self.vlm = None, None
+        self.vit: Any = None  # the HCMAE ViT (timm), when hcmae_encoder is given
+        self.vlm: Any = None  # the VLM encoder, when vlm_checkpoint is given
         if hcmae_encoder is not None:
             self.vit, meta = load_hcmae_vit(hcmae_encoder)
             self.vit.to(self.device)
@@ -244,10 +245,9 @@ class StudyFeatureExtractor:
         self._tf: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ one study
-    def _volumes(self, st: MRIStudy, seq: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The scaled image ``(C, X, Y, Z)`` and the mask of one sequence, checked."""
-        from hicur_monai.transforms.fragments import build_fragment
-
+    @staticmethod
+    def _paths(st: MRIStudy, seq: str) -> tuple[Path, Path]:
+        """The image and tumour-mask files of one sequence; raises naming the file that is missing."""
         img_path, mask_path = st.sequences[seq]
         where = st.where[seq]
         if mask_path is None:
@@ -256,6 +256,14 @@ class StudyFeatureExtractor:
         for f, what in ((img_path, "image"), (mask_path, "tumour mask")):
             if not f.is_file():
                 raise ImageFeatureError(f"{where}: the {what} {f} of study {st.study!r} does not exist")
+        return img_path, mask_path
+
+    def _volumes(self, st: MRIStudy, seq: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scaled image ``(C, X, Y, Z)`` and the mask of one sequence, checked."""
+        from hicur_monai.transforms.fragments import build_fragment
+
+        img_path, mask_path = self._paths(st, seq)
+        where = st.where[seq]
         if self._load is None:
             self._load = build_fragment("common.json::load_any")
         d = self._load({"image": str(img_path), "label": str(mask_path), "modality": "mri"})
@@ -312,13 +320,12 @@ class StudyFeatureExtractor:
         if missing:
             raise ImageFeatureError(f"study {st.study!r} has no MRI sequence {missing} in the datalist "
                                     f"(has {sorted(st.sequences)})")
-        files = []
+        files, mask_paths = [], {}
         for s in seqs:
-            img, mask = st.sequences[s]
-            if mask is None or not mask.is_file() or not img.is_file():
-                self._volumes(st, s)  # raises the error that names the file
-            files.append((s, sha256_file(img), sha256_file(mask)))
-        out, todo = {}, {}
+            img_path, mask_paths[s] = self._paths(st, s)
+            files.append((s, sha256_file(img_path), sha256_file(mask_paths[s])))
+        out: dict[str, np.ndarray] = {}
+        todo: dict[str, Path] = {}
         for kind in self.sources:
             path = self._cache_path(kind, st, files)
             if path.is_file():
@@ -327,10 +334,10 @@ class StudyFeatureExtractor:
             else:
                 todo[kind] = path
         if todo:
-            volumes = {}
+            volumes: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
             for s in seqs:
                 img, mask = self._volumes(st, s)
-                volumes[s] = (img, self._tumour_slices(mask, st.sequences[s][1]))
+                volumes[s] = (img, self._tumour_slices(mask, mask_paths[s]))
             for kind, path in todo.items():
                 vec = np.asarray(self._hcmae(st, volumes) if kind == "hcmae" else self._vlm(st, volumes), np.float32)
                 with atomic_open(path, "wb") as fh:

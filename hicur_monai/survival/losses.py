@@ -65,6 +65,14 @@ class EfronPartialLikelihood(torch.nn.Module):
     events); :meth:`loss` returns minus it divided by the number of events.
     """
 
+    # the tie structure (buffers registered in __init__)
+    order: torch.Tensor
+    ev_pos: torch.Tensor
+    ev_k: torch.Tensor
+    first: torch.Tensor
+    frac: torch.Tensor
+    valid: torch.Tensor
+
     def __init__(self, time: torch.Tensor, event: torch.Tensor):
         super().__init__()
         time = torch.as_tensor(time).reshape(-1)

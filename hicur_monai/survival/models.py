@@ -84,6 +84,12 @@ def _step(x_grid: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, y[np.clip(idx, 0, None)], 0.0)
 
 
+def _ensemble_risk(nets: Sequence[torch.nn.Module], x: torch.Tensor) -> np.ndarray:
+    """Mean log relative hazard of ``x`` over the networks of an ensemble."""
+    with torch.no_grad():
+        return torch.stack([net(x) for net in nets]).mean(0).double().cpu().numpy()
+
+
 class FitError(RuntimeError):
     """A survival fit that did not converge; the message names the cause (covariates, check).
 
@@ -150,7 +156,7 @@ class CoxModel:
         self.mean_: pd.Series | None = None
         self.scale_: pd.Series | None = None
         self.binary_: list[str] = []
-        self.fitter_ = None
+        self.fitter_: Any = None  # a lifelines CoxPHFitter once fitted
         self.convergence_: dict[str, Any] = {}
         self.fit_seconds_ = float("nan")
 
@@ -235,8 +241,9 @@ class CoxModel:
         bad = coef.index[~np.isfinite(coef) | ~np.isfinite(se)].tolist()
         if bad:
             problems.append(f"non-finite coefficients or standard errors for {bad}")
-        huge = [c for c in self.covariates if np.isfinite(coef[c]) and (abs(coef[c]) > self.max_abs_coef
-                                                                        or (c in self.binary_ and abs(raw[c]) > self.max_abs_coef))]
+        lim = self.max_abs_coef
+        huge = [c for c in self.covariates
+                if np.isfinite(coef[c]) and (abs(coef[c]) > lim or (c in self.binary_ and abs(raw[c]) > lim))]
         if huge:
             problems.append(f"coefficients above the plausibility limit |log HR| <= {self.max_abs_coef:g} per SD "
                             "(or between the two levels of a 0/1 covariate): "
@@ -267,7 +274,7 @@ class CoxModel:
         return msg + (". Remove or merge the named covariates, or raise the penalizer "
                       f"(now {self.penalizer:g}).")
 
-    def _need_fit(self):
+    def _need_fit(self) -> Any:
         if self.fitter_ is None:
             raise RuntimeError("CoxModel is not fitted; call fit() first")
         return self.fitter_
@@ -288,12 +295,12 @@ class CoxModel:
     def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
         """Log partial hazard relative to the training means (higher = earlier event)."""
         x = self._lifelines_input(df, "CoxModel.predict_risk")
-        return np.asarray(self.fitter_.predict_log_partial_hazard(x), dtype=float).reshape(-1)
+        return np.asarray(self.fitter_.predict_log_partial_hazard(x), dtype=np.float64).reshape(-1)
 
     def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
         """``S(t | x)``, shape ``(n, len(times))``."""
         x = self._lifelines_input(df, "CoxModel.predict_survival")
-        return np.asarray(self.fitter_.predict_survival_function(x, times=list(times)), dtype=float).T
+        return np.asarray(self.fitter_.predict_survival_function(x, times=list(times)), dtype=np.float64).T
 
     def baseline_survival(self, times: Sequence[float]) -> np.ndarray:
         """Baseline survival at ``times`` (covariates at their training means, lifelines' convention)."""
@@ -306,6 +313,7 @@ class CoxModel:
     def hazard_ratios(self) -> pd.DataFrame:
         """Coefficient, HR with CI, z, p per covariate, on the user's scale (per unit of each covariate)."""
         s = self._need_fit().summary.reindex(self.covariates)
+        assert self.scale_ is not None  # fit() sets it with fitter_
         sd = self.scale_.reindex(self.covariates)
         level = f"{100 * (1 - self.alpha):.0f}%"
         coef, lo, hi = s["coef"] / sd, s[f"coef lower {level}"] / sd, s[f"coef upper {level}"] / sd
@@ -387,16 +395,18 @@ class DeepSurv:
         x = self._x(df)
         t = torch.as_tensor(time_np, dtype=torch.float32, device=self.device)
         e = torch.as_tensor(event_np, dtype=torch.bool, device=self.device)
-        self.nets_, self.history_ = [], []
+        # a fit that fails leaves the model unfitted, not with new networks next to an old baseline
+        self.nets_, self.history_, self.baseline_ = [], [], None
+        nets: list[DeepSurvNet] = []
         for k in range(self.n_seeds):
             net, hist = self._fit_one(x, t, e, self.seed + k)
-            self.nets_.append(net)
+            nets.append(net)
             self.history_.append(hist)
-        risk = self.predict_risk(df)
+        risk = _ensemble_risk(nets, x)
         if not np.isfinite(risk).all():
             raise FitError(f"DeepSurv.fit: the trained networks predict non-finite risks for "
                            f"{int((~np.isfinite(risk)).sum())} training patients")
-        self.baseline_ = breslow_baseline(risk, time_np, event_np)
+        self.nets_, self.baseline_ = nets, breslow_baseline(risk, time_np, event_np)
         self.fit_seconds_ = _time.perf_counter() - t0
         self.convergence_ = {"converged": True, "loss": "finite at every epoch",
                              "epochs_run": [h["epochs_run"] for h in self.history_],
@@ -416,12 +426,12 @@ class DeepSurv:
         if self.val_fraction <= 0:
             return np.arange(n), np.array([], dtype=int)
         ev = e.cpu().numpy()
-        val = []
+        val: list[int] = []
         for flag in (True, False):
             idx = np.flatnonzero(ev == flag)
             rng.shuffle(idx)
             val.extend(idx[: int(round(self.val_fraction * len(idx)))])
-        val_arr = np.sort(np.array(val, dtype=int))
+        val_arr = np.sort(np.array(val, dtype=np.int64))
         return np.setdiff1d(np.arange(n), val_arr), val_arr
 
     def _fit_one(self, x: torch.Tensor, t: torch.Tensor, e: torch.Tensor, seed: int) -> tuple[DeepSurvNet, dict]:
@@ -447,7 +457,7 @@ class DeepSurv:
         x_tr = x[tr_t]
         for epoch in iterator:
             net.train()
-            if full_batch:
+            if train_lik is not None:  # full batch
                 opt.zero_grad(set_to_none=True)
                 loss = train_lik.loss(net(x_tr)) + self.l2_output * net.out.weight.pow(2).sum()
                 loss.backward()
@@ -482,28 +492,26 @@ class DeepSurv:
         net.eval()
         return net, hist
 
-    def _need_fit(self) -> None:
-        if not self.nets_:
+    def _need_fit(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Breslow baseline ``(times, cumulative hazard)``; raises unless fit() completed."""
+        if not self.nets_ or self.baseline_ is None:
             raise RuntimeError("DeepSurv is not fitted; call fit() first")
+        return self.baseline_
 
     def predict_risk(self, df: pd.DataFrame) -> np.ndarray:
         """Mean log relative hazard over the ensemble."""
         self._need_fit()
         _check_frame(df, self.covariates, "DeepSurv.predict_risk")
-        x = self._x(df)
-        with torch.no_grad():
-            return torch.stack([net(x) for net in self.nets_]).mean(0).double().cpu().numpy()
+        return _ensemble_risk(self.nets_, self._x(df))
 
     def predict_survival(self, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
         """``S(t | x) = exp(-H0(t) exp(risk))`` with the Breslow baseline, shape ``(n, len(times))``."""
-        self._need_fit()
-        h0 = _step(*self.baseline_, np.asarray(times, float))
+        h0 = _step(*self._need_fit(), np.asarray(times, float))
         return np.exp(-np.outer(np.exp(self.predict_risk(df)), h0))
 
     def baseline_survival(self, times: Sequence[float]) -> np.ndarray:
         """Baseline survival ``exp(-H0(t))`` (risk 0, i.e. the standardised mean patient for a linear net)."""
-        self._need_fit()
-        return np.exp(-_step(*self.baseline_, np.asarray(times, float)))
+        return np.exp(-_step(*self._need_fit(), np.asarray(times, float)))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

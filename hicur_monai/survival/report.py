@@ -251,7 +251,7 @@ def _num(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
 
-def _sort_key(v: Any) -> tuple[int, Any]:
+def _sort_key(v: Any) -> tuple[int, float, str]:
     return (0, float(v), "") if isinstance(v, (int, float, np.number)) else (1, 0.0, str(v))
 
 
@@ -383,7 +383,8 @@ def _endpoint(ep: str, res: Mapping[str, Any], pe: Mapping[str, Any], data: pd.D
         columns={"hr": "HR", "hr_lo": "HR 95% lower", "hr_hi": "HR 95% upper"})
     return {"code": code, "label": label, "definition": definition,
             "km_images": [img for img, _ in plots], "km_tests": [line for _, line in plots if line],
-            "convergence": _convergence(res), "hazard_ratios": _table(hr_view), "forest": _forest(hr, f"{code}: hazard ratios"),
+            "convergence": _convergence(res), "hazard_ratios": _table(hr_view),
+            "forest": _forest(hr, f"{code}: hazard ratios"),
             "ph_table": _table(ph), "ph_bad": bad, "truth": _truth_section(hr, truth, ep, full.model.penalizer),
             "comparison": comparison, "bias_corrected": corrected, "tau": f"{tau:g}",
             "notes": sorted({n for mres in res["models"].values() for n in mres["metrics"]["notes"]}),
@@ -416,7 +417,8 @@ def _tripod(table: ClinicalTable, results: Mapping[str, Any], truth: Any) -> lis
         ("Events per analysis (8)", "; ".join(f"{ep.upper()}: {r['data']['events']} events in {r['data']['n']} patients"
                                               for ep, r in eps.items())),
         ("Model development (10)", "Cox PH (lifelines, Efron ties, standardised covariates, convergence checked) and "
-                                   "DeepSurv (PyTorch, Efron partial likelihood, Breslow baseline); hyperparameters below"),
+                                   "DeepSurv (PyTorch, Efron partial likelihood, Breslow baseline); "
+                                   "hyperparameters below"),
         ("Validation (10b)", f"{results['n_folds']}-fold stratified cross-validation, seed {results['seed']}; "
                              "metrics on pooled out-of-fold predictions with patient-level bootstrap 95% CI"),
         ("Performance measures (10d)", "Harrell's and Uno's C; cumulative/dynamic AUC, Brier score at "
@@ -450,19 +452,21 @@ def write_survival_report(path: str | os.PathLike, table: ClinicalTable, results
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    if truth is not None and not isinstance(truth, Mapping):
-        truth = json.loads(Path(truth).read_text(encoding="utf-8"))
+    facts: Mapping[str, Any] | None = (json.loads(Path(truth).read_text(encoding="utf-8"))
+                                       if truth is not None and not isinstance(truth, Mapping) else truth)
     eps = results["endpoints"]
     context = {
-        "css": _CSS, "source": str(table.source), "generated": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        "synthetic": bool(truth is not None and truth.get("synthetic")),
+        "css": _CSS, "source": str(table.source),
+        "generated": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "synthetic": bool(facts is not None and facts.get("synthetic")),
         "cohort": _cohort(table, results, per_endpoint),
         "table1": _table(table1(table, {f"{_label(ep)[1]} cohort": per_endpoint[ep]["df"].index for ep in eps})),
-        "endpoints": [_endpoint(ep, res, per_endpoint[ep], table.data, results["horizons"], truth)
+        "endpoints": [_endpoint(ep, res, per_endpoint[ep], table.data, results["horizons"], facts)
                       for ep, res in eps.items()],
-        "n_folds": results["n_folds"], "tripod": _tripod(table, results, truth),
+        "n_folds": results["n_folds"], "tripod": _tripod(table, results, facts),
         "specs": [{"code": ep.upper(),
-                   "baseline": ", ".join(f"S0({k} months) = {v:.3f}" for k, v in res["cox_full"]["baseline_survival"].items()),
+                   "baseline": ", ".join(f"S0({k} months) = {v:.3f}"
+                                         for k, v in res["cox_full"]["baseline_survival"].items()),
                    "params": [(n, json.dumps(m["params"])) for n, m in res["models"].items()]}
                   for ep, res in eps.items()],
     }

@@ -21,7 +21,7 @@ import os
 import time as _time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -77,7 +77,8 @@ def load_table(table: str | os.PathLike | pd.DataFrame | ClinicalTable, mode: st
     """A :class:`ClinicalTable` from a path, a raw DataFrame or an already loaded table."""
     if isinstance(table, ClinicalTable):
         return table
-    return load_clinical_table(table, mode=mode, salt=salt, column_map=column_map, require_outcomes=require_outcomes)
+    return load_clinical_table(table, mode=cast(Any, mode), salt=salt, column_map=column_map,
+                               require_outcomes=require_outcomes)
 
 
 def prepare_dataset(table: ClinicalTable, endpoint: str, covariates: Sequence[str] | None = None,
@@ -158,8 +159,9 @@ def cross_validate(df: pd.DataFrame, models: Mapping[str, Mapping[str, Any] | No
     n = len(df)
     grid = _grid(horizons, float(df["time"].max()))
     fold = np.full(n, -1)
-    res = {name: {"risk": np.full(n, np.nan), "surv": np.full((n, len(grid)), np.nan), "fit_seconds": [],
-                  "fold_c": [], "convergence": []} for name in models}
+    res: dict[str, dict[str, Any]] = {
+        name: {"risk": np.full(n, np.nan), "surv": np.full((n, len(grid)), np.nan), "fit_seconds": [],
+               "fold_c": [], "convergence": []} for name in models}
     splits = list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(df, df["event"]))
     total = n_folds * len(models)
     bar = None
@@ -398,6 +400,7 @@ def infer(model_dir: str | os.PathLike, table: str | os.PathLike | pd.DataFrame,
             note = pd.Series("", index=x.index)
             if obj["image_columns"]:
                 _check_same_features(path, obj.get("image_features") or {}, feat_desc)
+                assert feats is not None  # _check_same_features refuses a model given no features
                 sid = ct.data["study_id"].astype(str)
                 f = feats.reindex(sid.to_numpy()).set_axis(x.index)
                 x = pd.concat([x, f[obj["image_columns"]]], axis=1)
@@ -477,12 +480,13 @@ class PrognosisWorkflow:
             "salt": salt, "image_features": image_features, "hcmae_encoder": hcmae_encoder,
             "vlm_checkpoint": vlm_checkpoint, "mri_datalist": mri_datalist,
             "image_features_cache": image_features_cache}
-        self.fit_settings = {"covariates": covariates, "cox": cox, "deepsurv": deepsurv}
+        self.fit_settings: dict[str, Any] = {"covariates": covariates, "cox": cox, "deepsurv": deepsurv}
         self.output_dir = output_dir
 
     def run(self) -> dict[str, Any] | Path:
         """Run the task; returns the training summary, the evaluation results or the predictions file."""
         if self.task == "infer":
+            assert self.output_csv is not None  # checked in __init__
             return infer(model_dir=self.output_dir, output_csv=self.output_csv, **self.common)
         if self.task == "evaluate":
             return evaluate(output_dir=self.output_dir, **self.common, **self.fit_settings, **self.evaluation)

@@ -50,7 +50,7 @@ def volume_depth(path: str | os.PathLike, axis: int = -1) -> int | None:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            shape = nib.load(str(p)).shape
+            shape = nib.load(str(p)).shape  # type: ignore[attr-defined]  # an image with a shape
         elif name.endswith((".nrrd", ".nhdr")):
             import nrrd
 

@@ -102,7 +102,7 @@ class MaskedImageTrainer(SupervisedTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         self.optimizer.step()
 
-    def _iteration(self, engine: Any, batchdata: Any) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: Any, batchdata: Any) -> dict:
         images = _images(batchdata, engine.state.device, engine.non_blocking)
         net = engine.network
         net.train()
@@ -111,7 +111,8 @@ class MaskedImageTrainer(SupervisedTrainer):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16 and images.is_cuda):
             out = net(images, task="pretrain", generator=gen)
         self.backward_step(out["loss"])
-        momentum = unwrap(net).update_target(self._progress(engine)) if hasattr(unwrap(net), "update_target") else 1.0
+        update_target = getattr(unwrap(net), "update_target", None)
+        momentum = update_target(self._progress(engine)) if update_target is not None else 1.0
         result = {Keys.IMAGE: images, Keys.LOSS: out["loss"].detach(), "ema_momentum": momentum}
         for k in LOSS_KEYS[1:]:
             result[k] = float(out[k])
@@ -146,7 +147,7 @@ class MaskedImageEvaluator(SupervisedEvaluator):
         self.seed = int(seed)
         self.use_bf16 = bool(amp)
 
-    def _iteration(self, engine: Any, batchdata: Any) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: Any, batchdata: Any) -> dict:
         images = _images(batchdata, engine.state.device, engine.non_blocking)
         engine.network.eval()
         gen = mask_generator(self.seed, engine.state.iteration)

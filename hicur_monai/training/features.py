@@ -49,7 +49,7 @@ def extract_features(
     """
     from monai.data import DataLoader
 
-    net = unwrap(network).to(device).eval()
+    net: Any = unwrap(network).to(device).eval()  # any network with extract_features(images) -> dict
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats: dict[str, list[torch.Tensor]] = {}
     fields: dict[str, list[Any]] = {k: [] for k in FIELDS}

@@ -144,7 +144,7 @@ class LossHistory:
         self._sums, self._n = {k: 0.0 for k in self.keys}, 0
 
     def _accumulate(self, engine: Engine) -> None:
-        out = engine.state.output
+        out: Any = engine.state.output  # the step's dict of losses
         for k in self.keys:
             if k in out:
                 self._sums[k] = self._sums.get(k, 0.0) + float(out[k])

@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from ignite.engine import Engine, Events
@@ -32,6 +32,9 @@ from hicur_monai.training.engine import unwrap
 from hicur_monai.training.features import extract_features, probe_report
 from hicur_monai.transforms.array import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 from hicur_monai.utils.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from hicur_monai.networks.hcmae import HCMAE
 
 __all__ = [
     "pretrain_transforms",
@@ -113,7 +116,7 @@ class ReconstructionFigure:
     def __call__(self, engine: Engine | None = None) -> Path:
         from hicur_monai.utils.visualize import contact_sheet
 
-        net = unwrap(self.network)
+        net = cast("HCMAE", unwrap(self.network))
         items = [self.dataset[i] for i in self._pick()]
         if not items:
             raise ValueError("ReconstructionFigure: the dataset is empty")
@@ -159,7 +162,7 @@ class EncoderExport:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> dict[str, Path]:
-        paths = unwrap(self.network).export_encoders(self.output_dir)
+        paths = cast("HCMAE", unwrap(self.network)).export_encoders(self.output_dir)
         log.info("encoders exported: %s", {k: str(v) for k, v in paths.items()})
         return paths
 

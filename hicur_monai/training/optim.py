@@ -42,9 +42,9 @@ def adamw(
     ``fused`` asks for the fused kernel (no ``foreach`` temporaries); where the plain AdamW
     cannot fuse (old PyTorch, unsupported device), it falls back to the single-tensor loop.
     """
-    kw = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-    params = list(params)
+    kw: dict[str, Any] = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+    groups: list[Any] = list(params)  # parameters or parameter groups, iterated twice on the fallback
     try:
-        return torch.optim.AdamW(params, fused=fused, **kw)
+        return torch.optim.AdamW(groups, fused=fused, **kw)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, foreach=False, **kw)
+        return torch.optim.AdamW(groups, foreach=False, **kw)

@@ -63,6 +63,7 @@ def check_recorded_checksum(path: str | os.PathLike | None, recorded: str | None
         if current == recorded:
             return
         msg = (f"{what}: {p} has changed since this model was trained (sha256 then {recorded[:16]}..., now "
-               f"{current[:16]}...); the trained model keeps the weights it was trained from: retrain to use the new file")
+               f"{current[:16]}...); the trained model keeps the weights it was trained from: "
+               "retrain to use the new file")
     log.warning(msg)
     warnings.warn(msg, SourceChangedWarning, stacklevel=2)

@@ -10,7 +10,8 @@ __all__ = ["as_flag"]
 
 
 def as_flag(value: Any, name: str) -> bool:
-    """A bundle flag: a bool, or ``"true"/"false"`` (any case), ``"1"/"0"``, ``"yes"/"no"`` as the command line gives them.
+    """A bundle flag: a bool, or ``"true"/"false"`` (any case), ``"1"/"0"``, ``"yes"/"no"`` as the command line
+    gives them.
 
     Raises:
         ValueError: any other value (``bool("false")`` would be true).

@@ -76,8 +76,8 @@ def contact_sheet(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(tile_inches * ncols, tile_inches * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    height = tile_inches * nrows + (0.4 if suptitle else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile_inches * ncols, height), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
@@ -85,8 +85,9 @@ def contact_sheet(
         fmt = getattr(images[k], "meta", {}).get("format") if hasattr(images[k], "meta") else None
         shown = to_display(images[k], fmt)
         ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
-        if masks is not None and masks[k] is not None:
-            m = to_display(masks[k], fmt)
+        mask = masks[k] if masks is not None else None
+        if mask is not None:
+            m = to_display(mask, fmt)
             if m.ndim == 3:
                 m = m[..., 0]
             if m.max() > 0:

@@ -28,7 +28,7 @@ def _suggested(task: str, image: Path) -> list[str]:
         return []
 
 
-def _add_vlm(subparsers) -> None:
+def _add_vlm(subparsers: argparse._SubParsersAction) -> None:
     """Add ``hicur vlm findings-eval``."""
     v = subparsers.add_parser("vlm", help="Stage II model measurements")
     sub = v.add_subparsers(dest="vlm_command", metavar="SUBCOMMAND")
@@ -69,7 +69,7 @@ def _findings_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``hicur ask`` and ``hicur vlm``."""
     p = subparsers.add_parser("ask", help="ask a question about an image (routed to chat, segmentation or prognosis)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -69,12 +69,14 @@ def read_questions(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out, seen = [], {}
+    out: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
     for path in paths:
         for i, rec in enumerate(read_records(path), 1):
             q = normalise_question(rec, f"{path} record {i}")
             if q["item_id"] in seen:
-                raise ValueError(f"{path} record {i}: duplicate item id {q['item_id']!r} (first in {seen[q['item_id']]})")
+                raise ValueError(f"{path} record {i}: duplicate item id {q['item_id']!r} "
+                                 f"(first in {seen[q['item_id']]})")
             seen[q["item_id"]] = str(path)
             q["source"] = str(path)
             out.append(q)
@@ -150,10 +152,12 @@ class VLMAnswerer:
                     err_log.write({"item_id": q["item_id"], "system": self.system, "error": str(e)})
                     continue
                 out.write({"item_id": q["item_id"], "system": self.system, "question": q["question"], "answer": answer,
-                           "kind": q["kind"], "image": q["image"], **_image_fields(q), "seconds": round(time.time() - t0, 3),
+                           "kind": q["kind"], "image": q["image"], **_image_fields(q),
+                           "seconds": round(time.time() - t0, 3),
                            "new_tokens": len(self.model.tokenizer(answer, add_special_tokens=False)["input_ids"])})
                 done += 1
-        summary = {"questions": len(self.questions), "answered_now": done, "already_answered": len(self.questions) - len(todo),
+        summary = {"questions": len(self.questions), "answered_now": done,
+                   "already_answered": len(self.questions) - len(todo),
                    "errors": errors, "output": str(self.output), "system": self.system}
         logger.info("answers: %s", summary)
         return summary

@@ -150,7 +150,7 @@ class VLMTrainer(Trainer):
 
         if not self.args.should_save:
             return
-        out = Path(output_dir or self.args.output_dir)
+        out = Path(output_dir or str(self.args.output_dir))  # TrainingArguments always sets output_dir
         out.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         state = state_dict if state_dict is not None else model.state_dict()
@@ -168,6 +168,7 @@ class VLMTrainer(Trainer):
         import safetensors.torch
 
         model = model if model is not None else self.model
+        assert model is not None  # the Trainer is always built with the model
         path = Path(resume_from_checkpoint) / _WEIGHTS
         if self.is_fsdp_enabled or self.is_deepspeed_enabled or not path.is_file():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -255,6 +256,7 @@ def _full_parameters(trainer: Trainer) -> Iterator[None]:
     if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
         import deepspeed
 
+        assert trainer.model is not None  # the Trainer is always built with the model
         with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
             yield
     elif trainer.is_fsdp_enabled:
@@ -334,7 +336,8 @@ class VLMTraining:
             max_grad_norm=float(max_grad_norm), bf16=_resolve_bf16(bf16, use_cpu), use_cpu=use_cpu,
             seed=int(seed), data_seed=int(seed), logging_steps=1, logging_nan_inf_filter=False,
             save_strategy="steps", save_steps=int(save_every) if save_every else 10**9,
-            save_total_limit=save_total_limit, report_to=report_to, run_name=run_name or self.out.name,
+            save_total_limit=save_total_limit, report_to=report_to if isinstance(report_to, str) else list(report_to),
+            run_name=run_name or self.out.name,
             dataloader_num_workers=int(num_workers), dataloader_pin_memory=not use_cpu,
             disable_tqdm=not progress, remove_unused_columns=False, ddp_backend=ddp_backend or _backend(),
             ddp_find_unused_parameters=False, **_sharding(deepspeed, fsdp, fsdp_config))
@@ -348,7 +351,8 @@ class VLMTraining:
             llm_spec, vis_spec = dict(llm), dict(vision)
         else:
             raise ValueError("VLMTraining needs model=, init_from= (a saved model) or vision= and llm= specs")
-        self.settings = {"mode": mode, "lr": lr, "batch_size": batch_size, "grad_accum": self.args.gradient_accumulation_steps,
+        accum = self.args.gradient_accumulation_steps
+        self.settings = {"mode": mode, "lr": lr, "batch_size": batch_size, "grad_accum": accum,
                          "epochs": epochs, "max_steps": max_steps, "weight_decay": weight_decay,
                          "warmup_ratio": warmup_ratio, "gradient_checkpointing": gradient_checkpointing,
                          "tune_projector": tune_projector, "lora": dict(lora) if lora and mode == "lora" else None,
@@ -358,12 +362,12 @@ class VLMTraining:
                            "image_folder": str(image_folder) if image_folder else None, "limit": limit,
                            "bf16": self.args.bf16, "max_grad_norm": float(max_grad_norm),
                            "world_size": self.args.world_size,
-                           "global_batch_size": int(batch_size) * self.args.world_size * self.args.gradient_accumulation_steps}
+                           "global_batch_size": int(batch_size) * self.args.world_size * accum}
         self.resume_from = self._checkpoint_to_resume(resume)
         set_seed(int(seed))  # the projector's initialisation (the same on every process)
         if model is None:
             model = (VisionLanguageModel.from_pretrained(init_from, is_trainable=True) if init_from
-                     else VisionLanguageModel.build(vision, llm, projector, max_length))
+                     else VisionLanguageModel.build(vis_spec, llm_spec, projector, max_length))
         self.model = model
         self.params = model.configure_training(mode, lora, tune_projector, gradient_checkpointing)
         if not self.params:
@@ -418,14 +422,17 @@ class VLMTraining:
         return summary
 
     def total_steps(self) -> int:
-        """Optimizer steps of the whole run, as the Trainer counts them (``max_steps``, else epochs x steps per epoch)."""
+        """Optimizer steps of the whole run, as the Trainer counts them (``max_steps``, else epochs x steps per
+        epoch)."""
         if self.args.max_steps > 0:
             return int(self.args.max_steps)
         batches = len(self.trainer.get_train_dataloader())
-        return max(1, math.ceil(batches / self.args.gradient_accumulation_steps)) * math.ceil(self.args.num_train_epochs)
+        per_epoch = max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
+        return per_epoch * math.ceil(self.args.num_train_epochs)
 
     def _summary(self, hist_path: Path, seconds: float) -> dict[str, Any]:
-        history = [json.loads(x) for x in hist_path.read_text().splitlines() if x.strip()] if hist_path.is_file() else []
+        lines = hist_path.read_text().splitlines() if hist_path.is_file() else []
+        history = [json.loads(x) for x in lines if x.strip()]
         losses = [h["loss"] for h in history]
         k = max(1, len(losses) // 10)
         return {

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_parser"]
 
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _generate(dir_: Path, seed: int, preset: str, patients: int | None = None, workers: int | None = None) -> None:
     from hicur_monai.data.demo.cohort import generate_demo_cohort
 
-    overrides = {"n_patients": patients} if patients else {}
+    overrides: dict[str, Any] = {"n_patients": patients} if patients else {}
     generate_demo_cohort(dir_, seed=seed, preset=preset, workers=workers, **overrides)
     info = json.loads((dir_ / "cohort.json").read_text())
     print(f"demo cohort: {dir_} ({info['seconds']} s) " + ", ".join(f"{k}={v}" for k, v in info["counts"].items()))

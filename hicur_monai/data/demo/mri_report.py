@@ -81,7 +81,8 @@ def _nodes_text(spec: TumourSpec, rng: np.random.Generator) -> str:
         parts.append(f"Enlarged {where} lymph node{'s' if spec.rp_node_sides == 2 else ''}.")
     if spec.neck_node_sides:
         where = "bilateral cervical" if spec.neck_node_sides == 2 else f"{side} cervical"
-        level = "levels II-IV and the supraclavicular fossa" if spec.lower_neck else _pick(rng, ["level II", "levels II-III"])
+        level = ("levels II-IV and the supraclavicular fossa" if spec.lower_neck
+                 else _pick(rng, ["level II", "levels II-III"]))
         parts.append(f"Enlarged {where} lymph nodes at {level}.")
     if parts and spec.nodal_necrosis:
         parts.append(_pick(rng, ["Some nodes show central necrosis.", "Nodal necrosis is present."]))

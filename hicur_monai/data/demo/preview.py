@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -39,7 +40,9 @@ def _items_for(kind: str, cohort: Path, n: int) -> list[dict]:
     return items[:n]
 
 
-def preview_pipelines(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 6, seed: int = 0) -> dict[str, Path]:
+def preview_pipelines(
+    cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 6, seed: int = 0
+) -> dict[str, Path]:
     """Write ``<out_dir>/preprocessed_<modality>.png`` for every modality and return the paths.
 
     Volumes show the middle slice of the tumour range with the mask contour; 2D images show
@@ -75,13 +78,18 @@ def preview_pipelines(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return written
 
 
+def _dataobj(path: Path) -> Any:
+    """The voxel data (nibabel's array proxy) of the NIfTI file at ``path``."""
+    import nibabel as nib
+
+    return cast(Any, nib.load(path)).dataobj
+
+
 def preview_anatomy(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 3) -> Path:
     """Write ``<out_dir>/mri_anatomy.png``: T1, T2 and T1C of the first ``n`` studies at the tumour's
     largest section (anterior up, the patient's left on the image's left), the mask's contour in red
     and the report's ground truth (side, T/N, extension, necrosis) in the titles."""
     import json
-
-    import nibabel as nib
 
     cohort = Path(cohort_dir)
     reports = load_datalist(cohort, "mri_reports")[:n]
@@ -91,11 +99,12 @@ def preview_anatomy(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, n
     for item in reports:
         truth = json.loads(Path(item["findings"]).read_text())
         study = cohort / "mri" / item["study"]
-        mask = np.asarray(nib.load(study / "mask.nii.gz").dataobj) > 0
+        mask = np.asarray(_dataobj(study / "mask.nii.gz")) > 0
         z = int(np.argmax(mask.sum(axis=(0, 1))))  # the tumour's largest axial section
-        ext = [k.replace("_", " ") for k, v in truth["extensions"].items() if v] + (["necrosis"] if truth["necrosis"] else [])
+        ext = [k.replace("_", " ") for k, v in truth["extensions"].items() if v]
+        ext += ["necrosis"] if truth["necrosis"] else []
         for seq in ("T1", "T2", "T1C"):
-            vol = np.asarray(nib.load(study / f"{seq}.nii.gz").dataobj, np.float32)
+            vol = np.asarray(_dataobj(study / f"{seq}.nii.gz"), np.float32)
             lo, hi = np.percentile(vol, (0.5, 99.5))
             images.append(np.clip((vol[:, :, z] - lo) / max(hi - lo, 1e-6), 0, 1)[None])
             masks.append(mask[:, :, z][None].astype(np.float32))

@@ -50,7 +50,8 @@ def _package_dir(package: str) -> Path | None:
         mod = importlib.import_module(package)
     except ImportError:
         return None
-    return Path(mod.__file__).parent if getattr(mod, "__file__", None) else None
+    file = getattr(mod, "__file__", None)
+    return Path(file).parent if file else None
 
 
 def find_real_samples() -> list[tuple[RealSample, Path]]:

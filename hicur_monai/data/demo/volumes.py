@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -86,7 +87,7 @@ class Phantom:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(np.linalg.norm(self.affine[:3, i])) for i in range(3))
+        return cast(tuple[float, float, float], tuple(float(np.linalg.norm(self.affine[:3, i])) for i in range(3)))
 
 
 def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
@@ -95,21 +96,21 @@ def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> t
     return np.meshgrid(*axes, indexing="ij", sparse=True)
 
 
-def _ellipsoid(x, y, z, c, r) -> np.ndarray:
+def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, c: Any, r: Any) -> np.ndarray:
     return ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1.0
 
 
-def _ellipse(x, y, c, r) -> np.ndarray:
+def _ellipse(x: np.ndarray, y: np.ndarray, c: Any, r: Any) -> np.ndarray:
     """An elliptic cylinder along z (``c`` may vary with z)."""
     return ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 <= 1.0
 
 
-def _superellipse(x, y, c, r, p: float = 3.0) -> np.ndarray:
+def _superellipse(x: np.ndarray, y: np.ndarray, c: Any, r: Any, p: float = 3.0) -> np.ndarray:
     """A rounded box along z."""
     return (np.abs(x - c[0]) / r[0]) ** p + (np.abs(y - c[1]) / r[1]) ** p <= 1.0
 
 
-def _rotated_ellipse(x, y, c, r, theta: float) -> np.ndarray:
+def _rotated_ellipse(x: np.ndarray, y: np.ndarray, c: Any, r: Any, theta: float) -> np.ndarray:
     u = (x - c[0]) * np.cos(theta) + (y - c[1]) * np.sin(theta)
     v = -(x - c[0]) * np.sin(theta) + (y - c[1]) * np.cos(theta)
     return (u / r[0]) ** 2 + (v / r[1]) ** 2 <= 1.0
@@ -132,7 +133,7 @@ def _full(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.broadcast_to(a, shape).copy()
 
 
-def _head_and_neck(paint: _Painter, x, y, z, lm: dict[str, float]) -> None:
+def _head_and_neck(paint: _Painter, x: np.ndarray, y: np.ndarray, z: np.ndarray, lm: dict[str, float]) -> None:
     """Skin, subcutaneous fat, the cranial vault and brain, and the neck below the nasopharynx."""
     zr, zs = lm["roof"], lm["skull"]
     low = np.minimum(z, 0.0)
@@ -146,7 +147,7 @@ def _head_and_neck(paint: _Painter, x, y, z, lm: dict[str, float]) -> None:
     paint(_ellipsoid(x, y, z, (0, -6, zr), (58, 74, 63)) & (z >= zs), _BRAIN)
 
 
-def _neck_structures(paint: _Painter, x, y, z, lm: dict[str, float]) -> None:
+def _neck_structures(paint: _Painter, x: np.ndarray, y: np.ndarray, z: np.ndarray, lm: dict[str, float]) -> None:
     """Below the skull base: spine, deep spaces, jaw, parotids, vessels."""
     zf, zr = lm["floor"], lm["roof"]
     lo = z < zr
@@ -188,7 +189,8 @@ def _neck_structures(paint: _Painter, x, y, z, lm: dict[str, float]) -> None:
     paint(jaw, _BONE)
 
 
-def _skull_base(paint: _Painter, x, y, z, lm: dict[str, float]) -> dict[str, np.ndarray]:
+def _skull_base(paint: _Painter, x: np.ndarray, y: np.ndarray, z: np.ndarray,
+                lm: dict[str, float]) -> dict[str, np.ndarray]:
     """Between the nasopharyngeal roof and the top of the skull base; returns the foramina ovale per side."""
     zr, zs = lm["roof"], lm["skull"]
     sb = (z >= zr) & (z < zs)
@@ -210,7 +212,8 @@ def _skull_base(paint: _Painter, x, y, z, lm: dict[str, float]) -> dict[str, np.
     return foramina
 
 
-def _nose_and_nasopharynx(paint: _Painter, x, y, z, lm: dict[str, float]) -> dict[str, np.ndarray]:
+def _nose_and_nasopharynx(paint: _Painter, x: np.ndarray, y: np.ndarray, z: np.ndarray,
+                           lm: dict[str, float]) -> dict[str, np.ndarray]:
     """Nasal cavity, maxillary sinuses and the nasopharynx; returns the airway and the fossae."""
     zf, zr = lm["floor"], lm["roof"]
     for sx in (-1.0, 1.0):
@@ -235,7 +238,8 @@ def _nose_and_nasopharynx(paint: _Painter, x, y, z, lm: dict[str, float]) -> dic
     return {"airway": airway, **{f"fossa_{k}": v for k, v in fossae.items()}}
 
 
-def _regions(x, y, z, shape, lm, tissue, air: dict, foramina: dict) -> dict[str, np.ndarray]:
+def _regions(x: np.ndarray, y: np.ndarray, z: np.ndarray, shape: tuple[int, int, int], lm: dict[str, float],
+             tissue: np.ndarray, air: dict, foramina: dict) -> dict[str, np.ndarray]:
     """The walls and extension regions the tumour spec names (full boolean volumes)."""
     zf, zr, zs = lm["floor"], lm["roof"], lm["skull"]
     choanae = 23.0
@@ -277,7 +281,7 @@ def _tumour_lobes(spec: TumourSpec, lm: dict[str, float], rng: np.random.Generat
     zf, zr, zs = lm["floor"], lm["roof"], lm["skull"]
     zmid = (zf + zr) / 2 + float(rng.normal(0.0, 2.0))
     core = (sx * 14.0, 6.0, zmid)
-    primary = [(core, (r, 0.85 * r, max(1.1 * r, min_rz)))]
+    primary: list[tuple[tuple[float, ...], tuple[float, ...]]] = [(core, (r, 0.85 * r, max(1.1 * r, min_rz)))]
     for _ in range(int(rng.integers(2, 5))):
         off = rng.normal(0.0, 0.35 * r, size=3)
         radii = r * rng.uniform(0.45, 0.8, size=3)
@@ -296,7 +300,8 @@ def _tumour_lobes(spec: TumourSpec, lm: dict[str, float], rng: np.random.Generat
     }
 
 
-def _grow_tumour(x, y, z, shape, spec: TumourSpec, regions: dict[str, np.ndarray], lm: dict[str, float],
+def _grow_tumour(x: np.ndarray, y: np.ndarray, z: np.ndarray, shape: tuple[int, int, int], spec: TumourSpec,
+                 regions: dict[str, np.ndarray], lm: dict[str, float],
                  rng: np.random.Generator, spacing: tuple[float, float, float]) -> np.ndarray:
     """The tumour mask: the spec's lobes, kept inside the regions it names and covering each of them."""
     lobes = _tumour_lobes(spec, lm, rng, min_rz=1.2 * spacing[2])
@@ -365,7 +370,7 @@ def make_phantom(
         tumour = draw_tumour(rng, stage)
     elif t_stage is not None and int(t_stage) != tumour.t_stage:
         raise ValueError(f"t_stage {t_stage} disagrees with the tumour spec's T{tumour.t_stage}")
-    spacing = tuple(f / n for f, n in zip(fov_mm, shape))
+    spacing = cast(tuple[float, float, float], tuple(f / n for f, n in zip(fov_mm, shape)))
     lm = _landmarks(rng)
     gx, gy, gz = _grid(shape, spacing)
     x, y, z = (gx - lm["dx"]) / lm["scale"], (gy - lm["dy"]) / lm["scale"], gz  # canonical anatomy frame

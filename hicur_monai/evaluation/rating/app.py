@@ -222,7 +222,7 @@ def build_app(store: RatingStore | str | os.PathLike, title: str = "HiCur-NPC an
         touched = gr.State([])
         outputs = [progress, image, question, context, reference, answer, *sliders, status, current, touched]
 
-        private = {"api_visibility": "private"}  # page events; scripted clients use the API below
+        private: dict[str, Any] = {"api_visibility": "private"}  # page events; scripted clients use the API below
         demo.load(h.load, [browse], outputs, api_name="ui_load", **private)
         prev_btn.click(h.previous, [current, browse], outputs, api_name="ui_previous", **private)
         next_btn.click(h.next, [current, browse], outputs, api_name="ui_next", **private)
@@ -256,7 +256,8 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, bloc
     if not store.raters():
         raise RatingError(f"{db}: no rater accounts; create one with 'hicur rate add-rater'")
     demo = build_app(store)
-    auth = make_auth(store.verify, throttle or LoginThrottle(), workers=hash_workers)
+    # a coroutine: gradio awaits it (its routes check inspect.iscoroutinefunction), though its annotation says sync
+    auth: Any = make_auth(store.verify, throttle or LoginThrottle(), workers=hash_workers)
     app_kwargs = {"routes": api_routes(store), "middleware": [Middleware(RequestGuard, max_body=max_body)]}
     demo.launch(server_name=host, server_port=port or None, auth=auth, auth_message=AUTH_MESSAGE,
                 show_error=False, max_file_size=max_body, app_kwargs=app_kwargs,

@@ -108,8 +108,8 @@ def hash_password(password: str, params: Mapping[str, int] | None = None) -> str
 
 def _parse_hash(stored: str) -> tuple[int, int, int, bytes, str] | None:
     try:
-        algo, n, r, p, salt, digest = stored.split("$")
-        n, r, p = int(n), int(r), int(p)
+        algo, n_text, r_text, p_text, salt, digest = stored.split("$")
+        n, r, p = int(n_text), int(r_text), int(p_text)
     except (ValueError, TypeError, AttributeError):
         return None
     if algo != "scrypt" or not (1 < n <= _MAX_N and 0 < r <= 32 and 0 < p <= 16) or not digest:
