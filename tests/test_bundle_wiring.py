@@ -30,9 +30,9 @@ OVERLAYS: dict[str, dict[str, set[str]]] = {
     "npc_segmentation": {"evaluate.json": {"train.json"}, "multi_gpu_train.json": {"train.json"},
                          "demo.json": {"train.json"}, "baseline.json": {"train.json"}},
     "npc_prognosis": {"evaluate.json": {"train.json"}, "gpu.json": {"train.json"}},
-    "vl_alignment": {"train.json": {"pretrain.json"}, "multi_gpu_train.json": {"pretrain.json", "train.json"},
-                     "fsdp.json": {"pretrain.json", "train.json", "multi_gpu_train.json"},
-                     "zero3.json": {"pretrain.json", "train.json", "multi_gpu_train.json"}},
+    "vl_alignment": {"pretrain.json": {"train.json"}, "multi_gpu_train.json": {"train.json", "pretrain.json"},
+                     "fsdp.json": {"train.json", "pretrain.json", "multi_gpu_train.json"},
+                     "zero3.json": {"train.json", "pretrain.json", "multi_gpu_train.json"}},
     "report_evaluation": {},
 }
 
