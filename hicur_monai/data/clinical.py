@@ -103,7 +103,8 @@ SCHEMA: tuple[ColumnSpec, ...] = (
     ColumnSpec("image_date", "Pre-Treatment Image Time", "date", description="date of the pre-treatment MRI"),
     ColumnSpec("gender", "Gender", "category", ("Male", "Female")),
     ColumnSpec("age", "Age", "float", (0, 120), "years"),
-    ColumnSpec("t_stage", "7th T Stage", "t_stage", (1, 2, 3, 4), description="AJCC 7th T1..T4 (written I..IV, T1..T4 or 1..4)"),
+    ColumnSpec("t_stage", "7th T Stage", "t_stage", (1, 2, 3, 4),
+               description="AJCC 7th T1..T4 (written I..IV, T1..T4 or 1..4)"),
     ColumnSpec("n_stage", "7th N Stage", "n_stage", (0, 1, 2, 3), description="AJCC 7th N0..N3"),
     ColumnSpec("overall_stage", "7th Overall Stage", "overall_stage", ("I", "II", "III", "IV", "IVA", "IVB", "IVC")),
     ColumnSpec("ebv", "Tumor Marker EBV", "float", (0, 1e9), "copies/mL", description="plasma EBV DNA"),
@@ -616,10 +617,40 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
         logger.info("%s: ignoring columns not in the schema: %s", source_name, ignored)
     raw = raw[list(mapping)].rename(columns=mapping).reset_index(drop=True)
 
+    lines = np.arange(len(raw)) + 2  # header is line 1
+    data, problems, unreadable = _normalise_columns(raw, lines, require_outcomes)
+    problems.extend(_validate_rows(data, lines, raw, unreadable))
+    problems.extend(_pseudonymise_rows(data, lines, _salt(salt)))
+    data.insert(1, "line", lines)
+    problems.sort(key=lambda p: (p.row, p.column))
+
+    by_line: dict[int, list[str]] = {}
+    for p in problems:
+        by_line.setdefault(p.row, []).append(f"{p.column}: {p.message}")
+    data["problems"] = ["; ".join(by_line.get(int(line), [])) for line in lines]
+
+    table = ClinicalTable(data=data, problems=problems, source=source_name)
+    if problems and mode == "strict":
+        raise ClinicalTableError(f"{source_name}: {len(problems)} problem(s) in {len(by_line)} row(s) "
+                                 "(load with mode='flag' or 'drop' to keep going)", problems)
+    if mode == "drop" and problems:
+        _drop_flagged(table, by_line)
+    elif problems:
+        logger.warning("%s: %d problem(s) in %d row(s), rows flagged in column 'problems'", source_name,
+                       len(problems), len(by_line))
+    return table
+
+
+def _normalise_columns(raw: pd.DataFrame, lines: np.ndarray, require_outcomes: bool,
+                       ) -> tuple[pd.DataFrame, list[Problem], set[tuple[int, str]]]:
+    """Normalise every schema column of ``raw`` (renamed to schema keys) cell by cell.
+
+    Returns the typed frame, the cell-level problems (unreadable or missing required values) and
+    the ``(row index, key)`` cells that were unreadable (so cross-column checks skip them).
+    """
     problems: list[Problem] = []
     unreadable: set[tuple[int, str]] = set()  # cells already reported as unreadable
     out: dict[str, list[Any]] = {}
-    lines = np.arange(len(raw)) + 2  # header is line 1
     for spec in SCHEMA:
         if spec.key not in raw.columns:
             continue
@@ -638,16 +669,22 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
             values.append(nv)
         out[spec.key] = values
     data = pd.DataFrame(out)
+    numeric = ("int", "float", "yes_no", "months", "t_stage", "n_stage", "tesla")
     for spec in SCHEMA:
         if spec.key in data and spec.kind == "date":
             data[spec.key] = pd.to_datetime(data[spec.key])
-        elif spec.key in data and spec.kind in ("int", "float", "yes_no", "months", "t_stage", "n_stage", "tesla"):
+        elif spec.key in data and spec.kind in numeric:
             data[spec.key] = data[spec.key].astype(float)
+    return data, problems, unreadable
 
-    problems.extend(_validate_rows(data, lines, raw, unreadable))
 
-    # pseudonymise: the record number never leaves this function
-    salt_value = _salt(salt)
+def _pseudonymise_rows(data: pd.DataFrame, lines: np.ndarray, salt_value: str | bytes) -> list[Problem]:
+    """Replace the ``mrn`` column by a salted ``patient_id`` (first column), in place.
+
+    The record number never leaves the loader. Returns the problems found: missing record
+    numbers and duplicates (a patient appearing more than once).
+    """
+    problems: list[Problem] = []
     mrn = data.pop("mrn")
     missing_mrn = [int(lines[i]) for i, v in enumerate(mrn) if v is None]
     for line in missing_mrn:
@@ -657,32 +694,21 @@ def load_clinical_table(source: str | os.PathLike | pd.DataFrame, *,
     for i in np.flatnonzero(dup.to_numpy()):
         problems.append(Problem(int(lines[i]), "Medical Record Number", "<hidden>",
                                 "duplicate record number (patient appears more than once)"))
-    data.insert(1, "line", lines)
-    problems.sort(key=lambda p: (p.row, p.column))
+    return problems
 
-    by_line: dict[int, list[str]] = {}
-    for p in problems:
-        by_line.setdefault(p.row, []).append(f"{p.column}: {p.message}")
-    data["problems"] = ["; ".join(by_line.get(int(line), [])) for line in lines]
 
-    table = ClinicalTable(data=data, problems=problems, source=source_name)
-    if problems and mode == "strict":
-        raise ClinicalTableError(f"{source_name}: {len(problems)} problem(s) in {len(by_line)} row(s) "
-                                 "(load with mode='flag' or 'drop' to keep going)", problems)
-    if mode == "drop" and problems:
-        bad = data["problems"] != ""
-        counts: dict[str, int] = {}
-        for msgs in by_line.values():
-            for reason in sorted({m.split(": ", 1)[1].split(" (")[0] for m in msgs}):
-                counts[reason] = counts.get(reason, 0) + 1
-        table.dropped = counts
-        table.data = data[~bad].reset_index(drop=True)
-        logger.warning("%s: dropped %d of %d rows with problems: %s", source_name, int(bad.sum()), len(data),
-                       ", ".join(f"{v} x {k}" for k, v in counts.items()))
-    elif problems:
-        logger.warning("%s: %d problem(s) in %d row(s), rows flagged in column 'problems'", source_name,
-                       len(problems), len(by_line))
-    return table
+def _drop_flagged(table: ClinicalTable, by_line: Mapping[int, list[str]]) -> None:
+    """Drop mode: remove the flagged rows from ``table.data`` and count them by reason."""
+    data = table.data
+    bad = data["problems"] != ""
+    counts: dict[str, int] = {}
+    for msgs in by_line.values():
+        for reason in sorted({m.split(": ", 1)[1].split(" (")[0] for m in msgs}):
+            counts[reason] = counts.get(reason, 0) + 1
+    table.dropped = counts
+    table.data = data[~bad].reset_index(drop=True)
+    logger.warning("%s: dropped %d of %d rows with problems: %s", table.source, int(bad.sum()), len(data),
+                   ", ".join(f"{v} x {k}" for k, v in counts.items()))
 
 
 def _is_missing_value(v: Any) -> bool:

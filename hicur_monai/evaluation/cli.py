@@ -177,8 +177,13 @@ def _rate_export(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``judge`` and ``rate`` to the ``hicur`` command line."""
     judge = subparsers.add_parser("judge", help="LLM-judge scoring and aggregation of model answers")
-    jsub = judge.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
+    _add_judge_actions(judge.add_subparsers(dest="judge_command", metavar="ACTION", required=True))
+    rate = subparsers.add_parser("rate", help="the blinded physician rating website")
+    _add_rate_actions(rate.add_subparsers(dest="rate_command", metavar="ACTION", required=True))
 
+
+def _add_judge_actions(jsub: argparse._SubParsersAction) -> None:
+    """``hicur judge run|reference|aggregate|demo``."""
     p = jsub.add_parser("run", help="judge answers against reference answers (resumable)")
     p.add_argument("--items", required=True, nargs="+",
                    help="items JSON-lines file(s) (question, caption, reference, kind; or the eval_*.jsonl "
@@ -228,9 +233,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_judge_demo)
 
-    rate = subparsers.add_parser("rate", help="the blinded physician rating website")
-    rsub = rate.add_subparsers(dest="rate_command", metavar="ACTION", required=True)
 
+def _add_rate_actions(rsub: argparse._SubParsersAction) -> None:
+    """``hicur rate init|add-rater|serve|export``."""
     p = rsub.add_parser("init", help="create or extend a study database from items and answers")
     p.add_argument("--db", required=True)
     p.add_argument("--items", required=True, nargs="+")

@@ -204,32 +204,53 @@ def generate_clinical_table(n_patients: int = 499, seed: int = 0,
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
-    if study_ids is None:
-        study_ids = [f"STUDY{i + 1:04d}" for i in range(n_patients)]
-    study_ids = [str(s) for s in study_ids]
-    if len(study_ids) < n_patients:
-        raise ValueError(f"need one study id per patient: got {len(study_ids)} ids for {n_patients} patients")
-    study_ids = study_ids[:n_patients]
-    if len(set(study_ids)) != n_patients:
-        raise ValueError("study_ids must be unique (one study per patient)")
+    study_ids = _check_study_ids(study_ids, n_patients)
+    # the draws below happen in a fixed order (baseline, event times, cause, MRN, messy cells):
+    # the same seed gives the same bytes
     rng = np.random.default_rng(seed)
     n = n_patients
     b = _draw_baseline(rng, n)
-    male, age, t_stage, n_stage, ebv = b["male"], b["age"], b["t_stage"], b["n_stage"], b["ebv"]
-    overall, intracranial, skull_base = b["overall"], b["intracranial"], b["skull_base"]
-    rp_nodes, neck_nodes, rp_sides, neck_sides = b["rp_nodes"], b["neck_nodes"], b["rp_sides"], b["neck_sides"]
-    lower_neck, rp_necrosis, neck_necrosis, necrosis = b["lower_neck"], b["rp_necrosis"], b["neck_necrosis"], b["necrosis"]
-    regress, np_regress, neck_regress, effective = b["regress"], b["np_regress"], b["neck_regress"], b["effective"]
-    machine, field, start_ord, image_lead_days = b["machine"], b["field"], b["start_ord"], b["image_lead_days"]
     image = _check_image_covariates(image_covariates, n)
+    lp = _linear_predictor(b, image)
+    events = _draw_events(rng, lp, b["start_ord"])
+    mrn = rng.choice(np.arange(100000, 1000000), size=n, replace=False)
+    table = pd.DataFrame(_table_columns(b, events, study_ids, mrn), columns=list(CLINICAL_COLUMNS), dtype=object)
+    messy = _make_messy(table, rng, messy_fraction)
+    truth = _truth(seed, n, lp, events, messy)
+    if image:
+        truth["image_covariates"] = _image_truth(image, b["t_stage"])
+        for ep in truth["endpoints"].values():
+            ep["image_log_hr"] = {k: IMAGE_LOG_HR[k] for k in image}
+    return table, truth
 
-    # --- survival model -----------------------------------------------------------------
-    x = encode_covariates(age, t_stage, n_stage, ebv, necrosis, male)
+
+def _check_study_ids(study_ids: Sequence[str] | None, n: int) -> list[str]:
+    """One unique study id per patient (default ``STUDY0001``, ...); the first ``n`` are used."""
+    if study_ids is None:
+        study_ids = [f"STUDY{i + 1:04d}" for i in range(n)]
+    ids = [str(s) for s in study_ids]
+    if len(ids) < n:
+        raise ValueError(f"need one study id per patient: got {len(ids)} ids for {n} patients")
+    ids = ids[:n]
+    if len(set(ids)) != n:
+        raise ValueError("study_ids must be unique (one study per patient)")
+    return ids
+
+
+def _linear_predictor(b: Mapping[str, Any], image: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The true model's centred linear predictor: clinical covariates plus image-borne ones."""
+    x = encode_covariates(b["age"], b["t_stage"], b["n_stage"], b["ebv"], b["necrosis"], b["male"])
     beta = np.array([TRUE_LOG_HR[c] for c in COVARIATES])
     centre = np.array([_CENTRE[c] for c in COVARIATES])
     lp = (x - centre) @ beta
     for name, values in image.items():
         lp = lp + (values - IMAGE_CENTRE[name]) * IMAGE_LOG_HR[name]
+    return lp
+
+
+def _draw_events(rng: np.random.Generator, lp: np.ndarray, start_ord: np.ndarray) -> dict[str, np.ndarray]:
+    """Draw the latent times, censoring and cause of death; return the observed endpoints (days)."""
+    n = len(lp)
 
     def latent_days(scale_months: float) -> np.ndarray:
         u = rng.random(n)
@@ -251,64 +272,71 @@ def generate_clinical_table(n_patients: int = 499, seed: int = 0,
     dmfs_days = np.where(met, t_met, os_days)
     rec = t_rec <= os_days
     ffs_days = np.minimum.reduce([dmfs_days, np.where(rec, t_rec, os_days), os_days])
-    failure = met | rec | death
-    last_fu = os_days  # dead: the date of death; alive: the date last seen
-
+    other_causes = rng.choice(["Heart Disease", "Other Cause", "Second Primary Cancer"], size=n)
     cause = np.where(~death, "N/A",
                      np.where(met & (t_met <= t_death), "Distant Metastasis",
-                              np.where(rec, "Nasopharyngeal Carcinoma",
-                                       rng.choice(["Heart Disease", "Other Cause", "Second Primary Cancer"], size=n))))
+                              np.where(rec, "Nasopharyngeal Carcinoma", other_causes)))
+    return {"death": death, "os_days": os_days, "met": met, "dmfs_days": dmfs_days, "ffs_days": ffs_days,
+            "failure": met | rec | death, "cause": cause}
 
-    def iso(ordinals: np.ndarray) -> list[str]:
-        return [date.fromordinal(int(o)).isoformat() for o in ordinals]
 
-    mrn = rng.choice(np.arange(100000, 1000000), size=n, replace=False)
-    cols: dict[str, list[str]] = {
+def _iso(ordinals: np.ndarray) -> list[str]:
+    return [date.fromordinal(int(o)).isoformat() for o in ordinals]
+
+
+def _table_columns(b: Mapping[str, Any], ev: Mapping[str, np.ndarray], study_ids: Sequence[str],
+                   mrn: np.ndarray) -> dict[str, list[str]]:
+    """The 37 columns as strings (clean values; messy cells are made afterwards)."""
+    n = len(study_ids)
+    start_ord, regress, machine = b["start_ord"], b["regress"], b["machine"]
+    death, met = ev["death"], ev["met"]
+    last_fu = ev["os_days"]  # dead: the date of death; alive: the date last seen
+    return {
         "Filename": [f"sample{i + 1:03d}" for i in range(n)],
         "Medical Record Number": [str(v) for v in mrn],
         "Image Number": list(study_ids),
-        "Pre-Treatment Image Time": iso(start_ord - image_lead_days),
-        "Gender": ["Male" if m else "Female" for m in male],
-        "Age": [str(a) for a in age],
-        "7th T Stage": [_ROMAN[t - 1] for t in t_stage],
-        "7th N Stage": [f"N{k}" for k in n_stage],
-        "7th Overall Stage": overall,
-        "Tumor Marker EBV": [str(v) for v in ebv],
-        "EBV > 4000": _yn(ebv > 4000),
-        "Intracranial or Cranial Nerve": _yn(intracranial),
-        "Skull Base": _yn(skull_base),
-        "Retropharyngeal Lymph Nodes": _yn(rp_nodes),
-        "Retropharyngeal Lymph Node Side Count": [str(v) for v in rp_sides],
-        "Retropharyngeal Necrosis": _yn(rp_necrosis),
-        "MRI Neck Lymph Nodes": _yn(neck_nodes),
-        "Neck Lymph Node Side Count": [str(v) for v in neck_sides],
-        "Neck Necrosis": _yn(neck_necrosis),
-        "Lower Neck": _yn(lower_neck),
-        "All Lymph Node Necrosis (Binary Classification)": _yn(necrosis),
-        "Post-Chemotherapy Nasopharyngeal Tumor Regression": [str(regress[v]) for v in np_regress],
+        "Pre-Treatment Image Time": _iso(start_ord - b["image_lead_days"]),
+        "Gender": ["Male" if m else "Female" for m in b["male"]],
+        "Age": [str(a) for a in b["age"]],
+        "7th T Stage": [_ROMAN[t - 1] for t in b["t_stage"]],
+        "7th N Stage": [f"N{k}" for k in b["n_stage"]],
+        "7th Overall Stage": b["overall"],
+        "Tumor Marker EBV": [str(v) for v in b["ebv"]],
+        "EBV > 4000": _yn(b["ebv"] > 4000),
+        "Intracranial or Cranial Nerve": _yn(b["intracranial"]),
+        "Skull Base": _yn(b["skull_base"]),
+        "Retropharyngeal Lymph Nodes": _yn(b["rp_nodes"]),
+        "Retropharyngeal Lymph Node Side Count": [str(v) for v in b["rp_sides"]],
+        "Retropharyngeal Necrosis": _yn(b["rp_necrosis"]),
+        "MRI Neck Lymph Nodes": _yn(b["neck_nodes"]),
+        "Neck Lymph Node Side Count": [str(v) for v in b["neck_sides"]],
+        "Neck Necrosis": _yn(b["neck_necrosis"]),
+        "Lower Neck": _yn(b["lower_neck"]),
+        "All Lymph Node Necrosis (Binary Classification)": _yn(b["necrosis"]),
+        "Post-Chemotherapy Nasopharyngeal Tumor Regression": [str(regress[v]) for v in b["np_regress"]],
         "Post-Chemotherapy Neck Lymph Node Tumor Regression": [
-            str(regress[v]) if nodes else "N/A" for v, nodes in zip(neck_regress, neck_nodes)],
+            str(regress[v]) if nodes else "N/A" for v, nodes in zip(b["neck_regress"], b["neck_nodes"])],
         "Nasopharyngeal + Neck Recent Efficacy (Induction Efficacy)": [
-            "Effective" if e else "Not Effective" for e in effective],
-        "Treatment Start Time": iso(start_ord),
-        "Last Follow-Up Time": iso(start_ord + last_fu),
-        "Treatment Failure (Long-Term Efficacy) - Update": _yn(failure),
-        "No Failure Survival Time - Update": [_months_str(m) for m in _months(ffs_days)],
+            "Effective" if e else "Not Effective" for e in b["effective"]],
+        "Treatment Start Time": _iso(start_ord),
+        "Last Follow-Up Time": _iso(start_ord + last_fu),
+        "Treatment Failure (Long-Term Efficacy) - Update": _yn(ev["failure"]),
+        "No Failure Survival Time - Update": [_months_str(m) for m in _months(ev["ffs_days"])],
         "Death Update": _yn(death),
-        "Death Time - Update": [d if e else "N/A" for d, e in zip(iso(start_ord + os_days), death)],
-        "Total Survival Time - Update": [_months_str(m) for m in _months(os_days)],
-        "Cause of Death": [str(c) for c in cause],
+        "Death Time - Update": [d if e else "N/A" for d, e in zip(_iso(start_ord + ev["os_days"]), death)],
+        "Total Survival Time - Update": [_months_str(m) for m in _months(ev["os_days"])],
+        "Cause of Death": [str(c) for c in ev["cause"]],
         "Distant Metastasis - Update": _yn(met),
-        "Metastasis Time": [d if e else "N/A" for d, e in zip(iso(start_ord + dmfs_days), met)],
-        "No Distant Metastasis Survival Time": [_months_str(m) for m in _months(dmfs_days)],
+        "Metastasis Time": [d if e else "N/A" for d, e in zip(_iso(start_ord + ev["dmfs_days"]), met)],
+        "No Distant Metastasis Survival Time": [_months_str(m) for m in _months(ev["dmfs_days"])],
         "MRI Machine": [str(m) for m in machine],
-        "Magnetic Field Strength": [field[str(m)] for m in machine],
+        "Magnetic Field Strength": [b["field"][str(m)] for m in machine],
     }
-    table = pd.DataFrame(cols, columns=list(CLINICAL_COLUMNS), dtype=object)
 
-    messy = _make_messy(table, rng, messy_fraction)
 
-    truth: dict[str, Any] = {
+def _truth(seed: int, n: int, lp: np.ndarray, ev: Mapping[str, np.ndarray], messy: list) -> dict[str, Any]:
+    """The JSON-serialisable truth: formats, model, encoding, endpoints with true log HR, messy cells."""
+    return {
         "generator": "hicur_monai.data.demo.clinical.generate_clinical_table",
         "seed": int(seed),
         "n_patients": int(n),
@@ -338,22 +366,17 @@ def generate_clinical_table(n_patients: int = 499, seed: int = 0,
                     "time": "No Failure Survival Time - Update",
                     "definition": "first of locoregional recurrence, distant metastasis or death from any cause",
                     "log_hr": dict(TRUE_LOG_HR), "exact_ph": True,
-                    "events": int(failure.sum())},
+                    "events": int(ev["failure"].sum())},
             "os": {"event": "Death Update", "time": "Total Survival Time - Update",
                    "definition": "death from any cause", "log_hr": dict(TRUE_LOG_HR), "exact_ph": True,
-                   "events": int(death.sum())},
+                   "events": int(ev["death"].sum())},
             "dmfs": {"event": "Distant Metastasis - Update", "time": "No Distant Metastasis Survival Time",
                      "definition": "distant metastasis; death without metastasis censors (cause-specific hazard)",
-                     "log_hr": dict(TRUE_LOG_HR), "exact_ph": True, "events": int(met.sum())},
+                     "log_hr": dict(TRUE_LOG_HR), "exact_ph": True, "events": int(ev["met"].sum())},
         },
         "linear_predictor": [round(float(v), 6) for v in lp],
         "messy": messy,
     }
-    if image:
-        truth["image_covariates"] = _image_truth(image, t_stage)
-        for ep in truth["endpoints"].values():
-            ep["image_log_hr"] = {k: IMAGE_LOG_HR[k] for k in image}
-    return table, truth
 
 
 def _image_truth(image: dict[str, np.ndarray], t_stage: np.ndarray) -> dict[str, Any]:

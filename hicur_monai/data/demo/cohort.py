@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -202,13 +203,7 @@ def generate_demo_cohort(
     # 3. MRI study + report per patient (+ CT for the first n_ct) and the endoscopy frames, in parallel
     (out / "endoscopy").mkdir(parents=True, exist_ok=True)
     (out / "reports" / "mri").mkdir(parents=True, exist_ok=True)
-    study_seeds = mri_seq.spawn(cfg.n_patients)
-    endo_seed, frame_seq = int(endo_seq.generate_state(1)[0]), endo_seq.spawn(1)[0]
-    tasks = [("study", (str(out), study_ids[i], study_seeds[i], specs[i].t_stage, tuple(cfg.mri_shape),
-                        tuple(cfg.fov_mm), i < cfg.n_ct, specs[i], report_seeds[i], patients[i]))
-             for i in range(cfg.n_patients)]
-    owners = np.repeat(np.arange(cfg.n_patients), _frames_per_patient(cfg.n_patients, cfg.n_endoscopy, frame_seq))
-    tasks += [("frame", (str(out), j, endo_seed, grids[i], patients[i], study_ids[i])) for j, i in enumerate(owners)]
+    tasks = _cohort_tasks(out, cfg, mri_seq, endo_seq, study_ids, patients, specs, grids, report_seeds)
     results = _run_tasks(tasks, workers, progress)
     endo_entries = [r for r in results if "image" in r]
     results = [r for r in results if "mri" in r]
@@ -216,7 +211,49 @@ def generate_demo_cohort(
     # 4. real samples from installed packages
     real_entries = copy_real_samples(out)
 
-    rel = lambda p: str(Path(p).relative_to(out))  # noqa: E731
+    def rel(p: str | os.PathLike) -> str:
+        return str(Path(p).relative_to(out))
+
+    mri_list, ct_list = _image_lists(results, patients, t_stages, rel)
+    report_list, patient_list = _linked_lists(results, endo_entries, patients, study_ids, specs, rel)
+    datalist = {"mri": mri_list, "ct": ct_list, "endoscopy": endo_entries, "real": real_entries,
+                "clinical": clinical_paths, "mri_reports": report_list, "patients": patient_list}
+    atomic_write_json(out / "datalist.json", datalist)
+    counts = {"patients": cfg.n_patients, "mri_studies": len(results), "mri_images": len(mri_list),
+              "ct_studies": len(ct_list), "endoscopy_frames": len(endo_entries), "real_samples": len(real_entries),
+              "mri_reports": len(report_list)}
+    manifest = {
+        "generator": f"hicur-monai {__version__} demo cohort",
+        "seed": seed,
+        "preset": asdict(cfg),
+        "counts": counts,
+        "synthetic": ["clinical/", "mri/", "ct/", "endoscopy/", "reports/"],
+        "real": [e["image"] for e in real_entries],
+        "seconds": round(time.time() - t0, 2),
+    }
+    atomic_write_json(out / "cohort.json", manifest)
+    atomic_write_text(out / "README.txt", _README.format(**manifest["counts"], seed=seed))
+    log.info("demo cohort written to %s in %.1f s: %s", out, manifest["seconds"], json.dumps(manifest["counts"]))
+    return out
+
+
+def _cohort_tasks(out: Path, cfg: CohortPreset, mri_seq: np.random.SeedSequence, endo_seq: np.random.SeedSequence,
+                  study_ids: list[str], patients: list[str], specs: list[TumourSpec], grids: list,
+                  report_seeds: list) -> list[tuple]:
+    """One ``("study", args)`` task per patient, then one ``("frame", args)`` task per endoscopy frame."""
+    study_seeds = mri_seq.spawn(cfg.n_patients)
+    endo_seed, frame_seq = int(endo_seq.generate_state(1)[0]), endo_seq.spawn(1)[0]
+    tasks = [("study", (str(out), study_ids[i], study_seeds[i], specs[i].t_stage, tuple(cfg.mri_shape),
+                        tuple(cfg.fov_mm), i < cfg.n_ct, specs[i], report_seeds[i], patients[i]))
+             for i in range(cfg.n_patients)]
+    owners = np.repeat(np.arange(cfg.n_patients), _frames_per_patient(cfg.n_patients, cfg.n_endoscopy, frame_seq))
+    tasks += [("frame", (str(out), j, endo_seed, grids[i], patients[i], study_ids[i])) for j, i in enumerate(owners)]
+    return tasks
+
+
+def _image_lists(results: list[dict], patients: list[str], t_stages: list, rel: Callable[[str], str],
+                 ) -> tuple[list[dict], list[dict]]:
+    """The ``mri`` (one entry per sequence) and ``ct`` data lists of the generated studies."""
     mri_list, ct_list = [], []
     for i, res in enumerate(results):
         for seq in MRI_SEQUENCES:
@@ -230,25 +267,7 @@ def generate_demo_cohort(
                 "image": rel(res["ct"]["CT"]), "label": rel(res["ct"]["mask"]), "modality": "ct",
                 "patient": patients[i], "study": res["study"], "t_stage": t_stages[i],
             })
-    report_list, patient_list = _linked_lists(results, endo_entries, patients, study_ids, specs, rel)
-    datalist = {"mri": mri_list, "ct": ct_list, "endoscopy": endo_entries, "real": real_entries,
-                "clinical": clinical_paths, "mri_reports": report_list, "patients": patient_list}
-    atomic_write_json(out / "datalist.json", datalist)
-    manifest = {
-        "generator": f"hicur-monai {__version__} demo cohort",
-        "seed": seed,
-        "preset": asdict(cfg),
-        "counts": {"patients": cfg.n_patients, "mri_studies": len(results), "mri_images": len(mri_list),
-                   "ct_studies": len(ct_list), "endoscopy_frames": len(endo_entries), "real_samples": len(real_entries),
-                   "mri_reports": len(report_list)},
-        "synthetic": ["clinical/", "mri/", "ct/", "endoscopy/", "reports/"],
-        "real": [e["image"] for e in real_entries],
-        "seconds": round(time.time() - t0, 2),
-    }
-    atomic_write_json(out / "cohort.json", manifest)
-    atomic_write_text(out / "README.txt", _README.format(**manifest["counts"], seed=seed))
-    log.info("demo cohort written to %s in %.1f s: %s", out, manifest["seconds"], json.dumps(manifest["counts"]))
-    return out
+    return mri_list, ct_list
 
 
 def _linked_lists(results: list[dict], endo_entries: list[dict], patients: list[str], study_ids: list[str],

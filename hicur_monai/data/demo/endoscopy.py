@@ -439,10 +439,40 @@ def _present_sentence(rng: np.random.Generator, region_np: str, plural: bool, fi
 def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> tuple[str, dict]:
     """Write a free-text report for ``grid``.
 
+    The parts are drawn in a fixed order (preamble, findings, normal regions, negations,
+    sentence order, impression): the same ``rng`` state gives the same report.
+
     Returns:
         ``(text, truth)`` where ``truth`` holds the grid, the explicitly negated
         ``(region, finding)`` pairs, the regions called smooth/normal and the impression.
     """
+    lines = _report_preamble(rng)
+    present = {r: [f for f in FINDINGS if grid[r][f] == "present"] for r in MAIN_REGIONS}
+    uncertain = {r: [f for f in FINDINGS if grid[r][f] == "uncertain"] for r in MAIN_REGIONS}
+    body = _finding_sentences(rng, present, uncertain)
+    normal, smooth = _normal_sentences(rng, present, uncertain)
+    negations, negated = _negation_sentences(rng, grid, present, uncertain)
+    body += normal + negations
+
+    if len(body) > 1:  # vary the order, keeping the picture the same
+        order = rng.permutation(len(body))
+        body = [body[i] for i in order]
+    lines.append(" ".join(body))
+
+    category = category_from_grid(grid)
+    impression = _pick(rng, _IMPRESSION[category])
+    lines.append(f"{_pick(rng, _IMPRESSION_KEY)} {impression}")
+    truth = {
+        "findings": grid,
+        "negated": [list(p) for p in negated],
+        "smooth": smooth,
+        "impression": {"category": category, "text": impression},
+    }
+    return "\n".join(lines) + "\n", truth
+
+
+def _report_preamble(rng: np.random.Generator) -> list[str]:
+    """The optional header, preamble and section title lines."""
     lines: list[str] = []
     header = _pick(rng, _HEADER)
     if header:
@@ -453,14 +483,13 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
     section = _pick(rng, _SECTION)
     if section:
         lines.append(section)
+    return lines
 
+
+def _finding_sentences(rng: np.random.Generator, present: dict[str, list[str]],
+                       uncertain: dict[str, list[str]]) -> list[str]:
+    """Sentences for present findings (identical lateral walls as one bilateral statement) and uncertain ones."""
     body: list[str] = []
-    negated: list[tuple[str, str]] = []
-    smooth: list[str] = []
-    present = {r: [f for f in FINDINGS if grid[r][f] == "present"] for r in MAIN_REGIONS}
-    uncertain = {r: [f for f in FINDINGS if grid[r][f] == "uncertain"] for r in MAIN_REGIONS}
-
-    # findings that are present: group identical lateral walls as a bilateral statement
     done: set[str] = set()
     if present["left_wall"] and present["left_wall"] == present["right_wall"] and rng.random() < 0.7:
         body.append(_present_sentence(rng, _pick(rng, _BILATERAL_WORDS), True, present["left_wall"]))
@@ -474,8 +503,14 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
             tmpl = _pick(rng, _UNCERTAIN_NEOPLASM if f == "neoplasm" else _UNCERTAIN_OTHER)
             rp = _pick(rng, _REGION_WORDS[r])
             body.append(tmpl.format(R=rp, R_cap=_cap(rp), N=n, N_cap=_cap(n), n=_strip_article(n)))
+    return body
 
-    # regions with nothing: sometimes called smooth / normal
+
+def _normal_sentences(rng: np.random.Generator, present: dict[str, list[str]],
+                      uncertain: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """Regions with nothing: sometimes called smooth / normal. Returns the sentences and those regions."""
+    body: list[str] = []
+    smooth: list[str] = []
     clean = [r for r in MAIN_REGIONS if not present[r] and not uncertain[r]]
     if len(clean) == len(MAIN_REGIONS) and rng.random() < 0.6:
         body.append(_pick(rng, _GLOBAL_NORMAL))
@@ -486,8 +521,17 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
                 rp = _pick(rng, _REGION_WORDS[r])
                 body.append(_pick(rng, _SMOOTH).format(R=rp, R_cap=_cap(rp)))
                 smooth.append(r)
+    return body, smooth
 
-    # explicit negations: globally for findings absent everywhere, else per region
+
+def _negation_sentences(rng: np.random.Generator, grid: dict[str, dict[str, str]], present: dict[str, list[str]],
+                        uncertain: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Explicit negations: globally for findings absent everywhere, else per region.
+
+    Returns the sentences and the negated ``(region, finding)`` pairs.
+    """
+    body: list[str] = []
+    negated: list[tuple[str, str]] = []
     absent_everywhere = [f for f in FINDINGS if all(grid[r][f] == "absent" for r in MAIN_REGIONS)]
     rng.shuffle(absent_everywhere)
     if absent_everywhere and rng.random() < 0.8:
@@ -505,22 +549,7 @@ def write_report(grid: dict[str, dict[str, str]], rng: np.random.Generator) -> t
                 rp = _pick(rng, _REGION_WORDS[r])
                 body.append(_pick(rng, _REGION_NEG).format(R=rp, R_cap=_cap(rp), a=_pick(rng, _NEG_NOUN[f])))
                 negated.append((r, f))
-
-    if len(body) > 1:  # vary the order, keeping the picture the same
-        order = rng.permutation(len(body))
-        body = [body[i] for i in order]
-    lines.append(" ".join(body))
-
-    category = category_from_grid(grid)
-    impression = _pick(rng, _IMPRESSION[category])
-    lines.append(f"{_pick(rng, _IMPRESSION_KEY)} {impression}")
-    truth = {
-        "findings": grid,
-        "negated": [list(p) for p in negated],
-        "smooth": smooth,
-        "impression": {"category": category, "text": impression},
-    }
-    return "\n".join(lines) + "\n", truth
+    return body, negated
 
 
 # ----------------------------------------------------------------------------- cohort
