@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from hicur_monai.segmentation.coarse import SEGMENTATION_INSTRUCTION, TextEncoderStates, check_texts, with_report
-from hicur_monai.utils.checksum import sha256_file
+from hicur_monai.utils.checksum import sha256_tree
 
 __all__ = ["VLMStates", "coarse_provider", "describe_coarse", "load_checked_network", "read_vlm_config", "vlm_checksum"]
 
@@ -74,11 +74,7 @@ def vlm_checksum(checkpoint: str | os.PathLike) -> str:
 
     Step 1 and step 2 of the same run differ (projector, adapter), and re-training changes it.
     """
-    root = Path(checkpoint)
-    digest = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        digest.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
-    return digest.hexdigest()
+    return sha256_tree(checkpoint, skip_hidden=True)
 
 
 class VLMStates:

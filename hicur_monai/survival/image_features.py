@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hicur_monai.utils.checksum import sha256_file
+from hicur_monai.utils.checksum import sha256_file, sha256_tree
 from hicur_monai.utils.io import atomic_open
 
 __all__ = [
@@ -175,13 +175,7 @@ def load_vlm_encoder(path: str | os.PathLike, device: str | torch.device | None 
 
 def folder_checksum(path: str | os.PathLike) -> str:
     """SHA-256 over a file, or over the relative names and SHA-256 of every file in a folder."""
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    digest = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        digest.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n".encode())
-    return digest.hexdigest()
+    return sha256_tree(path)
 
 
 def _slice_transform(size: int) -> Any:

@@ -15,7 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
-__all__ = ["sha256_file", "check_recorded_checksum", "SourceChangedWarning"]
+__all__ = ["sha256_file", "sha256_tree", "check_recorded_checksum", "SourceChangedWarning"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     with p.open("rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: str | os.PathLike, skip_hidden: bool = False) -> str:
+    """Hex SHA-256 of a file, or of a folder: the relative names and SHA-256 of every file in it, sorted.
+
+    Args:
+        path: a file or a folder (e.g. a saved model folder).
+        skip_hidden: leave out files whose name starts with ``.`` (folders only).
+    """
+    root = Path(path)
+    if root.is_file():
+        return sha256_file(root)
+    digest = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not (skip_hidden and q.name.startswith("."))):
+        digest.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
     return digest.hexdigest()
 
 
