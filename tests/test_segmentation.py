@@ -66,6 +66,39 @@ def test_coarse_states_are_computed_once_per_image_and_persist(tmp_path):
         CoarseStatesd("image", cache)({"image": torch.rand(16, 16)})
 
 
+class _BatchCountingProvider(_CountingProvider):
+    key = "batch-counting"
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def __call__(self, images):
+        self.batches.append(len(images))
+        return super().__call__(images)
+
+
+def test_flat_compose_gives_a_volume_s_slices_to_the_coarse_states_at_once():
+    from monai.transforms import Lambdad
+
+    from hicur_monai.segmentation import flat_compose
+    from hicur_monai.transforms import ExtractSlicesd
+
+    prov = _BatchCountingProvider()
+    pipeline = flat_compose([ExtractSlicesd(["image"], axis=-1), None,
+                             Lambdad("image", lambda x: x.expand(3, -1, -1)),
+                             CoarseStatesd("image", CoarseStateCache(prov))])
+    volume = torch.rand(1, 8, 8, 5)
+    slices = pipeline({"image": volume})
+    assert len(slices) == 5 and prov.batches == [5]  # one call for the volume, not five
+    ref_prov = _CountingProvider()
+    for i, d in enumerate(slices):  # the same states as one slice at a time
+        ref = CoarseStatesd("image", CoarseStateCache(ref_prov))({"image": volume[..., i].expand(3, -1, -1)})
+        assert torch.equal(d["coarse_states"], ref["coarse_states"])
+    single = flat_compose([CoarseStatesd("image", CoarseStateCache(prov))])({"image": torch.rand(3, 8, 8)})
+    assert single["coarse_states"].shape == (4, 8) and prov.batches[-1] == 1  # a single sample still works
+
+
 def test_text_stand_in_states_are_fixed_length_and_image_independent():
     prov = TextEncoderStates("hashed_bow", num_tokens=12, encoder_kwargs={"dim": 64})
     states, mask = prov(torch.rand(2, 3, 32, 32))

@@ -66,3 +66,28 @@ def test_registered_encoder_images_and_texts(model, tmp_path):
     assert s3.shape == (2, 400, 32) and torch.isfinite(s3).all()
     with pytest.raises(FileNotFoundError, match="missing.png"):
         enc.encode([str(tmp_path / "missing.png")])
+
+
+def test_encoder_loaded_from_a_lora_folder_merges_the_adapter_and_keeps_the_states(tmp_path):
+    from peft import PeftModel
+
+    from hicur_monai.networks.vlm import VisionLanguageModel
+    from hicur_monai.vlm.coarse import VLMCoarseEncoder
+
+    torch.manual_seed(0)
+    vlm = tiny_vlm()
+    vlm.configure_training("lora", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    for name, p in vlm.llm.named_parameters():
+        if "lora_B" in name:  # a trained adapter (peft starts B at zero, which would hide a wrong merge)
+            torch.nn.init.normal_(p, std=0.5)
+    folder = vlm.eval().save_pretrained(tmp_path / "lora_vlm")
+    unmerged = VisionLanguageModel.from_pretrained(folder)
+    assert isinstance(unmerged.llm, PeftModel)
+    images = torch.randn(2, 3, unmerged.image_size, unmerged.image_size)
+    ref, ref_mask = coarse_features(unmerged, images, length=8)
+    enc = VLMCoarseEncoder(str(folder), length=8)
+    assert not isinstance(enc.model.llm, PeftModel)  # the adapter is folded in
+    states, mask = enc.encode(list(images))
+    assert torch.equal(mask, ref_mask) and torch.allclose(states, ref, atol=1e-4)
+    with unmerged.llm.disable_adapter():  # and the adapter matters: without it the states differ
+        assert not torch.allclose(coarse_features(unmerged, images, length=8)[0], ref, atol=1e-4)

@@ -302,6 +302,9 @@ class CoarseStatesd(MapTransform):
         states_key, mask_key: output keys.
         text_key: the item's report text (``report_text``, added by
             :class:`~hicur_monai.segmentation.handoff.ReportTextd`), passed on when the provider uses reports.
+
+    Inside :func:`~hicur_monai.segmentation.pipeline.flat_compose`, after the slicer, :meth:`call_list`
+    gets a volume's slices at once (one cache call, so uncached slices go to the VLM in batches).
     """
 
     def __init__(
@@ -318,21 +321,34 @@ class CoarseStatesd(MapTransform):
         self.states_key, self.mask_key, self.text_key = states_key, mask_key, text_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = torch.as_tensor(d[key])
-            if img.ndim != 3:
-                raise ValueError(f"CoarseStatesd: {key!r} must be a channel-first 2D image (C, H, W), "
-                                 f"got {tuple(img.shape)}")
+        return self.call_list([data])[0]
+
+    def call_list(self, samples: Sequence[Mapping[Hashable, Any]]) -> list[dict[Hashable, Any]]:
+        """The states of many samples (a volume's slices) in one cache call: the VLM runs on them in batches."""
+        out = [dict(d) for d in samples]
+        for key in self.key_iterator(out[0]) if out else ():
+            images = [self._image(d, key) for d in out]
             if getattr(self.cache, "report", False):
-                if not d.get(self.text_key):
-                    raise ValueError(f"CoarseStatesd: coarse_report is true but item {_name(d)} has no "
-                                     f"{self.text_key!r} (its 'report' file, read by ReportTextd)")
-                states, mask = self.cache(img[None], [d[self.text_key]])
+                states, mask = self.cache(torch.stack(images), [self._text(d) for d in out])
             else:
-                states, mask = self.cache(img[None])
-            d[self.states_key], d[self.mask_key] = states[0], mask[0]
-        return d
+                states, mask = self.cache(torch.stack(images))
+            for i, d in enumerate(out):
+                d[self.states_key], d[self.mask_key] = states[i], mask[i]
+        return out
+
+    @staticmethod
+    def _image(d: Mapping[Hashable, Any], key: Hashable) -> torch.Tensor:
+        img = torch.as_tensor(d[key])
+        if img.ndim != 3:
+            raise ValueError(f"CoarseStatesd: {key!r} of item {_name(d)} must be a channel-first 2D image (C, H, W), "
+                             f"got {tuple(img.shape)}")
+        return img
+
+    def _text(self, d: Mapping[Hashable, Any]) -> str:
+        if not d.get(self.text_key):
+            raise ValueError(f"CoarseStatesd: coarse_report is true but item {_name(d)} has no "
+                             f"{self.text_key!r} (its 'report' file, read by ReportTextd)")
+        return str(d[self.text_key])
 
 
 def _name(d: Mapping[Hashable, Any]) -> str:

@@ -2,7 +2,9 @@
 
 * :func:`optional` gives a transform or ``None`` from a bundle flag; :func:`flat_compose` drops the
   ``None`` steps and flattens nested ``Compose`` fragments (so ``CacheDataset`` caches up to the
-  first random transform, as with one flat list).
+  first random transform, as with one flat list) into a :class:`ListAwareCompose`: after a
+  multi-sample step (the slicer), a step with ``call_list`` (``CoarseStatesd``) gets the volume's
+  whole list of slices at once, so the VLM runs on them in batches rather than one by one.
 * :func:`coarse_prepare_batch`: the trainer's batch preparation with or without coarse states.
 * :class:`ReportTextd` reads a study's radiology report (the datalist item's ``report`` file) for
   ``coarse_report``; the text also goes into the image's metadata, where the whole-volume
@@ -21,7 +23,7 @@ from monai.transforms import Compose, MapTransform
 
 from hicur_monai.utils.flags import as_flag
 
-__all__ = ["ReportTextd", "batch_filenames", "coarse_prepare_batch", "flat_compose", "optional"]
+__all__ = ["ListAwareCompose", "ReportTextd", "batch_filenames", "coarse_prepare_batch", "flat_compose", "optional"]
 
 
 def optional(transform: Any, enabled: bool | str = True, name: str = "enabled") -> Any:
@@ -29,9 +31,33 @@ def optional(transform: Any, enabled: bool | str = True, name: str = "enabled") 
     return transform if as_flag(enabled, name) else None
 
 
-def flat_compose(transforms: Sequence[Any], **kwargs: Any) -> Compose:
-    """One flat ``Compose`` of the steps that are not ``None`` (nested ``Compose`` fragments are inlined)."""
-    return Compose(Compose([t for t in transforms if t is not None]).flatten().transforms, **kwargs)
+class ListAwareCompose(Compose):
+    """A ``Compose`` whose steps with a ``call_list`` method get a list of samples in one call.
+
+    MONAI maps every step over the list a multi-sample transform returns (one call per slice).
+    A step that is cheaper on many samples at once (the coarse states: one VLM call for a
+    volume's slices) defines ``call_list(samples) -> samples``; it is called with the whole list,
+    and as usual (``__call__``) on a single sample. Everything else runs as in ``Compose``.
+    """
+
+    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False,
+                 lazy: bool | None = None) -> Any:
+        end = len(self.transforms) if end is None else end
+        data, i = input_, start
+        while i < end:
+            j = next((k for k in range(i, end) if hasattr(self.transforms[k], "call_list")), end)
+            if j > i:
+                data = super().__call__(data, start=i, end=j, threading=threading, lazy=lazy)
+            if j < end:
+                step = self.transforms[j]
+                data = step.call_list(list(data)) if isinstance(data, (list, tuple)) else step(data)
+            i = j + 1
+        return data
+
+
+def flat_compose(transforms: Sequence[Any], **kwargs: Any) -> ListAwareCompose:
+    """One flat :class:`ListAwareCompose` of the steps that are not ``None`` (nested ``Compose`` inlined)."""
+    return ListAwareCompose(Compose([t for t in transforms if t is not None]).flatten().transforms, **kwargs)
 
 
 def coarse_prepare_batch(use_coarse: bool | str = True, states_key: str = "coarse_states",

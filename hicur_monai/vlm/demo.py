@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default="smollm2", help="smollm2 or tiny (a random Llama, seconds instead of minutes)")
     p.add_argument("--steps1", type=int, default=12, help="projector steps")
     p.add_argument("--steps2", type=int, default=8, help="LoRA steps")
+    p.add_argument("--lr2", type=float, default=2e-4, help="LoRA learning rate (step 2)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Path("bundles/vl_alignment/configs")
     t0 = time.time()
     run(config_file=[str(cfg / "train.json"), str(cfg / "pretrain.json")], **common, max_steps=args.steps1)
-    run(config_file=str(cfg / "train.json"), **common, mode="lora", lr=2e-4, max_steps=args.steps2)
+    run(config_file=str(cfg / "train.json"), **common, mode="lora", lr=args.lr2, max_steps=args.steps2)
     _print_losses(args.out)
     summary = json.loads((instr / "summary.json").read_text())
     print(f"trained on {summary['pairs_by_modality']} pairs (train {summary['train_pairs']}, held-out "
