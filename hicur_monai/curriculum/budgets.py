@@ -33,6 +33,7 @@ class Budget:
         prog_deepsurv_seeds: DeepSurv seeds (ensemble size).
         prog_deepsurv_epochs: DeepSurv epochs; ``None``: the bundle's default.
         prog_endpoints: prognosis endpoints (``all``, or comma-separated: ``ffs,os``).
+        vlm_lr2: stage II step 2 (LoRA) learning rate.
     """
 
     name: str
@@ -51,6 +52,7 @@ class Budget:
     prog_deepsurv_seeds: int
     prog_deepsurv_epochs: int | None
     prog_endpoints: str = "all"
+    vlm_lr2: float = 1e-3
 
     def describe(self) -> str:
         """One line with every size, for the table header."""
@@ -65,11 +67,11 @@ BUDGETS: dict[str, Budget] = {
     "demo": Budget("demo", hcmae_epochs=5, hcmae_max_items=300, hcmae_batch_size=None, vlm_llm="smollm2",
                    vlm_steps1=12, vlm_steps2=8, findings_limit=12, findings_max_new_tokens=48, seg_epochs=13,
                    seg_max_patients=20, prog_n_boot=100, prog_n_boot_calibration=20, prog_deepsurv_seeds=1,
-                   prog_deepsurv_epochs=None),
-    "benchmark": Budget("benchmark", hcmae_epochs=20, hcmae_max_items=600, hcmae_batch_size=None, vlm_llm="smollm2",
-                        vlm_steps1=40, vlm_steps2=30, findings_limit=40, findings_max_new_tokens=64, seg_epochs=25,
-                        seg_max_patients=30, prog_n_boot=200, prog_n_boot_calibration=30, prog_deepsurv_seeds=3,
-                        prog_deepsurv_epochs=None),
+                   prog_deepsurv_epochs=None, prog_endpoints="ffs"),
+    "benchmark": Budget("benchmark", hcmae_epochs=15, hcmae_max_items=600, hcmae_batch_size=None, vlm_llm="smollm2",
+                        vlm_steps1=20, vlm_steps2=100, findings_limit=30, findings_max_new_tokens=96, seg_epochs=20,
+                        seg_max_patients=20, prog_n_boot=200, prog_n_boot_calibration=30, prog_deepsurv_seeds=1,
+                        prog_deepsurv_epochs=None, prog_endpoints="ffs"),
 }
 
 

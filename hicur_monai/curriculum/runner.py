@@ -66,7 +66,8 @@ def _stage1(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...]) -> Step
 def _stage2(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], vit: Path) -> list[Step]:
     vl, model = out / "vl_alignment", out / "vl_alignment" / "step2" / "model"
     align = _py("-m", "hicur_monai.vlm.demo", "--data", str(data), "--out", str(vl), "--vit-encoder", str(vit),
-                "--llm", b.vlm_llm, "--steps1", str(b.vlm_steps1), "--steps2", str(b.vlm_steps2))
+                "--llm", b.vlm_llm, "--steps1", str(b.vlm_steps1), "--steps2", str(b.vlm_steps2),
+                "--lr2", str(b.vlm_lr2))
     evaluate = _hicur("vlm", "findings-eval", "--model", str(model), "--instructions", str(vl / "instructions"),
                       "--data", str(data), "--out", str(out / "findings"), *_opt("--limit", b.findings_limit),
                       "--max-new-tokens", str(b.findings_max_new_tokens))
