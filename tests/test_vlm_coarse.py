@@ -89,5 +89,7 @@ def test_encoder_loaded_from_a_lora_folder_merges_the_adapter_and_keeps_the_stat
     assert not isinstance(enc.model.llm, PeftModel)  # the adapter is folded in
     states, mask = enc.encode(list(images))
     assert torch.equal(mask, ref_mask) and torch.allclose(states, ref, atol=1e-4)
+    resaved = VisionLanguageModel.from_pretrained(enc.model.save_pretrained(tmp_path / "merged"))
+    assert torch.allclose(coarse_features(resaved, images, length=8)[0], ref, atol=1e-4)  # saving it loses nothing
     with unmerged.llm.disable_adapter():  # and the adapter matters: without it the states differ
         assert not torch.allclose(coarse_features(unmerged, images, length=8)[0], ref, atol=1e-4)

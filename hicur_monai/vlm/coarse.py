@@ -103,19 +103,6 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
     return states, keep
 
 
-def _merged(model: Any) -> Any:
-    """``model`` with its LoRA adapter folded into the LLM's weights (peft ``merge_and_unload``).
-
-    Only for a model this encoder loaded itself and never saves: the states are the same, each
-    forward pass skips the adapter's extra matrix products.
-    """
-    from peft import PeftModel
-
-    if isinstance(model.llm, PeftModel):
-        model.llm = model.llm.merge_and_unload()
-    return model
-
-
 @TEXT_ENCODERS.add_def("vlm_coarse", "hidden states of the aligned VLM for an image (or text) + fixed instruction")
 class VLMCoarseEncoder:
     """The aligned VLM as a state encoder for Stage III (``encode(items) -> (states, mask)``).
@@ -138,7 +125,7 @@ class VLMCoarseEncoder:
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, (str, os.PathLike)):
-            model = _merged(VisionLanguageModel.from_pretrained(model, device=dev))
+            model = VisionLanguageModel.from_pretrained(model, device=dev).merge_adapter()  # inference only
         self.model = model.eval()
         self.instruction = instruction
         self.length = int(length)

@@ -103,7 +103,7 @@ def findings_eval(model: Any, instructions_dir: str | os.PathLike, data_dir: str
     if isinstance(model, (str, os.PathLike)):
         from hicur_monai.networks.vlm import VisionLanguageModel
 
-        model = VisionLanguageModel.from_pretrained(model, device=device)
+        model = VisionLanguageModel.from_pretrained(model, device=device).merge_adapter()
     rows = _generate(model.eval(), data, held, _questions(instructions_dir), max_new_tokens)
     scores = {"model": score_grids([r["parsed"] for r in rows], truth),
               "majority": score_grids([majority] * len(held), truth)}

@@ -113,7 +113,7 @@ class VLMAnswerer:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, (str, os.PathLike)):
             self.system = system or Path(model).resolve().name
-            model = VisionLanguageModel.from_pretrained(model, device=dev)
+            model = VisionLanguageModel.from_pretrained(model, device=dev).merge_adapter()
         else:
             self.system = system or "vlm"
         self.model = model.eval()
