@@ -53,7 +53,8 @@ def make_results(out: Path, skip: tuple[str, ...] = ()) -> Path:
     (out / "findings").mkdir()
     (out / "findings" / "findings_f1.json").write_text(json.dumps(
         {"n_images": 7, "model": {"micro_f1": 0.61, "macro_f1": 0.52, "per_finding": {}},
-         "majority": {"micro_f1": 0.40, "macro_f1": 0.21, "per_finding": {}}, "command": "hicur vlm findings-eval"}))
+         "majority": {"micro_f1": 0.40, "macro_f1": 0.21, "per_finding": {}},
+         "constant": {"micro_f1": 0.45, "macro_f1": 0.25, "per_finding": {}}, "command": "hicur vlm findings-eval"}))
     return out
 
 
@@ -71,6 +72,7 @@ def test_table_and_chart_from_result_files(tmp_path):
     assert "| + HCMAE + coarse states | 16 | deepsurv | 0.730 (0.680-0.770) |" in text
     assert "7 held-out images" in text
     assert "| VLM (stage II model) | 0.610 | 0.520 |" in text and "| majority-class baseline | 0.400 | 0.210 |" in text
+    assert "| best constant report (image-blind) | 0.450 | 0.250 |" in text
     assert "not run" not in text
     from PIL import Image
 

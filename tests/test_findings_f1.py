@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hicur_monai.data.nasopharynx import empty_grid
-from hicur_monai.evaluation.findings_f1 import majority_grid, markdown_table, score_grids
+from hicur_monai.evaluation.findings_f1 import constant_grid, majority_grid, markdown_table, score_grids
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -52,6 +52,21 @@ def test_majority_baseline_by_hand():
     assert "| majority | 0.500 | 0.500 | 0.500 | 0.222 |" in table
 
 
+def test_constant_report_baseline_by_hand():
+    # no cell is present in more than half of the grids: the majority says "absent" everywhere (F1 0),
+    # the best constant report asserts the commonest cells
+    train = [_grid(("left_wall", "neoplasm"), ("roof", "neoplasm")), _grid(("left_wall", "neoplasm")),
+             _grid(("roof", "neoplasm")), _grid(("right_wall", "bleeding")), _grid(), _grid()]
+    assert score_grids([majority_grid(train)] * len(train), train)["micro_f1"] == 0.0
+    const = constant_grid(train)
+    asserted = {(r, f) for r, g in const.items() for f, st in g.items() if st == "present"}
+    # prevalence 2/6 for both neoplasm cells, 1/6 for bleeding: threshold 2/6 gives tp 4, fp 8, fn 1 -> F1 8/17;
+    # adding bleeding (threshold 1/6) gives tp 5, fp 13, fn 0 -> F1 10/23 = 0.435 < 0.471
+    assert asserted == {("left_wall", "neoplasm"), ("roof", "neoplasm")}
+    assert score_grids([const] * len(train), train)["micro_f1"] == pytest.approx(8 / 17)
+    assert constant_grid([_grid(), _grid()]) == majority_grid([_grid(), _grid()])  # nothing present: absent
+
+
 def test_uncertain_counts_as_asserted_and_lengths_must_match():
     hedged = _grid()
     hedged["left_wall"]["neoplasm"] = "uncertain"
@@ -74,14 +89,15 @@ def test_findings_eval_with_the_tiny_vlm(demo_cohort, tmp_path, capsys, monkeypa
                str(demo_cohort), "--out", str(out), "--max-new-tokens", "4", "--device", "cpu", "--limit", "2"])
     assert rc == 0
     result = json.loads((out / "findings_f1.json").read_text())
-    assert set(result) >= {"n_images", "model", "majority", "command"}
+    assert set(result) >= {"n_images", "model", "majority", "constant", "constant_grid", "command"}
     assert result["n_images"] >= 1 and result["command"].startswith("hicur vlm findings-eval")
-    for who in ("model", "majority"):
+    for who in ("model", "majority", "constant"):
         assert {"micro_f1", "macro_f1", "per_finding"} <= set(result[who])
         assert 0.0 <= result[who]["micro_f1"] <= 1.0
     generated = [json.loads(x) for x in (out / "generated.jsonl").read_text().splitlines()]
     assert len(generated) == result["n_images"]
-    assert "| majority |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| majority |" in printed and "| constant |" in printed
     (instr / "pairs.json").unlink()
     assert main(["vlm", "findings-eval", "--model", str(model_dir), "--instructions", str(instr), "--data",
                  str(demo_cohort), "--out", str(out)]) == 2

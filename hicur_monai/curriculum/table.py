@@ -6,7 +6,7 @@ Reads, under the run's output folder (schemas: the stage commands' documentation
   val_hd95, coarse_states}}`` (``hicur segment demo``);
 * ``prognosis/<set>/metrics.json``: ``endpoints.<ep>.models.<model>.metrics.harrell_c.{estimate,lo,hi}``
   and ``endpoints.<ep>.data.image_feature_columns`` (bundles/npc_prognosis);
-* ``findings/findings_f1.json``: ``{n_images, model: {micro_f1, macro_f1}, majority: {micro_f1, macro_f1}}``
+* ``findings/findings_f1.json``: ``{n_images, model: {micro_f1, macro_f1}, majority: {...}, constant: {...}}``
   (``hicur vlm findings-eval``).
 
 A variant skipped on purpose is a "not run" cell; a result file missing otherwise is an error
@@ -57,6 +57,9 @@ PROGNOSIS_SETS: dict[str, str] = {
 SEQUENCES = ("T1", "T2", "T1C")
 SEG_FIELDS = ("val_mean_dice_3d", *(f"dice_3d_{s}" for s in SEQUENCES), "val_hd95")
 ENDPOINT_ORDER = ("ffs", "os", "dmfs")
+#: the predictors of ``findings_f1.json`` shown in the table and chart (``constant`` where present)
+FINDINGS_PREDICTORS = {"model": "VLM (stage II model)", "majority": "majority-class baseline",
+                       "constant": "best constant report (image-blind)"}
 #: the run's description, written by the runner
 MANIFEST = "curriculum.json"
 NOT_RUN = "not run"
@@ -223,8 +226,9 @@ def ablation_markdown(res: CurriculumResults, budget: str, command: str, budget_
               f"### Stage II findings (finding-level F1 of generated reports, "
               f"{f1.get('n_images', '?')} held-out images)",
               "", "| reports | micro F1 | macro F1 |", "|---|---|---|"]
-    for who, label in (("model", "VLM (stage II model)"), ("majority", "majority-class baseline")):
-        lines.append(f"| {label} | {_f(float(f1[who]['micro_f1']))} | {_f(float(f1[who]['macro_f1']))} |")
+    for who, label in FINDINGS_PREDICTORS.items():
+        if who in f1:  # "constant" is absent from results written before it existed
+            lines.append(f"| {label} | {_f(float(f1[who]['micro_f1']))} | {_f(float(f1[who]['macro_f1']))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ def _add_vlm(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser("vlm", help="Stage II model measurements")
     sub = v.add_subparsers(dest="vlm_command", metavar="SUBCOMMAND")
     f = sub.add_parser("findings-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="finding-F1 of generated reports on held-out endoscopy images vs the majority baseline")
+                       help="finding-F1 of generated reports on held-out endoscopy images vs image-blind baselines")
     f.add_argument("--model", required=True, type=Path, help="a saved model folder (bundles/vl_alignment output)")
     f.add_argument("--instructions", required=True, type=Path, help="the folder of 'hicur instructions build'")
     f.add_argument("--data", required=True, type=Path, help="the cohort (endoscopy/ and reports/<id>.json)")
@@ -63,8 +63,8 @@ def _findings_eval(args: argparse.Namespace) -> int:
         print(f"hicur vlm findings-eval: {err}", file=sys.stderr)
         return 2
     print(f"finding-F1 on {result['n_images']} held-out endoscopy images "
-          f"(majority baseline from {result['n_train_images']} training images)\n")
-    print(markdown_table({"model": result["model"], "majority": result["majority"]}))
+          f"(image-blind baselines from {result['n_train_images']} training images)\n")
+    print(markdown_table({k: result[k] for k in ("model", "majority", "constant")}))
     print(f"\n{command}\nwritten to {args.out / 'findings_f1.json'}")
     return 0
 

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                             max_new_tokens=args.max_new_tokens, command="python -m hicur_monai.vlm.demo "
                             + " ".join(sys.argv[1:] if argv is None else argv))
         print(f"\nfinding-F1, {res['n_images']} held-out endoscopy images:\n"
-              + markdown_table({"model": res["model"], "majority": res["majority"]}))
+              + markdown_table({k: res[k] for k in ("model", "majority", "constant")}))
     print(f"\nvl_alignment demo: {time.time() - t0:.0f} s; model in {args.out / 'step2' / 'model'}")
     return 0
 

@@ -3,8 +3,8 @@
 For each held-out endoscopy pair of an instruction folder (``pairs.json`` of
 ``hicur instructions build``) the model writes a report (the pair's held-out detailed-description
 question), the region parser reads it, and :mod:`hicur_monai.evaluation.findings_f1` scores it
-per (region, finding) against the ``.json`` sidecar, beside the majority-class baseline of the
-training split. Writes ``findings_f1.json`` (the schema of ``docs/evaluation.md``),
+per (region, finding) against the ``.json`` sidecar, beside two image-blind baselines of the
+training split (majority class per cell; the best constant report). Writes ``findings_f1.json`` (the schema of ``docs/evaluation.md``),
 ``findings_f1.md`` and ``generated.jsonl`` (every report with its parsed grid).
 """
 
@@ -92,23 +92,25 @@ def findings_eval(model: Any, instructions_dir: str | os.PathLike, data_dir: str
         limit: score only the first ``limit`` held-out images.
         command: the command line recorded in the result.
     """
-    from hicur_monai.evaluation.findings_f1 import majority_grid, markdown_table, score_grids
+    from hicur_monai.evaluation.findings_f1 import constant_grid, majority_grid, markdown_table, score_grids
     from hicur_monai.utils.io import atomic_write_json, atomic_write_text
 
     instructions_dir, data, out = Path(instructions_dir), Path(data_dir), Path(out_dir)
     train, held = held_out_pairs(instructions_dir)
     held = held[: limit if limit else None]
     truth = [read_truth(data, p) for p in held]
-    majority = majority_grid([read_truth(data, p) for p in train])
+    train_truth = [read_truth(data, p) for p in train]
+    majority, constant = majority_grid(train_truth), constant_grid(train_truth)
     if isinstance(model, (str, os.PathLike)):
         from hicur_monai.networks.vlm import VisionLanguageModel
 
         model = VisionLanguageModel.from_pretrained(model, device=device).merge_adapter()
     rows = _generate(model.eval(), data, held, _questions(instructions_dir), max_new_tokens)
     scores = {"model": score_grids([r["parsed"] for r in rows], truth),
-              "majority": score_grids([majority] * len(held), truth)}
+              "majority": score_grids([majority] * len(held), truth),
+              "constant": score_grids([constant] * len(held), truth)}
     result = {"n_images": len(held), "n_train_images": len(train), **scores, "majority_grid": majority,
-              "command": command}
+              "constant_grid": constant, "command": command}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "generated.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_json(out / "findings_f1.json", result)
