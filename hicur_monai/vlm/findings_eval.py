@@ -4,8 +4,8 @@ For each held-out endoscopy pair of an instruction folder (``pairs.json`` of
 ``hicur instructions build``) the model writes a report (the pair's held-out detailed-description
 question), the region parser reads it, and :mod:`hicur_monai.evaluation.findings_f1` scores it
 per (region, finding) against the ``.json`` sidecar, beside two image-blind baselines of the
-training split (majority class per cell; the best constant report). Writes ``findings_f1.json`` (the schema of ``docs/evaluation.md``),
-``findings_f1.md`` and ``generated.jsonl`` (every report with its parsed grid).
+training split (majority class per cell; the best constant report). Writes ``findings_f1.json``
+(the schema of ``docs/evaluation.md``), ``findings_f1.md`` and ``generated.jsonl`` (every report with its parsed grid).
 """
 
 from __future__ import annotations
