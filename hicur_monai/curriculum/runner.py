@@ -9,7 +9,7 @@ Layout of ``--out``:
 ========================================  ==============================================
 ``hcmae_pretrain/models/vit_encoder.pt``  stage I export (bundles/hcmae_pretrain)
 ``vl_alignment/step2/model``              stage II model (``python -m hicur_monai.vlm.demo``)
-``findings/findings_f1.json``             stage II finding-F1 vs majority (``hicur vlm findings-eval``)
+``findings/findings_f1.json``             stage II finding-F1 vs image-blind baselines (``hicur vlm findings-eval``)
 ``segmentation/comparison.json``          stage III segmentation, 4 variants (``hicur segment demo``)
 ``prognosis/<set>/metrics.json``          stage III prognosis: clinical / hcmae / hcmae_vlm
 ``curriculum.md``, ``curriculum.png``     the ablation table and chart
@@ -73,7 +73,7 @@ def _stage2(data: Path, out: Path, b: Budget, data_in: tuple[Path, ...], vit: Pa
                       "--max-new-tokens", str(b.findings_max_new_tokens))
     return [Step("stage2_vl_alignment", "II   vision-language alignment, steps 1+2 (bundles/vl_alignment)", align,
                  (*data_in, vit), (model, vl / "instructions")),
-            Step("stage2_findings", "II   finding-F1 of generated reports vs majority (hicur vlm findings-eval)",
+            Step("stage2_findings", "II   finding-F1 of reports vs image-blind baselines (hicur vlm findings-eval)",
                  evaluate, (*data_in, model, vl / "instructions"), (out / "findings" / "findings_f1.json",))]
 
 
