@@ -5,7 +5,10 @@ For one volume of ``--slices`` slices at ``--img-size`` px (random, in [0, 1]) i
 * ``per slice``: one VLM call per slice, as the training pipeline computes them (``CoarseStatesd``
   runs on each slice; ``CacheDataset`` keeps the result, so this is paid once per run);
 * ``batched``: the slices of the volume ``--batch`` at a time, as whole-volume inference does;
-* ``cached``: the same volume again from the disk cache of a new process-like cache object.
+* ``cached``: the same volume again from the disk cache of a new process-like cache object;
+* ``adapter not merged``: with a LoRA checkpoint, one slice per call through the model as saved
+  (peft adapter beside each projection) instead of the merged weights the encoder uses
+  (``VisionLanguageModel.merge_adapter``).
 
 The VLM is ``--vlm-checkpoint`` (a folder saved by ``bundles/vl_alignment``) or, without one,
 the tiny random VLM of the tests. ``--length`` sets the positions computed per slice
@@ -44,6 +47,19 @@ def _timed(fn, repeats: int) -> float:
     return best
 
 
+def _unmerged_per_slice(ckpt: Path, prov, volume: torch.Tensor, repeats: int) -> float | None:
+    """Per-slice time through the saved model with its peft adapter unmerged (None: no adapter)."""
+    from hicur_monai.networks.vlm import VisionLanguageModel
+    from hicur_monai.vlm.coarse import coarse_features
+
+    model = VisionLanguageModel.from_pretrained(ckpt, device="cpu")
+    if not hasattr(model.llm, "peft_config"):
+        return None
+    fitted = torch.stack([prov.encoder._fit(img) for img in (volume - prov.mean) / prov.std])  # as VLMStates does
+    return _timed(lambda: [coarse_features(model, fitted[i: i + 1], prov.instruction, prov.num_tokens)
+                           for i in range(len(fitted))], repeats)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vlm-checkpoint", default=None)
@@ -67,9 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         batched = _timed(lambda: prov(volume), args.repeats)
         CoarseStateCache(prov, Path(tmp) / "cache")(volume)
         cached = _timed(lambda: CoarseStateCache(prov, Path(tmp) / "cache")(volume), args.repeats)
+        unmerged = _unmerged_per_slice(ckpt, prov, volume, args.repeats)
     print(f"coarse states, {prov.description}")
     print(f"volume of {args.slices} slices at {args.img_size} px, {args.threads} thread(s), best of {args.repeats}: "
           f"per slice {per_slice:.3f} s, batched x{args.batch} {batched:.3f} s, from the disk cache {cached:.3f} s")
+    if unmerged is not None:
+        print(f"per slice with the LoRA adapter not merged: {unmerged:.3f} s (merged, as above: {per_slice:.3f} s)")
     print("command: python benchmarks/coarse_states.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
