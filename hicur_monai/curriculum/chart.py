@@ -62,13 +62,14 @@ def _prognosis(ax: Axes, res: CurriculumResults) -> None:
 
 def _findings(ax: Axes, res: CurriculumResults) -> None:
     f1 = res.findings
+    from hicur_monai.curriculum.table import FINDINGS_LABELS, findings_shown
+
     x = np.arange(2)
-    shown = [(who, label) for who, label in (("model", "VLM"), ("majority", "majority baseline"),
-                                             ("constant", "best constant report")) if who in f1]
+    shown = findings_shown(f1)
     width = 0.8 / len(shown)
-    for i, (who, label) in enumerate(shown):
+    for i, who in enumerate(shown):
         ax.bar(x + (i - (len(shown) - 1) / 2) * width, [float(f1[who]["micro_f1"]), float(f1[who]["macro_f1"])],
-               width, label=label)
+               width, label=FINDINGS_LABELS[who])
     ax.set_xticks(list(x), ["micro F1", "macro F1"])
     ax.set(ylim=(0, 1), ylabel="finding-level F1", title=f"II findings: F1 ({f1.get('n_images', '?')} images)")
     ax.legend(fontsize=7)

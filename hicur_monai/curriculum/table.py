@@ -57,9 +57,9 @@ PROGNOSIS_SETS: dict[str, str] = {
 SEQUENCES = ("T1", "T2", "T1C")
 SEG_FIELDS = ("val_mean_dice_3d", *(f"dice_3d_{s}" for s in SEQUENCES), "val_hd95")
 ENDPOINT_ORDER = ("ffs", "os", "dmfs")
-#: the predictors of ``findings_f1.json`` shown in the table and chart (``constant`` where present)
-FINDINGS_PREDICTORS = {"model": "VLM (stage II model)", "majority": "majority-class baseline",
-                       "constant": "best constant report (image-blind)"}
+#: labels of the ``findings_f1.json`` predictors (findings_f1.PREDICTORS) in the table and chart
+FINDINGS_LABELS = {"model": "VLM (stage II model)", "majority": "majority-class baseline",
+                   "constant": "best constant report (image-blind)"}
 #: the run's description, written by the runner
 MANIFEST = "curriculum.json"
 NOT_RUN = "not run"
@@ -226,10 +226,17 @@ def ablation_markdown(res: CurriculumResults, budget: str, command: str, budget_
               f"### Stage II findings (finding-level F1 of generated reports, "
               f"{f1.get('n_images', '?')} held-out images)",
               "", "| reports | micro F1 | macro F1 |", "|---|---|---|"]
-    for who, label in FINDINGS_PREDICTORS.items():
-        if who in f1:  # "constant" is absent from results written before it existed
-            lines.append(f"| {label} | {_f(float(f1[who]['micro_f1']))} | {_f(float(f1[who]['macro_f1']))} |")
+    for who in findings_shown(f1):
+        micro, macro = _f(float(f1[who]["micro_f1"])), _f(float(f1[who]["macro_f1"]))
+        lines.append(f"| {FINDINGS_LABELS[who]} | {micro} | {macro} |")
     return "\n".join(lines) + "\n"
+
+
+def findings_shown(f1: Mapping[str, Any]) -> list[str]:
+    """The predictors of a ``findings_f1.json`` to show (``constant`` is absent from results written before it)."""
+    from hicur_monai.evaluation.findings_f1 import PREDICTORS
+
+    return [who for who in PREDICTORS if who in f1]
 
 
 def ablation_chart(res: CurriculumResults, path: str | Path, title: str = "") -> Path:

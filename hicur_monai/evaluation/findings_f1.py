@@ -27,7 +27,11 @@ from typing import Any
 
 from hicur_monai.data.nasopharynx import FINDINGS, MAIN_REGIONS
 
-__all__ = ["Grid", "cells", "constant_grid", "is_positive", "majority_grid", "score_grids", "markdown_table"]
+__all__ = ["PREDICTORS", "Grid", "cells", "constant_grid", "is_positive", "majority_grid", "score_grids",
+           "markdown_table"]
+
+#: the scored predictors of a findings evaluation: the model, then the two image-blind baselines
+PREDICTORS = ("model", "majority", "constant")
 
 #: region -> finding -> status
 Grid = Mapping[str, Mapping[str, str]]

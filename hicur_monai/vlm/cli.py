@@ -48,7 +48,7 @@ def _add_vlm(subparsers: argparse._SubParsersAction) -> None:
 def _findings_eval(args: argparse.Namespace) -> int:
     import shlex
 
-    from hicur_monai.evaluation.findings_f1 import markdown_table
+    from hicur_monai.evaluation.findings_f1 import PREDICTORS, markdown_table
     from hicur_monai.vlm.findings_eval import findings_eval
 
     if not (args.model / "vlm_config.json").is_file():
@@ -64,7 +64,7 @@ def _findings_eval(args: argparse.Namespace) -> int:
         return 2
     print(f"finding-F1 on {result['n_images']} held-out endoscopy images "
           f"(image-blind baselines from {result['n_train_images']} training images)\n")
-    print(markdown_table({k: result[k] for k in ("model", "majority", "constant")}))
+    print(markdown_table({k: result[k] for k in PREDICTORS}))
     print(f"\n{command}\nwritten to {args.out / 'findings_f1.json'}")
     return 0
 

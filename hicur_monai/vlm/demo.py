@@ -109,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     answer = model.chat(image, q["text"], config=GenerationConfig(max_new_tokens=args.max_new_tokens))
     print(f"\nquestion ({q['image']}): {q['text']}\nmodel answer: {answer}\nreference: {q['reference']}")
     if args.findings_eval:
-        from hicur_monai.evaluation.findings_f1 import markdown_table
+        from hicur_monai.evaluation.findings_f1 import PREDICTORS, markdown_table
         from hicur_monai.vlm.findings_eval import findings_eval
 
         res = findings_eval(model, instr, args.data, args.out / "findings_eval", limit=args.findings_eval,
                             max_new_tokens=args.max_new_tokens, command="python -m hicur_monai.vlm.demo "
                             + " ".join(sys.argv[1:] if argv is None else argv))
         print(f"\nfinding-F1, {res['n_images']} held-out endoscopy images:\n"
-              + markdown_table({k: res[k] for k in ("model", "majority", "constant")}))
+              + markdown_table({k: res[k] for k in PREDICTORS}))
     print(f"\nvl_alignment demo: {time.time() - t0:.0f} s; model in {args.out / 'step2' / 'model'}")
     return 0
 

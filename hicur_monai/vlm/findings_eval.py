@@ -92,7 +92,7 @@ def findings_eval(model: Any, instructions_dir: str | os.PathLike, data_dir: str
         limit: score only the first ``limit`` held-out images.
         command: the command line recorded in the result.
     """
-    from hicur_monai.evaluation.findings_f1 import constant_grid, majority_grid, markdown_table, score_grids
+    from hicur_monai.evaluation.findings_f1 import PREDICTORS, constant_grid, majority_grid, markdown_table, score_grids
     from hicur_monai.utils.io import atomic_write_json, atomic_write_text
 
     instructions_dir, data, out = Path(instructions_dir), Path(data_dir), Path(out_dir)
@@ -106,9 +106,9 @@ def findings_eval(model: Any, instructions_dir: str | os.PathLike, data_dir: str
 
         model = VisionLanguageModel.from_pretrained(model, device=device).merge_adapter()
     rows = _generate(model.eval(), data, held, _questions(instructions_dir), max_new_tokens)
-    scores = {"model": score_grids([r["parsed"] for r in rows], truth),
-              "majority": score_grids([majority] * len(held), truth),
-              "constant": score_grids([constant] * len(held), truth)}
+    predicted = {"model": [r["parsed"] for r in rows], "majority": [majority] * len(held),
+                 "constant": [constant] * len(held)}
+    scores = {who: score_grids(predicted[who], truth) for who in PREDICTORS}
     result = {"n_images": len(held), "n_train_images": len(train), **scores, "majority_grid": majority,
               "constant_grid": constant, "command": command}
     out.mkdir(parents=True, exist_ok=True)
