@@ -83,7 +83,7 @@ def test_cache_key_includes_the_model_checksum(vlm_dirs, tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_report_text_is_part_of_the_instruction_and_of_the_cache_key(vlm_dirs, tmp_path):
+def test_report_text_is_part_of_the_prompt_and_of_the_cache_key(vlm_dirs, tmp_path):
     prov = coarse_provider(str(vlm_dirs[1]), coarse_report="true", device="cpu")
     cache = CoarseStateCache(prov, tmp_path)
     img = torch.rand(1, 3, 32, 32)

@@ -93,3 +93,49 @@ def test_encoder_loaded_from_a_lora_folder_merges_the_adapter_and_keeps_the_stat
     assert torch.allclose(coarse_features(resaved, images, length=8)[0], ref, atol=1e-4)  # saving it loses nothing
     with unmerged.llm.disable_adapter():  # and the adapter matters: without it the states differ
         assert not torch.allclose(coarse_features(unmerged, images, length=8)[0], ref, atol=1e-4)
+
+
+REPORT = "Mass of the left lateral wall and fossa of Rosenmuller, extending to the parapharyngeal space."
+
+
+def test_a_shared_report_runs_once_and_gives_the_states_of_each_item_run_whole(model, monkeypatch):
+    imgs = torch.randn(3, 3, 32, 32)
+    calls = []
+    forward = model.llm.forward
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.llm, "forward", spy)
+    batched, bmask = coarse_features(model, imgs, length=256, blend="0.3/0.7", context=REPORT)
+    (one, prefix), (three, rest) = calls
+    n = int(bmask[0].sum())
+    assert (one, three) == (1, 3) and prefix + rest == n and prefix > len(REPORT.split())  # header + report, once
+    for i in range(3):  # a batch of one has no shared prefix: the item runs whole
+        whole, wmask = coarse_features(model, imgs[i: i + 1], length=256, blend="0.3/0.7", context=REPORT)
+        assert torch.equal(wmask[0], bmask[i])
+        torch.testing.assert_close(batched[i], whole[0], atol=1e-4, rtol=1e-4)
+    assert len(calls) == 5
+    plain, pmask = coarse_features(model, imgs, length=8, context=None)
+    assert not torch.allclose(plain, batched[:, n - 8: n], atol=1e-3)  # the report changes the kept states
+
+
+def test_items_with_different_reports_share_only_the_chat_header(model):
+    from hicur_monai.llm.conversation import IMAGE_TOKEN_INDEX
+    from hicur_monai.vlm.coarse import shared_prefix
+
+    imgs = torch.randn(2, 3, 32, 32)
+    reports = [REPORT, "No mass; the nasopharynx is normal."]
+    batched, bmask = coarse_features(model, imgs, length=256, context=reports)
+    for i in range(2):
+        whole, wmask = coarse_features(model, imgs[i: i + 1], length=256, context=reports[i])
+        assert torch.equal(wmask[0], bmask[i])
+        torch.testing.assert_close(batched[i], whole[0], atol=1e-4, rtol=1e-4)
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN_INDEX, 7, 8], [5, 6, IMAGE_TOKEN_INDEX, 7, 8]])
+    assert shared_prefix(ids, torch.ones_like(ids)) == 2  # stops before the image
+    assert shared_prefix(torch.tensor([[5, 6, 7], [5, 9, 7]]), torch.ones(2, 3)) == 1
+    assert shared_prefix(torch.tensor([[5, 6, 7], [5, 6, 7]]), torch.tensor([[1, 1, 1], [1, 1, 0]])) == 1
+    assert shared_prefix(ids[:1], torch.ones(1, 5)) == 0  # one item: nothing to share
+    with pytest.raises(ValueError, match="2 images but 3 contexts"):
+        coarse_features(model, imgs, context=reports + ["x"])

@@ -52,11 +52,16 @@ __all__ = [
     "image_hash",
     "keep_last",
     "REPORT_PREFIX",
+    "REPORT_LAYOUT",
+    "report_inputs",
     "with_report",
 ]
 
 #: what joins the fixed instruction and a study's radiology report (``coarse_report``)
 REPORT_PREFIX = "\nThe radiology report of this study: "
+
+#: where an image-conditioned encoder that takes contexts reads the report (part of cache keys)
+REPORT_LAYOUT = "system turn before the image"
 
 #: the fixed instruction of the original (a description for disease-area segmentation)
 SEGMENTATION_INSTRUCTION = (
@@ -76,6 +81,27 @@ def image_hash(image: torch.Tensor) -> str:
 def with_report(instruction: str, report: str | None) -> str:
     """The instruction followed by a study's radiology report text (the instruction alone without one)."""
     return instruction if not report else f"{instruction}{REPORT_PREFIX}{report.strip()}"
+
+
+def report_inputs(encoder: Any, instruction: str, reports: Sequence[str | None]) -> dict[str, list[Any]]:
+    """How an image-conditioned encoder is given the instruction and each image's report text.
+
+    An encoder with ``takes_context`` (the VLM) reads each report in a system turn before the
+    image (:data:`REPORT_LAYOUT`), so the slices of a study share the report's forward pass;
+    any other encoder gets the report after the instruction (:func:`with_report`).
+    """
+    if getattr(encoder, "takes_context", False):
+        lead = REPORT_PREFIX.strip()
+        return {"instructions": [instruction] * len(reports),
+                "contexts": [f"{lead} {r.strip()}" if r else None for r in reports]}
+    return {"instructions": [with_report(instruction, r) for r in reports]}
+
+
+def _report_key(report: bool, encoder: Any) -> str:
+    """The report part of a provider's cache key (the layout too, where the encoder takes contexts)."""
+    if report and getattr(encoder, "takes_context", False):
+        return f"report={report}|{REPORT_LAYOUT}"
+    return f"report={report}"
 
 
 def _text_key(key: str, text: str | None) -> str:
@@ -151,7 +177,8 @@ class TextEncoderStates:
     @property
     def key(self) -> str:
         """Identifies the provider in cache keys (encoder, instruction, token count, dim, report use)."""
-        raw = f"{self.name}|{self.dim}|{self.num_tokens}|{self.instruction}|keep-last|report={self.report}"
+        raw = f"{self.name}|{self.dim}|{self.num_tokens}|{self.instruction}|keep-last|" + \
+            _report_key(self.report, self.encoder)
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @property
@@ -180,8 +207,8 @@ class TextEncoderStates:
         b = int(images.shape[0])
         reports = check_texts(self, b, texts)
         if self.image_conditioned:
-            instructions = [with_report(self.instruction, r) for r in reports]
-            states, mask = self.encoder.encode(list(images), *([instructions] if self.report else []))
+            inputs = report_inputs(self.encoder, self.instruction, reports) if self.report else {}
+            states, mask = self.encoder.encode(list(images), **inputs)
             return self._fix_length(torch.as_tensor(states), torch.as_tensor(mask))
         pairs = [self._encode_text(with_report(self.instruction, r)) for r in reports]
         return torch.stack([p[0][0] for p in pairs]), torch.stack([p[1][0] for p in pairs])

@@ -27,7 +27,13 @@ from typing import Any
 
 import torch
 
-from hicur_monai.segmentation.coarse import SEGMENTATION_INSTRUCTION, TextEncoderStates, check_texts, with_report
+from hicur_monai.segmentation.coarse import (
+    REPORT_LAYOUT,
+    SEGMENTATION_INSTRUCTION,
+    TextEncoderStates,
+    check_texts,
+    report_inputs,
+)
 from hicur_monai.utils.checksum import sha256_tree
 
 __all__ = ["VLMStates", "coarse_provider", "describe_coarse", "load_checked_network", "read_vlm_config", "vlm_checksum"]
@@ -85,7 +91,8 @@ class VLMStates:
         num_tokens: positions kept per image: the **last** ``num_tokens`` of the sequence (image
             tokens + instruction + generation prompt), those that have seen the image and the text.
         instruction: the fixed segmentation instruction.
-        report: each image comes with its study's radiology report text, added to the instruction.
+        report: each image comes with its study's radiology report text, read in a system turn
+            before the image (one forward pass over the report for a study's slices).
         device: where the VLM runs (default: CUDA when available).
         batch_size: images per LLM call.
         mean, std: the model-input normalisation applied to the ``[0, 1]`` slices before the VLM.
@@ -114,12 +121,14 @@ class VLMStates:
     @property
     def key(self) -> str:
         """Cache folder name: the model's checksum, the instruction, positions kept, report use."""
-        raw = f"vlm|{self.checksum}|{self.num_tokens}|keep-last|{self.instruction}|report={self.report}"
+        layout = f"|{REPORT_LAYOUT}" if self.report else ""
+        raw = f"vlm|{self.checksum}|{self.num_tokens}|keep-last|{self.instruction}|report={self.report}{layout}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @property
     def description(self) -> str:
-        text = "the fixed instruction + the study's MRI report" if self.report else "the fixed instruction"
+        text = ("the fixed instruction, after the study's MRI report (a system turn shared by its slices)"
+                if self.report else "the fixed instruction")
         return (f"VLM states: {self.checkpoint} (sha256 {self.checksum[:12]}), each image + {text}, "
                 f"last {self.num_tokens} positions of the last hidden layer, {self.dim}-d")
 
@@ -145,8 +154,7 @@ class VLMStates:
             images = images.expand(-1, 3, -1, -1)
         images = (images - self.mean) / self.std
         reports = check_texts(self, int(images.shape[0]), texts)
-        instructions = [with_report(self.instruction, r) for r in reports]
-        return self.encoder.encode(list(images), instructions)
+        return self.encoder.encode(list(images), **report_inputs(self.encoder, self.instruction, reports))
 
 
 def coarse_provider(vlm_checkpoint: str | os.PathLike | None = None, num_tokens: int = 32,
@@ -158,7 +166,8 @@ def coarse_provider(vlm_checkpoint: str | os.PathLike | None = None, num_tokens:
     Args:
         vlm_checkpoint: a stage II model folder, or ``None`` / ``""`` for the offline stand-in.
         num_tokens: positions per image.
-        coarse_report: add each study's MRI radiology report to the instruction.
+        coarse_report: give the model each study's MRI radiology report (the VLM reads it in a system turn
+            before the image; the stand-in encodes it after the instruction).
         device: where the VLM runs.
         stand_in, stand_in_dim: the text-only encoder used without a checkpoint.
         batch_size: images per VLM call.

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +27,10 @@ from typing import Any
 
 import torch
 
+from hicur_monai.llm.conversation import IMAGE_TOKEN_INDEX
 from hicur_monai.registry import TEXT_ENCODERS
 
-__all__ = ["DEFAULT_SEG_INSTRUCTION", "BLENDS", "coarse_features", "VLMCoarseEncoder"]
+__all__ = ["DEFAULT_SEG_INSTRUCTION", "BLENDS", "coarse_features", "shared_prefix", "VLMCoarseEncoder"]
 
 DEFAULT_SEG_INSTRUCTION = (
     "Describe this image for segmentation of the diseased area: where is the lesion, how large is it, "
@@ -46,10 +48,61 @@ def _blend(hidden: Sequence[torch.Tensor], blend: str) -> torch.Tensor:
     raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
+def _per_item(value: str | Sequence[str | None] | None, n: int, what: str) -> list[str | None]:
+    """One entry per item: a single value repeated, or a sequence of exactly ``n``."""
+    if value is None or isinstance(value, str):
+        return [value] * n
+    out = list(value)
+    if len(out) != n:
+        raise ValueError(f"{n} images but {len(out)} {what}")
+    return out
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Length of the token prefix every row of a batch shares, ending before the first image token.
+
+    Every row keeps at least one token after the prefix. The positions before the first image
+    placeholder are the same in token and embedding space, so the LLM may run them once.
+    """
+    lengths = attention_mask.sum(dim=1)
+    limit = int(lengths.min()) - 1
+    if input_ids.shape[0] < 2 or limit < 1:
+        return 0
+    head = input_ids[:, :limit]
+    differs = (head != head[:1]).any(dim=0) | (head[0] == IMAGE_TOKEN_INDEX)
+    return int(differs.nonzero()[0]) if differs.any() else limit
+
+
+def _cache_kwarg(llm: Any) -> str:
+    """The name under which the LLM's forward takes a KV cache: ``cache`` (transformers 5) or ``past_key_values``."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _hidden(model: Any, embeds: torch.Tensor, mask: torch.Tensor, prefix: int, blend: str) -> torch.Tensor:
+    """Blended hidden states ``(B, T, d)``; the shared ``prefix`` runs once and its KV cache is reused by every row."""
+    llm = model.llm
+    # only the hidden states are used: the LM head runs on one position, not on every position
+    if prefix < 1:
+        out = llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False,
+                  logits_to_keep=1)
+        return _blend(out.hidden_states, blend)
+    b = embeds.shape[0]
+    head = llm(inputs_embeds=embeds[:1, :prefix], attention_mask=mask[:1, :prefix], output_hidden_states=True,
+               use_cache=True, logits_to_keep=1)
+    name = _cache_kwarg(llm)
+    cache = head[name]
+    cache.batch_repeat_interleave(b)
+    tail = llm(inputs_embeds=embeds[:, prefix:], attention_mask=mask, output_hidden_states=True, use_cache=True,
+               logits_to_keep=1, **{name: cache})
+    return torch.cat([_blend(head.hidden_states, blend).expand(b, -1, -1), _blend(tail.hidden_states, blend)], dim=1)
+
+
 @torch.no_grad()
 def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | None] | None,
                     instruction: str | Sequence[str] = DEFAULT_SEG_INSTRUCTION, length: int = 640,
-                    blend: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
+                    blend: str = "last", context: str | Sequence[str | None] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states of the LLM for each (image, instruction), padded/truncated to ``length``.
 
     Args:
@@ -62,6 +115,11 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
             last ``length`` positions (in a causal LM those have seen everything before them);
             shorter ones are padded with zeros at the end.
         blend: ``"last"`` or ``"0.3/0.7"`` (0.3 x second-to-last + 0.7 x last layer).
+        context: text put in a system turn before the image (e.g. the study's radiology
+            report): one for all items or one per item (None: no system turn). The token prefix
+            that all items of the batch share (the chat header and a common context) runs through
+            the LLM once and its KV cache is reused, so the slices of one study pay for their
+            report once; the states equal those of running each item whole.
 
     Returns:
         ``states (B, length, d_llm)`` float32 and ``mask (B, length)`` bool (True = real position).
@@ -74,25 +132,22 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
         items: list[torch.Tensor | None] = [None] * len(instruction)
     else:
         items = list(images)
-    texts = [instruction] * len(items) if isinstance(instruction, str) else list(instruction)
-    if len(texts) != len(items):
-        raise ValueError(f"{len(items)} images but {len(texts)} instructions")
+    texts = _per_item(instruction, len(items), "instructions")
+    contexts = _per_item(context, len(items), "contexts")
     samples = []
-    for img, text in zip(items, texts):
-        msgs = model._messages_with_image([{"role": "user", "content": text}], img is not None)
-        ids, _ = model.tokenize(msgs, add_generation_prompt=True)
+    for img, text, ctx in zip(items, texts, contexts):
+        turns = ([{"role": "system", "content": ctx}] if ctx else []) + [{"role": "user", "content": str(text)}]
+        ids, _ = model.tokenize(model._messages_with_image(turns, img is not None), add_generation_prompt=True)
         samples.append({"input_ids": ids, "labels": None, "image": img})
     batch = model.collate(samples)
     was_training = model.training
     model.eval()
     try:
         embeds, mask, _ = model.embed(batch["input_ids"], batch["attention_mask"], None, batch["images"], "right")
-        # only the hidden states are used: the LM head runs on one position, not on every position
-        out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False,
-                        logits_to_keep=1)
+        prefix = shared_prefix(batch["input_ids"], batch["attention_mask"])
+        hidden = _hidden(model, embeds, mask, prefix, blend).float()
     finally:
         model.train(was_training)
-    hidden = _blend(out.hidden_states, blend).float()
     states = hidden.new_zeros(hidden.shape[0], int(length), hidden.shape[-1])
     keep = torch.zeros(hidden.shape[0], int(length), dtype=torch.bool, device=hidden.device)
     for b in range(hidden.shape[0]):
@@ -107,6 +162,9 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
 class VLMCoarseEncoder:
     """The aligned VLM as a state encoder for Stage III (``encode(items) -> (states, mask)``).
 
+    ``encode`` takes per-item ``contexts`` (``takes_context``): a text such as the study's
+    radiology report goes in a system turn before the image, where the slices of a study share it.
+
     Args:
         model: a :class:`~hicur_monai.networks.vlm.VisionLanguageModel` or the folder it was saved to.
             Image tensors from another pipeline (e.g. 256 px MRI slices, 1 or 3 channels, normalised
@@ -118,6 +176,8 @@ class VLMCoarseEncoder:
         modality: modality of image files given by path (intensity scaling).
         batch_size: items per LLM call.
     """
+
+    takes_context = True
 
     def __init__(self, model: Any, instruction: str = DEFAULT_SEG_INSTRUCTION, length: int = 640, blend: str = "last",
                  device: str | torch.device | None = None, modality: str = "endoscopy", batch_size: int = 8):
@@ -165,28 +225,32 @@ class VLMCoarseEncoder:
             return None, s  # a text (e.g. a patient description)
         raise TypeError(f"cannot encode a {type(item).__name__}; give image tensors, image files or texts")
 
-    def encode(self, items: Sequence[Any],
-               instructions: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, items: Sequence[Any], instructions: Sequence[str] | None = None,
+               contexts: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """States ``(B, length, dim)`` and mask ``(B, length)`` for images (tensors / files) or texts.
 
         Args:
             items: image tensors, image files or texts.
-            instructions: one instruction per image item instead of the fixed ``instruction``
-                (e.g. the instruction followed by the study's radiology report); ignored for texts.
+            instructions: one instruction per image item instead of the fixed ``instruction``;
+                ignored for texts.
+            contexts: one system-turn text per item, before the image (e.g. the study's
+                radiology report; see :func:`coarse_features`), or None.
         """
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("encode expects a sequence of items, not one string")
         if isinstance(items, torch.Tensor) and items.ndim == 3:
             items = [items]
-        if instructions is not None and len(instructions) != len(items):
-            raise ValueError(f"{len(items)} items but {len(instructions)} instructions")
+        for name, per_item in (("instructions", instructions), ("contexts", contexts)):
+            if per_item is not None and len(per_item) != len(items):
+                raise ValueError(f"{len(items)} items but {len(per_item)} {name}")
         states, masks = [], []
         for start in range(0, len(items), self.batch_size):
-            chunk = [self._item(x) for x in items[start: start + self.batch_size]]
+            window = slice(start, start + self.batch_size)
+            chunk = [self._item(x) for x in items[window]]
             if instructions is not None:
-                texts = instructions[start: start + self.batch_size]
-                chunk = [(img, str(t) if img is not None else q) for (img, q), t in zip(chunk, texts)]
-            s, m = coarse_features(self.model, [c[0] for c in chunk], [c[1] for c in chunk], self.length, self.blend)
+                chunk = [(img, str(t) if img is not None else q) for (img, q), t in zip(chunk, instructions[window])]
+            s, m = coarse_features(self.model, [c[0] for c in chunk], [c[1] for c in chunk], self.length, self.blend,
+                                   None if contexts is None else contexts[window])
             states.append(s.cpu())
             masks.append(m.cpu())
         return torch.cat(states), torch.cat(masks)
