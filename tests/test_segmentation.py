@@ -99,6 +99,20 @@ def test_flat_compose_gives_a_volume_s_slices_to_the_coarse_states_at_once():
     assert single["coarse_states"].shape == (4, 8) and prov.batches[-1] == 1  # a single sample still works
 
 
+def test_a_list_step_runs_as_compose_runs_steps_and_names_a_sample_without_the_key():
+    from hicur_monai.segmentation import flat_compose
+
+    prov = _BatchCountingProvider()
+    samples = [{"image": torch.rand(3, 8, 8), "study": "IMG0001"}, {"study": "IMG0002"}]
+    strict = flat_compose([lambda d: [dict(x) for x in d["items"]], CoarseStatesd("image", CoarseStateCache(prov))])
+    with pytest.raises(RuntimeError, match="applying transform") as err:  # wrapped as Compose wraps a step's error
+        strict({"items": samples})
+    assert isinstance(err.value.__cause__, KeyError) and "IMG0002" in str(err.value.__cause__)
+    lenient = CoarseStatesd("image", CoarseStateCache(prov), allow_missing_keys=True)
+    out = lenient.call_list(list(reversed(samples)))  # the first sample lacks the key: the others still get states
+    assert "coarse_states" not in out[0] and out[1]["coarse_states"].shape == (4, 8) and prov.batches[-1] == 1
+
+
 def test_text_stand_in_states_are_fixed_length_and_image_independent():
     prov = TextEncoderStates("hashed_bow", num_tokens=12, encoder_kwargs={"dim": 64})
     states, mask = prov(torch.rand(2, 3, 32, 32))

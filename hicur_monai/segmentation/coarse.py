@@ -353,13 +353,19 @@ class CoarseStatesd(MapTransform):
     def call_list(self, samples: Sequence[Mapping[Hashable, Any]]) -> list[dict[Hashable, Any]]:
         """The states of many samples (a volume's slices) in one cache call: the VLM runs on them in batches."""
         out = [dict(d) for d in samples]
-        for key in self.key_iterator(out[0]) if out else ():
-            images = [self._image(d, key) for d in out]
+        for key in self.keys:
+            have = [d for d in out if key in d]
+            if len(have) < len(out) and not self.allow_missing_keys:
+                missing = next(d for d in out if key not in d)
+                raise KeyError(f"CoarseStatesd: key {key!r} is missing from item {_name(missing)}")
+            if not have:
+                continue
+            images = torch.stack([self._image(d, key) for d in have])
             if getattr(self.cache, "report", False):
-                states, mask = self.cache(torch.stack(images), [self._text(d) for d in out])
+                states, mask = self.cache(images, [self._text(d) for d in have])
             else:
-                states, mask = self.cache(torch.stack(images))
-            for i, d in enumerate(out):
+                states, mask = self.cache(images)
+            for i, d in enumerate(have):
                 d[self.states_key], d[self.mask_key] = states[i], mask[i]
         return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from monai.config import KeysCollection
-from monai.transforms import Compose, MapTransform
+from monai.transforms import Compose, MapTransform, apply_transform
 
 from hicur_monai.utils.flags import as_flag
 
@@ -50,7 +50,10 @@ class ListAwareCompose(Compose):
                 data = super().__call__(data, start=i, end=j, threading=threading, lazy=lazy)
             if j < end:
                 step = self.transforms[j]
-                data = step.call_list(list(data)) if isinstance(data, (list, tuple)) else step(data)
+                if isinstance(data, (list, tuple)):  # as Compose runs a step: errors wrapped, log_stats applied
+                    data = apply_transform(step.call_list, list(data), map_items=False, log_stats=self.log_stats)
+                else:
+                    data = apply_transform(step, data, log_stats=self.log_stats, lazy=lazy)
             i = j + 1
         return data
 
