@@ -1,7 +1,7 @@
 """The curriculum ablation at the benchmark budget: stage I -> II -> III, then the table.
 
 Runs ``hicur curriculum run --budget benchmark`` (the sizes: ``hicur_monai/curriculum/budgets.py``;
-the target is at most 45 minutes on 2 CPU cores; measured 53.6 minutes, see docs/curriculum.md)
+the target is at most 45 minutes on 2 CPU cores; measured 41.9 minutes, see docs/curriculum.md)
 on the default demo cohort (generated first when ``--data`` holds none), prints the wall time of
 every step, the total, and the ablation table with the command that made it. Steps already done
 in ``--out`` are skipped (delete the folder for a fresh measurement).

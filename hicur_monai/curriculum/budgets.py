@@ -2,7 +2,7 @@
 
 ``demo`` is what ``make demo`` runs (minutes per stage on a laptop CPU); ``benchmark`` is what
 ``benchmarks/curriculum.py`` runs (larger; the target is at most 45 minutes on 2 cores, measured
-53.6 minutes on 2026-12-07, 21 of them in the report-state variant: docs/curriculum.md);
+41.9 minutes on 2026-12-07: docs/curriculum.md);
 ``tiny`` is for tests and the documented commands at CI size (random tiny LLM, one epoch).
 """
 
