@@ -216,3 +216,16 @@ def test_bundle_hand_off_with_one_key(demo_cohort, vlm_dirs, tmp_path, repo_root
         run(config_file=[*cfg, str(BUNDLE / "evaluate.json")], **{**common, "vlm_checkpoint": str(vlm_dirs[0])})
     assert re.search(r"model\.pt: the fusion network was trained on other coarse states .*step1/model/vlm_config\.json",
                      f"{err.value} {err.value.__cause__}")
+    # inference.json: the same two keys, and the folder of the studies' reports
+    study = segmentation_items(dataset_dir=demo_cohort, sequences=["T1C"])[0]
+    inp = tmp_path / "in" / study["study"]
+    inp.mkdir(parents=True)
+    shutil.copy(study["image"], inp / "T1C.nii.gz")
+    infer = {"config_file": [str(BUNDLE / "inference.json")], "input": str(inp.parent), "preset": "tiny",
+             "img_size": 64, "norm": "batch", "ckpt_path": str(tmp_path / "models" / "model.pt"),
+             "vlm_checkpoint": str(vlm_dirs[1]), "coarse_report": True}
+    with pytest.raises(Exception) as err:
+        run(**infer, output_dir=str(tmp_path / "seg"))
+    assert "reports is not set" in f"{err.value} {err.value.__cause__}"
+    run(**infer, output_dir=str(tmp_path / "seg"), reports=str(demo_cohort / "reports" / "mri"))
+    assert (tmp_path / "seg" / study["study"] / "T1C_seg.nii.gz").is_file()

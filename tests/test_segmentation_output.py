@@ -185,3 +185,26 @@ def test_inference_on_a_dicom_series_writes_nifti_and_dicom_seg(tmp_path):
     seg = _read_seg(seg_file)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(series / "slice0.dcm").SeriesInstanceUID
     assert seg.NumberOfFrames == 3 and seg.pixel_array.all()  # bias 5: every pixel of every slice
+
+
+def test_each_study_finds_its_report_before_inference(tmp_path):
+    from hicur_monai.segmentation import report_file
+
+    inp = tmp_path / "in"
+    (inp / "P001").mkdir(parents=True)
+    (inp / "P001" / "T1C.nii.gz").write_bytes(b"x")  # a patient folder: reports/P001.txt
+    (inp / "P002.nii.gz").write_bytes(b"x")  # a volume on its own: reports/P002.txt
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "P001.txt").write_text("Mass of the left lateral wall.")
+    no_report = r"1 of 2 studies have no report: .*P002\.nii\.gz.*in\.txt and .*P002\.txt"
+    with pytest.raises(FileNotFoundError, match=no_report):
+        planned_inference_items(inp, tmp_path / "out", reports=reports, coarse_report=True)
+    (reports / "P002.txt").write_text("No mass.")
+    items = planned_inference_items(inp, tmp_path / "out", reports=reports, coarse_report="true")
+    assert {Path(it["image"]).name: Path(it["report"]).name for it in items} == {"T1C.nii.gz": "P001.txt",
+                                                                                 "P002.nii.gz": "P002.txt"}
+    assert report_file(inp / "P001" / "T1C.nii.gz", reports) == reports / "P001.txt"
+    assert all("report" not in it for it in planned_inference_items(inp, tmp_path / "out", reports=reports))
+    with pytest.raises(ValueError, match="coarse_report is true but reports is not set"):
+        planned_inference_items(inp, tmp_path / "out", coarse_report=True)

@@ -139,3 +139,15 @@ def test_items_with_different_reports_share_only_the_chat_header(model):
     assert shared_prefix(ids[:1], torch.ones(1, 5)) == 0  # one item: nothing to share
     with pytest.raises(ValueError, match="2 images but 3 contexts"):
         coarse_features(model, imgs, context=reports + ["x"])
+
+
+def test_a_report_too_long_for_max_length_gives_way_not_the_image(caplog):
+    short = tiny_vlm(max_length=96).eval()
+    img = torch.randn(1, 3, 32, 32)
+    long_report = " ".join([REPORT] * 20)
+    with caplog.at_level("WARNING", logger="hicur_monai.vlm.coarse"):
+        states, mask = coarse_features(short, img, length=64, context=long_report)
+    assert "is cut to" in caplog.text and 0 < int(mask.sum()) <= 96
+    n = int(mask.sum())
+    instruction_only, _ = coarse_features(short, img, length=8)
+    assert torch.isfinite(states).all() and not torch.allclose(states[0, n - 8: n], instruction_only[0])  # still read

@@ -37,6 +37,7 @@ from hicur_monai.segmentation.output import (
     SaveSegmentationd,
     mask_path,
     planned_inference_items,
+    report_file,
     segmentation_postprocessing,
 )
 from hicur_monai.segmentation.pipeline import ReportTextd, batch_filenames, coarse_prepare_batch, flat_compose, optional
@@ -74,6 +75,7 @@ __all__ = [
     "planned_inference_items",
     "read_datalist",
     "read_metrics_csv",
+    "report_file",
     "segmentation_items",
     "segmentation_postprocessing",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "as_flag",
     "mask_path",
     "planned_inference_items",
+    "report_file",
     "segmentation_postprocessing",
     "write_new_file",
 ]
@@ -85,19 +86,50 @@ def _input_root(input: str | os.PathLike | Sequence[str]) -> str | None:
     return None
 
 
+def report_file(image: str | os.PathLike, reports: str | os.PathLike) -> Path:
+    """The MRI report of one study in the folder ``reports``.
+
+    It is ``<reports>/<folder>.txt`` for the folder that holds the volume (or the DICOM series
+    folder), e.g. ``input/P001/T1C.nii.gz`` -> ``reports/P001.txt`` (the demo cohort's layout),
+    else ``<reports>/<volume name>.txt`` (``input/P001.nii.gz`` -> ``reports/P001.txt``).
+
+    Raises:
+        FileNotFoundError: neither exists (both names given).
+    """
+    img = Path(os.path.abspath(image))
+    tried = [Path(reports) / f"{img.parent.name}.txt", Path(reports) / f"{_stem(img.name)}.txt"]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{image}: no MRI report for this study (coarse_report is true); looked for "
+                            f"{tried[0]} and {tried[1]}")
+
+
 def planned_inference_items(
     input: str | os.PathLike | Sequence[str],
     output_dir: str | os.PathLike,
     overwrite: bool = False,
+    reports: str | os.PathLike | None = None,
+    coarse_report: bool | str = False,
 ) -> list[dict[str, Any]]:
     """The studies of ``input`` (:func:`~hicur_monai.segmentation.inference_items`), checked before any inference.
 
+    With ``coarse_report`` each item also gets its ``report`` file from the folder ``reports``
+    (:func:`report_file`), read by ``ReportTextd`` for the coarse states.
+
     Raises:
-        ValueError: two studies would write the same mask (both named).
+        ValueError: two studies would write the same mask (both named); ``coarse_report`` is
+            true and ``reports`` is not given.
         FileExistsError: a mask already exists and ``overwrite`` is false (names the first
             files and how many; set ``overwrite`` to replace them, or choose another ``output_dir``).
+        FileNotFoundError: ``coarse_report`` is true and a study has no report (the first
+            study named, and how many).
     """
     overwrite = as_flag(overwrite, "overwrite")
+    with_report = as_flag(coarse_report, "coarse_report")
+    if with_report and reports in (None, "", "None", "null"):
+        raise ValueError("coarse_report is true but reports is not set: give --reports, the folder of the "
+                         "studies' MRI reports (<study>.txt), as the model was trained with them")
     items = inference_items(input)
     root = _input_root(input)
     seen: dict[Path, str] = {}
@@ -115,7 +147,22 @@ def planned_inference_items(
             f"{len(existing)} output(s) already exist in {output_dir}: {shown}. Inference does not overwrite "
             "results: choose another output_dir, or set overwrite=true (--overwrite true) to replace them."
         )
+    if with_report:
+        assert reports is not None  # checked above
+        _attach_reports(items, reports)
     return items
+
+
+def _attach_reports(items: list[dict[str, Any]], reports: str | os.PathLike) -> None:
+    """Give every item its ``report`` file, or name the studies that have none."""
+    missing = []
+    for it in items:
+        try:
+            it["report"] = str(report_file(it["image"], reports))
+        except FileNotFoundError as err:
+            missing.append(str(err))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(items)} studies have no report: {missing[0]}")
 
 
 def write_new_file(dest: str | os.PathLike, write: Callable[[Path], Any], overwrite: bool = False) -> Path:

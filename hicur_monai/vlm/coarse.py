@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from hicur_monai.llm.conversation import IMAGE_TOKEN_INDEX
+from hicur_monai.llm.conversation import IMAGE_TOKEN_INDEX, tokenize_conversation
 from hicur_monai.registry import TEXT_ENCODERS
 
 __all__ = ["DEFAULT_SEG_INSTRUCTION", "BLENDS", "coarse_features", "shared_prefix", "VLMCoarseEncoder"]
@@ -37,6 +38,7 @@ DEFAULT_SEG_INSTRUCTION = (
     "and what are its borders?"
 )
 BLENDS = ("last", "0.3/0.7")
+logger = logging.getLogger(__name__)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".gz", ".nrrd")
 
 
@@ -56,6 +58,41 @@ def _per_item(value: str | Sequence[str | None] | None, n: int, what: str) -> li
     if len(out) != n:
         raise ValueError(f"{n} images but {len(out)} {what}")
     return out
+
+
+def _messages(model: Any, has_image: bool, text: str, context: str | None) -> list[dict[str, str]]:
+    turns = ([{"role": "system", "content": context}] if context else []) + [{"role": "user", "content": text}]
+    return model._messages_with_image(turns, has_image)
+
+
+def _overflow(model: Any, has_image: bool, text: str, context: str) -> int:
+    """Tokens by which the item, untruncated, exceeds ``model.max_length`` (images at their token count)."""
+    ids, _ = tokenize_conversation(model.tokenizer, _messages(model, has_image, text, context), True, None,
+                                   model.image_placeholder, model.num_image_tokens)
+    images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
+    return len(ids) + images * (model.num_image_tokens - 1) - int(model.max_length)
+
+
+def fit_context(model: Any, has_image: bool, text: str, context: str | None) -> str | None:
+    """The context, cut at its end (with a warning) where the item would not fit ``model.max_length``.
+
+    The context comes before the image, so the image and the instruction are kept whole and the
+    end of the context is what gives way.
+    """
+    if not context:
+        return context
+    over = _overflow(model, has_image, text, context)
+    if over <= 0:
+        return context
+    tok = model.tokenizer(context, add_special_tokens=False)["input_ids"]
+    for margin in (0, 8, 32):  # decoding and re-encoding at the cut may merge tokens differently
+        cut = model.tokenizer.decode(tok[: max(len(tok) - over - margin, 0)])
+        if _overflow(model, has_image, text, cut) <= 0:
+            break
+    logger.warning("a context of %d tokens (e.g. the study's MRI report) is cut to %d characters so that the "
+                   "item fits the VLM's max_length %d with its image and instruction", len(tok), len(cut),
+                   model.max_length)
+    return cut
 
 
 def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -116,7 +153,8 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
             shorter ones are padded with zeros at the end.
         blend: ``"last"`` or ``"0.3/0.7"`` (0.3 x second-to-last + 0.7 x last layer).
         context: text put in a system turn before the image (e.g. the study's radiology
-            report): one for all items or one per item (None: no system turn). The token prefix
+            report): one for all items or one per item (None: no system turn); one too long for
+            the model's ``max_length`` is cut at its end, with a warning. The token prefix
             that all items of the batch share (the chat header and a common context) runs through
             the LLM once and its KV cache is reused, so the slices of one study pay for their
             report once; the states equal those of running each item whole.
@@ -136,8 +174,8 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
     contexts = _per_item(context, len(items), "contexts")
     samples = []
     for img, text, ctx in zip(items, texts, contexts):
-        turns = ([{"role": "system", "content": ctx}] if ctx else []) + [{"role": "user", "content": str(text)}]
-        ids, _ = model.tokenize(model._messages_with_image(turns, img is not None), add_generation_prompt=True)
+        ctx = fit_context(model, img is not None, str(text), ctx)
+        ids, _ = model.tokenize(_messages(model, img is not None, str(text), ctx), add_generation_prompt=True)
         samples.append({"input_ids": ids, "labels": None, "image": img})
     batch = model.collate(samples)
     was_training = model.training
