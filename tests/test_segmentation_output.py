@@ -205,6 +205,10 @@ def test_each_study_finds_its_report_before_inference(tmp_path):
     assert {Path(it["image"]).name: Path(it["report"]).name for it in items} == {"T1C.nii.gz": "P001.txt",
                                                                                  "P002.nii.gz": "P002.txt"}
     assert report_file(inp / "P001" / "T1C.nii.gz", reports) == reports / "P001.txt"
+    (reports / "T1C.txt").write_text("Another study's report.")
+    with pytest.raises(ValueError, match=r"two reports could be this study's, .*P001\.txt and .*T1C\.txt"):
+        report_file(inp / "P001" / "T1C.nii.gz", reports)
+    (reports / "T1C.txt").unlink()
     assert all("report" not in it for it in planned_inference_items(inp, tmp_path / "out", reports=reports))
     with pytest.raises(ValueError, match="coarse_report is true but reports is not set"):
         planned_inference_items(inp, tmp_path / "out", coarse_report=True)

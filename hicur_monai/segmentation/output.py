@@ -95,14 +95,17 @@ def report_file(image: str | os.PathLike, reports: str | os.PathLike) -> Path:
 
     Raises:
         FileNotFoundError: neither exists (both names given).
+        ValueError: both exist, so which one is the study's is unclear (both named).
     """
     img = Path(os.path.abspath(image))
     tried = [Path(reports) / f"{img.parent.name}.txt", Path(reports) / f"{_stem(img.name)}.txt"]
-    for path in tried:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{image}: no MRI report for this study (coarse_report is true); looked for "
-                            f"{tried[0]} and {tried[1]}")
+    found = list(dict.fromkeys(path for path in tried if path.is_file()))
+    if len(found) > 1:
+        raise ValueError(f"{image}: two reports could be this study's, {found[0]} and {found[1]}; keep one")
+    if not found:
+        raise FileNotFoundError(f"{image}: no MRI report for this study (coarse_report is true); looked for "
+                                f"{tried[0]} and {tried[1]}")
+    return found[0]
 
 
 def planned_inference_items(
