@@ -92,6 +92,10 @@ def test_flags_from_the_command_line():
     assert as_flag("false", "x") is False and as_flag("True", "x") is True and as_flag(False, "x") is False
     with pytest.raises(ValueError, match="dicom_seg must be true or false"):
         as_flag("maybe", "dicom_seg")
+    from hicur_monai.utils.flags import is_unset
+
+    assert all(is_unset(v) for v in (None, "", "None", "null"))
+    assert not any(is_unset(v) for v in ("runs/vl/step2/model", Path("null"), "none", 0))
 
 
 def test_studies_that_would_share_a_name_are_refused(tmp_path):

@@ -54,6 +54,7 @@ __all__ = [
     "REPORT_PREFIX",
     "REPORT_LAYOUT",
     "report_inputs",
+    "report_key",
     "with_report",
 ]
 
@@ -97,9 +98,9 @@ def report_inputs(encoder: Any, instruction: str, reports: Sequence[str | None])
     return {"instructions": [with_report(instruction, r) for r in reports]}
 
 
-def _report_key(report: bool, encoder: Any) -> str:
+def report_key(report: bool, takes_context: bool) -> str:
     """The report part of a provider's cache key (the layout too, where the encoder takes contexts)."""
-    if report and getattr(encoder, "takes_context", False):
+    if report and takes_context:
         return f"report={report}|{REPORT_LAYOUT}"
     return f"report={report}"
 
@@ -178,7 +179,7 @@ class TextEncoderStates:
     def key(self) -> str:
         """Identifies the provider in cache keys (encoder, instruction, token count, dim, report use)."""
         raw = f"{self.name}|{self.dim}|{self.num_tokens}|{self.instruction}|keep-last|" + \
-            _report_key(self.report, self.encoder)
+            report_key(self.report, bool(getattr(self.encoder, "takes_context", False)))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @property

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from hicur_monai.segmentation.coarse import (
-    REPORT_LAYOUT,
     SEGMENTATION_INSTRUCTION,
     TextEncoderStates,
     check_texts,
     report_inputs,
+    report_key,
 )
 from hicur_monai.utils.checksum import sha256_tree
 
@@ -121,8 +121,8 @@ class VLMStates:
     @property
     def key(self) -> str:
         """Cache folder name: the model's checksum, the instruction, positions kept, report use."""
-        layout = f"|{REPORT_LAYOUT}" if self.report else ""
-        raw = f"vlm|{self.checksum}|{self.num_tokens}|keep-last|{self.instruction}|report={self.report}{layout}"
+        # the VLM reads reports as contexts (known without loading it)
+        raw = f"vlm|{self.checksum}|{self.num_tokens}|keep-last|{self.instruction}|{report_key(self.report, True)}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @property
@@ -172,10 +172,10 @@ def coarse_provider(vlm_checkpoint: str | os.PathLike | None = None, num_tokens:
         stand_in, stand_in_dim: the text-only encoder used without a checkpoint.
         batch_size: images per VLM call.
     """
-    from hicur_monai.utils.flags import as_flag
+    from hicur_monai.utils.flags import as_flag, is_unset
 
     report = as_flag(coarse_report, "coarse_report")
-    if vlm_checkpoint in (None, "", "None", "null"):
+    if is_unset(vlm_checkpoint):
         return TextEncoderStates(stand_in, num_tokens=num_tokens, encoder_kwargs={"dim": int(stand_in_dim)},
                                  report=report)
     return VLMStates(str(vlm_checkpoint), num_tokens=num_tokens, report=report, device=device, batch_size=batch_size)

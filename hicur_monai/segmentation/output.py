@@ -33,7 +33,7 @@ from monai.transforms import (
 )
 
 from hicur_monai.segmentation.data import inference_items
-from hicur_monai.utils.flags import as_flag
+from hicur_monai.utils.flags import as_flag, is_unset
 
 __all__ = [
     "MASK_SUFFIX",
@@ -130,7 +130,7 @@ def planned_inference_items(
     """
     overwrite = as_flag(overwrite, "overwrite")
     with_report = as_flag(coarse_report, "coarse_report")
-    if with_report and reports in (None, "", "None", "null"):
+    if with_report and is_unset(reports):
         raise ValueError("coarse_report is true but reports is not set: give --reports, the folder of the "
                          "studies' MRI reports (<study>.txt), as the model was trained with them")
     items = inference_items(input)

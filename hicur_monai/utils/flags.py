@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_flag"]
+__all__ = ["as_flag", "is_unset"]
 
 
 def as_flag(value: Any, name: str) -> bool:
@@ -26,3 +26,8 @@ def as_flag(value: Any, name: str) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def is_unset(value: Any) -> bool:
+    """A bundle setting left empty: ``None``, ``""``, or ``"None"`` / ``"null"`` as the command line gives them."""
+    return value is None or (isinstance(value, str) and value in ("", "None", "null"))
