@@ -65,34 +65,41 @@ def _messages(model: Any, has_image: bool, text: str, context: str | None) -> li
     return model._messages_with_image(turns, has_image)
 
 
-def _overflow(model: Any, has_image: bool, text: str, context: str) -> int:
-    """Tokens by which the item, untruncated, exceeds ``model.max_length`` (images at their token count)."""
+def _ids(model: Any, has_image: bool, text: str, context: str | None) -> list[int]:
+    """Token ids of one item, untruncated (what ``model.tokenize`` gives when the item fits)."""
     ids, _ = tokenize_conversation(model.tokenizer, _messages(model, has_image, text, context), True, None,
                                    model.image_placeholder, model.num_image_tokens)
+    return ids
+
+
+def _overflow(model: Any, ids: Sequence[int]) -> int:
+    """Tokens by which ``ids`` exceed ``model.max_length`` (images at their token count)."""
     images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
     return len(ids) + images * (model.num_image_tokens - 1) - int(model.max_length)
 
 
-def fit_context(model: Any, has_image: bool, text: str, context: str | None) -> str | None:
-    """The context, cut at its end (with a warning) where the item would not fit ``model.max_length``.
+def item_ids(model: Any, has_image: bool, text: str, context: str | None) -> list[int]:
+    """Token ids of one item; a context too long for ``model.max_length`` is cut at its end, with a warning.
 
     The context comes before the image, so the image and the instruction are kept whole and the
-    end of the context is what gives way.
+    end of the context is what gives way. An item that fits is tokenized once.
     """
-    if not context:
-        return context
-    over = _overflow(model, has_image, text, context)
+    ids = _ids(model, has_image, text, context)
+    over = _overflow(model, ids)
     if over <= 0:
-        return context
-    tok = model.tokenizer(context, add_special_tokens=False)["input_ids"]
-    for margin in (0, 8, 32):  # decoding and re-encoding at the cut may merge tokens differently
-        cut = model.tokenizer.decode(tok[: max(len(tok) - over - margin, 0)])
-        if _overflow(model, has_image, text, cut) <= 0:
-            break
-    logger.warning("a context of %d tokens (e.g. the study's MRI report) is cut to %d characters so that the "
-                   "item fits the VLM's max_length %d with its image and instruction", len(tok), len(cut),
-                   model.max_length)
-    return cut
+        return ids
+    if context:
+        tok = model.tokenizer(context, add_special_tokens=False)["input_ids"]
+        for margin in (0, 8, 32):  # decoding and re-encoding at the cut may merge tokens differently
+            cut = model.tokenizer.decode(tok[: max(len(tok) - over - margin, 0)])
+            if _overflow(model, _ids(model, has_image, text, cut)) <= 0:
+                break
+        logger.warning("a context of %d tokens (e.g. the study's MRI report) is cut to %d characters so that the "
+                       "item fits the VLM's max_length %d with its image and instruction", len(tok), len(cut),
+                       model.max_length)
+        context = cut
+    ids, _ = model.tokenize(_messages(model, has_image, text, context), add_generation_prompt=True)
+    return ids
 
 
 def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -174,8 +181,7 @@ def coarse_features(model: Any, images: torch.Tensor | Sequence[torch.Tensor | N
     contexts = _per_item(context, len(items), "contexts")
     samples = []
     for img, text, ctx in zip(items, texts, contexts):
-        ctx = fit_context(model, img is not None, str(text), ctx)
-        ids, _ = model.tokenize(_messages(model, img is not None, str(text), ctx), add_generation_prompt=True)
+        ids = item_ids(model, img is not None, str(text), ctx)
         samples.append({"input_ids": ids, "labels": None, "image": img})
     batch = model.collate(samples)
     was_training = model.training
